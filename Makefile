@@ -1,0 +1,34 @@
+# One place that installs everything. `make setup` is idempotent: it re-installs only when the stamp is older
+# than pyproject.toml, requirements.txt or this Makefile.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch 2.13.0 by default. On a GPU machine any CUDA build >= 2.7 works, e.g. TORCH=torch==2.7.1
+# (PyPI's Linux wheels of torch are CUDA builds).
+TORCH ?= torch==2.13.0
+PIP := $(VENV)/bin/python -m pip
+STAMP := $(VENV)/.softarm-installed
+
+.PHONY: setup test lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)" transformers-openpi==4.53.3
+	# openpi's metadata pins torch==2.7.1 and jax[cuda12]; its code runs on any torch >= 2.7.
+	$(PIP) install -q --no-deps rlinf-openpi==0.1.1
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+	$(VENV)/bin/python -c "import openpi.models_pytorch.pi0_pytorch, softarm"
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,271 @@
+"""PI0GraphPytorch: openpi's official PI0Pytorch plus a graph encoder for the soft arm's proprioception.
+
+Nothing of flow matching, the VLM or the action expert is re-implemented: the subclass only decides where the
+graph enters. Three fusion modes:
+
+- ``state``:  the 32-D graph embedding is added to pi0's 32-D state slot through a zero-initialised gate, so the
+  pretrained ``state_proj`` is reused and a fresh model is exactly the base model (pi0 only).
+- ``prefix``: node tokens, projected to the VLM width, are appended to the prefix (images + prompt); the VLM
+  sees them and they are cached once per inference.
+- ``suffix``: node tokens, projected to the action-expert width, go before the action tokens; only the action
+  expert sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+import contextlib
+import dataclasses
+from typing import Literal
+
+from openpi.models import pi0_config
+from openpi.models.model import Observation
+from openpi.models_pytorch import gemma_pytorch
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+import torch
+from torch import nn
+
+from softarm import arm
+from softarm.graph_encoder import GraphEncoder
+
+FusionMode = Literal["state", "prefix", "suffix"]
+FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix")
+PALIGEMMA_VOCAB_SIZE = 257_152
+# Every parameter the graph extension adds lives under one of these names; nothing else may be missing when
+# official base weights are loaded.
+GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSpec:
+    """A SigLIP vision tower smaller than PaliGemma's So400m/14, for tests and CPU demos.
+
+    ``SoftArmModelConfig.vision = None`` means the official tower (what the pretrained weights expect).
+    """
+
+    width: int = 32
+    depth: int = 1
+    mlp_dim: int = 64
+    num_heads: int = 2
+    patch_size: int = 56
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftArmModelConfig(pi0_config.Pi0Config):
+    """openpi's Pi0Config plus where and how the arm's graph enters the model."""
+
+    action_horizon: int = 16
+    fusion: FusionMode = "state"
+    graph_width: int = 128
+    graph_depth: int = 3
+    graph_heads: int = 4
+    num_nodes: int = arm.NUM_NODES
+    node_features: int = arm.NUM_NODE_FEATURES
+    edges: tuple[arm.Edge, ...] | None = None  # None: the chain 0-1-...-(num_nodes-1)
+    vision: VisionSpec | None = None  # None: the official SigLIP So400m/14 tower
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.vision, dict):
+            object.__setattr__(self, "vision", VisionSpec(**self.vision))
+        edges = arm.chain_edges(self.num_nodes) if self.edges is None else self.edges
+        object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, edges))
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
+        if self.fusion == "state" and self.pi05:
+            raise ValueError(
+                "fusion 'state' needs pi0's continuous state slot; pi0.5 has none: use 'prefix' or 'suffix'"
+            )
+        if self.action_dim != 32:
+            raise ValueError(
+                f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
+            )
+        for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists, dicts, numbers), for JSON/YAML."""
+        out = dataclasses.asdict(self)
+        out["edges"] = [list(e) for e in self.edges]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SoftArmModelConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(fields)}")
+        data = dict(data)
+        if data.get("edges") is not None:
+            data["edges"] = tuple(tuple(e) for e in data["edges"])
+        return cls(**data)
+
+
+def preset(name: str, **overrides) -> SoftArmModelConfig:
+    """Named model configurations: ``tiny`` (CPU tests and demo), ``pi0`` and ``pi05`` (full size)."""
+    presets: dict[str, dict] = {
+        # The real PI0Pytorch at toy width: Gemma "dummy" (width 64, 4 layers, 8 heads) for both towers, a
+        # one-layer SigLIP with 56-px patches (16 tokens per image) and a small vocabulary.
+        "tiny": {
+            "paligemma_variant": "dummy",
+            "action_expert_variant": "dummy",
+            "dtype": "float32",
+            "vision": VisionSpec(),
+            "vocab_size": 1024,
+            "graph_width": 64,
+            "graph_depth": 2,
+        },
+        "pi0": {},
+        "pi05": {"pi05": True, "fusion": "suffix"},
+    }
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
+    return SoftArmModelConfig(**{**presets[name], **overrides})
+
+
+@contextlib.contextmanager
+def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
+    """While constructing PI0Pytorch, build the HF PaliGemma/Gemma towers with the config's smaller vision
+    tower and vocabulary. Construction only: the classes, forward passes and weights are the official ones."""
+    vision: VisionSpec | None = getattr(config, "vision", None)
+    vocab_size: int = getattr(config, "vocab_size", PALIGEMMA_VOCAB_SIZE)
+    if vision is None and vocab_size == PALIGEMMA_VOCAB_SIZE:
+        yield
+        return
+    paligemma_cls = gemma_pytorch.PaliGemmaForConditionalGeneration
+    gemma_cls = gemma_pytorch.GemmaForCausalLM
+
+    def small_paligemma(config):
+        if vision is not None:
+            vc = config.vision_config
+            vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size = vision.width, vision.depth, vision.mlp_dim
+            vc.num_attention_heads, vc.patch_size = vision.num_heads, vision.patch_size
+            vc.projection_dim = config.text_config.hidden_size
+            config.text_config.num_image_tokens = (vc.image_size // vc.patch_size) ** 2
+        config.text_config.vocab_size = vocab_size
+        config._vocab_size = vocab_size
+        return paligemma_cls(config=config)
+
+    def small_gemma(config):
+        config.vocab_size = vocab_size
+        return gemma_cls(config=config)
+
+    gemma_pytorch.PaliGemmaForConditionalGeneration = small_paligemma
+    gemma_pytorch.GemmaForCausalLM = small_gemma
+    try:
+        yield
+    finally:
+        gemma_pytorch.PaliGemmaForConditionalGeneration = paligemma_cls
+        gemma_pytorch.GemmaForCausalLM = gemma_cls
+
+
+def build_base_model(config: pi0_config.Pi0Config) -> PI0Pytorch:
+    """The official PI0Pytorch for `config` (honouring a small vision tower / vocab), with eager sampling."""
+    with backbone_overrides(config):
+        model = PI0Pytorch(config)
+    del model.sample_actions  # PI0Pytorch wraps it in torch.compile per instance; eager is the class method
+    return model
+
+
+class PI0GraphPytorch(PI0Pytorch):
+    """PI0Pytorch that also takes the arm's graph nodes [B, num_nodes, node_features]."""
+
+    config: SoftArmModelConfig
+
+    def __init__(self, config: SoftArmModelConfig) -> None:
+        with backbone_overrides(config):
+            super().__init__(config)
+        # Eager sampling: the per-instance torch.compile wrapper costs minutes on CPU before the first action.
+        del self.sample_actions
+        self.graph_encoder = GraphEncoder(
+            num_nodes=config.num_nodes,
+            node_features=config.node_features,
+            edges=config.edges,
+            width=config.graph_width,
+            depth=config.graph_depth,
+            num_heads=config.graph_heads,
+            embedding_dim=config.action_dim if config.fusion == "state" else None,
+        )
+        if config.fusion == "state":
+            self.graph_state_gate = nn.Parameter(torch.zeros(config.action_dim))
+        elif config.fusion == "prefix":
+            vlm_width = self.paligemma_with_expert.paligemma.config.text_config.hidden_size
+            self.graph_prefix_proj = nn.Linear(config.graph_width, vlm_width)
+        else:
+            self.graph_suffix_proj = nn.Linear(config.graph_width, self.action_in_proj.out_features)
+        self._graph_tokens: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def _graph_inputs(self, observation: Observation, graph: torch.Tensor | None) -> Iterator[Observation]:
+        """Encode the graph once and make it visible to embed_prefix / embed_suffix for one call."""
+        if graph is None:
+            yield observation
+            return
+        encoding = self.graph_encoder(graph)
+        if self.config.fusion == "state":
+            state = observation.state + self.graph_state_gate * encoding.embedding.to(observation.state.dtype)
+            yield dataclasses.replace(observation, state=state)
+            return
+        self._graph_tokens = encoding.tokens
+        try:
+            yield observation
+        finally:
+            self._graph_tokens = None
+
+    def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
+        embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        if self._graph_tokens is None or self.config.fusion != "prefix":
+            return embs, pad_masks, att_masks
+        graph_embs = self.graph_prefix_proj(self._graph_tokens).to(embs.dtype)
+        batch, num_nodes = graph_embs.shape[:2]
+        # Graph tokens join the image+prompt block: full attention with it (mask value 0).
+        graph_pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
+        graph_att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
+        return (
+            torch.cat([embs, graph_embs], dim=1),
+            torch.cat([pad_masks, graph_pad], dim=1),
+            torch.cat([att_masks, graph_att], dim=1),
+        )
+
+    def embed_suffix(self, state, noisy_actions, timestep):
+        embs, pad_masks, att_masks, adarms_cond = super().embed_suffix(state, noisy_actions, timestep)
+        if self._graph_tokens is None or self.config.fusion != "suffix":
+            return embs, pad_masks, att_masks, adarms_cond
+        graph_embs = self.graph_suffix_proj(self._graph_tokens).to(embs.dtype)
+        batch, num_nodes = graph_embs.shape[:2]
+        # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
+        # Action tokens stay last, where PI0Pytorch reads its output.
+        graph_pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
+        graph_att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
+        graph_att[:, 0] = 1
+        return (
+            torch.cat([graph_embs, embs], dim=1),
+            torch.cat([graph_pad, pad_masks], dim=1),
+            torch.cat([graph_att, att_masks], dim=1),
+            adarms_cond,
+        )
+
+    def forward(self, observation, actions, graph=None, noise=None, time=None) -> torch.Tensor:
+        """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in."""
+        with self._graph_inputs(observation, graph) as observation:
+            return super().forward(observation, actions, noise=noise, time=time)
+
+    @torch.no_grad()
+    def sample_actions(self, device, observation, graph=None, noise=None, num_steps=10) -> torch.Tensor:
+        """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in."""
+        with self._graph_inputs(observation, graph) as observation:
+            return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
+
+    def graph_parameter_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters() if is_graph_key(name)]
+
+
+def is_graph_key(name: str) -> bool:
+    return name.startswith(GRAPH_KEY_PREFIXES)
+
+
+def count_parameters(module: nn.Module, names: Sequence[str] | None = None) -> int:
+    params = dict(module.named_parameters())
+    return sum(params[n].numel() for n in (names if names is not None else params))

@@ -1,0 +1,108 @@
+"""Loading official openpi PyTorch checkpoints into PI0GraphPytorch, and saving/loading the whole graph model.
+
+An official converted checkpoint directory holds ``model.safetensors`` written by ``safetensors.torch.save_model``
+(tied weights stored once). Every base key must be there with the right shape; only the graph extension's keys may
+be missing, and those are reported as freshly initialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from softarm.model import PI0GraphPytorch, SoftArmModelConfig, is_graph_key
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+
+
+@dataclasses.dataclass
+class LoadReport:
+    path: Path
+    loaded: int  # tensors copied from the file
+    fresh: list[str]  # graph-extension keys the file lacked: freshly initialised
+
+    def summary(self) -> str:
+        if not self.fresh:
+            return f"loaded {self.loaded} tensors from {self.path}; nothing freshly initialised"
+        return (
+            f"loaded {self.loaded} tensors from {self.path}; freshly initialised {len(self.fresh)} graph-extension "
+            f"tensors: {', '.join(self.fresh)}"
+        )
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_graph: bool = True) -> LoadReport:
+    """Copy `checkpoint/model.safetensors` (or the file itself) into `model`.
+
+    Raises ValueError naming the keys that are missing or have the wrong shape. With `allow_fresh_graph`, the graph
+    extension's keys may be absent (loading openpi base weights); without it the file must hold the whole model.
+    """
+    path = Path(checkpoint)
+    if path.suffix != ".safetensors":
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path} (expected an openpi PyTorch checkpoint directory)")
+
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    wrong_shape = [
+        f"{name}: file {list(shape)} vs model {list(expected[name])}"
+        for name, shape in found.items()
+        if name in expected and shape != expected[name]
+    ]
+    if wrong_shape:
+        raise ValueError(
+            f"{path}: {len(wrong_shape)} tensors have the wrong shape for this model config "
+            f"(another model variant or preset?): {_listing(wrong_shape, 5)}"
+        )
+
+    missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    if unexpected:
+        raise ValueError(
+            f"{path}: holds {len(unexpected)} tensors this model does not have (pi0 vs pi0.5, or another fusion "
+            f"mode?): {_listing(sorted(unexpected))}"
+        )
+    fresh = sorted(k for k in missing if is_graph_key(k))
+    base_missing = sorted(k for k in missing if not is_graph_key(k))
+    if base_missing:
+        raise ValueError(f"{path}: missing {len(base_missing)} base-model tensors: {_listing(base_missing)}")
+    if fresh and not allow_fresh_graph:
+        raise ValueError(f"{path}: missing {len(fresh)} graph-extension tensors: {_listing(fresh)}")
+    report = LoadReport(path=path, loaded=len(found), fresh=fresh)
+    logger.info(report.summary())
+    return report
+
+
+def save_model(model: PI0GraphPytorch, directory: str | Path) -> Path:
+    """Write `model_config.json` and `model.safetensors`: everything `load_model` needs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
+    return directory
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> PI0GraphPytorch:
+    """Rebuild a graph model saved by `save_model`; every tensor must be in the file."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a saved PI0GraphPytorch directory")
+    config = SoftArmModelConfig.from_dict(json.loads(config_path.read_text()))
+    model = PI0GraphPytorch(config)
+    load_weights(model, directory, allow_fresh_graph=False)
+    return model.to(device)
