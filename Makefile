@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml requirements.txt Makefile
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
+demo: setup
+	$(VENV)/bin/softarm demo --out demo_out
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

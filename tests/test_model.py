@@ -77,7 +77,7 @@ def test_sample_actions_uses_the_graph(pi05: bool, fusion: str) -> None:
     assert (a - b).abs().max() > 1e-3
     again = model.sample_actions(CPU, obs, graph=make_graph(config, seed=1), noise=noise, num_steps=3)
     torch.testing.assert_close(a, again)
-    assert model._graph_tokens is None  # nothing of the call leaks into the next one
+    assert model._graph is None  # nothing of the call leaks into the next one
 
 
 def test_state_mode_starts_as_base_pi0() -> None:

@@ -19,14 +19,13 @@ import dataclasses
 from typing import Literal
 
 from openpi.models import pi0_config
-from openpi.models.model import Observation
 from openpi.models_pytorch import gemma_pytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import torch
 from torch import nn
 
 from softarm import arm
-from softarm.graph_encoder import GraphEncoder
+from softarm.graph_encoder import GraphEncoder, GraphEncoding
 
 FusionMode = Literal["state", "prefix", "suffix"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix")
@@ -195,30 +194,22 @@ class PI0GraphPytorch(PI0Pytorch):
             self.graph_prefix_proj = nn.Linear(config.graph_width, vlm_width)
         else:
             self.graph_suffix_proj = nn.Linear(config.graph_width, self.action_in_proj.out_features)
-        self._graph_tokens: torch.Tensor | None = None
+        self._graph: GraphEncoding | None = None
 
     @contextlib.contextmanager
-    def _graph_inputs(self, observation: Observation, graph: torch.Tensor | None) -> Iterator[Observation]:
-        """Encode the graph once and make it visible to embed_prefix / embed_suffix for one call."""
-        if graph is None:
-            yield observation
-            return
-        encoding = self.graph_encoder(graph)
-        if self.config.fusion == "state":
-            state = observation.state + self.graph_state_gate * encoding.embedding.to(observation.state.dtype)
-            yield dataclasses.replace(observation, state=state)
-            return
-        self._graph_tokens = encoding.tokens
+    def _graph_inputs(self, graph: torch.Tensor | None) -> Iterator[None]:
+        """Encode the graph once per call and make it visible to embed_prefix / embed_suffix during that call."""
+        self._graph = None if graph is None else self.graph_encoder(graph)
         try:
-            yield observation
+            yield
         finally:
-            self._graph_tokens = None
+            self._graph = None
 
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
         embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
-        if self._graph_tokens is None or self.config.fusion != "prefix":
+        if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
-        graph_embs = self.graph_prefix_proj(self._graph_tokens).to(embs.dtype)
+        graph_embs = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)
         batch, num_nodes = graph_embs.shape[:2]
         # Graph tokens join the image+prompt block: full attention with it (mask value 0).
         graph_pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
@@ -230,10 +221,12 @@ class PI0GraphPytorch(PI0Pytorch):
         )
 
     def embed_suffix(self, state, noisy_actions, timestep):
+        if self._graph is not None and self.config.fusion == "state":
+            state = state + self.graph_state_gate * self._graph.embedding.to(state.dtype)
         embs, pad_masks, att_masks, adarms_cond = super().embed_suffix(state, noisy_actions, timestep)
-        if self._graph_tokens is None or self.config.fusion != "suffix":
+        if self._graph is None or self.config.fusion != "suffix":
             return embs, pad_masks, att_masks, adarms_cond
-        graph_embs = self.graph_suffix_proj(self._graph_tokens).to(embs.dtype)
+        graph_embs = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
         batch, num_nodes = graph_embs.shape[:2]
         # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
         # Action tokens stay last, where PI0Pytorch reads its output.
@@ -249,13 +242,13 @@ class PI0GraphPytorch(PI0Pytorch):
 
     def forward(self, observation, actions, graph=None, noise=None, time=None) -> torch.Tensor:
         """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in."""
-        with self._graph_inputs(observation, graph) as observation:
+        with self._graph_inputs(graph):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
     def sample_actions(self, device, observation, graph=None, noise=None, num_steps=10) -> torch.Tensor:
         """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in."""
-        with self._graph_inputs(observation, graph) as observation:
+        with self._graph_inputs(graph):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def graph_parameter_names(self) -> list[str]:
