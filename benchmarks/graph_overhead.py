@@ -37,7 +37,7 @@ def scenario_overrides(name: str) -> tuple[str, dict]:
     if name == "realistic":
         return "tiny", {"vision": VisionSpec(patch_size=14), "max_token_len": 48}
     if name == "full":
-        return "pi0", {"paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "dtype": "bfloat16"}
+        return "pi0", {}  # gemma_2b + gemma_300m, SigLIP So400m/14, bf16
     raise ValueError(name)
 
 
