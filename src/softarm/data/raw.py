@@ -1,0 +1,176 @@
+"""Raw soft-arm episodes: one HDF5 file per episode, as a lab records them (layout in docs/data_format.md).
+
+`read_episode` validates everything it returns and raises `EpisodeError` naming the file, the key and what was
+expected; files are only ever opened read-only. `write_episode` is the one writer (simulator, tests, user tools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from softarm import arm
+
+IMAGES = "observations/images"
+NODES = "observations/graph/nodes"
+STATE = "observations/state"
+ACTION = "action"
+EDGES = "graph/edges"
+MAX_STATE_DIM = 32  # openpi's state slot
+
+
+class EpisodeError(ValueError):
+    """A raw episode that cannot be used; `reason` says what is wrong and what was expected."""
+
+    def __init__(self, path: Path, key: str, reason: str) -> None:
+        self.path, self.key, self.reason = Path(path), key, reason
+        super().__init__(f"{self.path.name}: {key}: {reason}")
+
+
+@dataclasses.dataclass
+class RawEpisode:
+    path: Path
+    images: dict[str, np.ndarray]  # camera name -> uint8 [T, H, W, 3]
+    nodes: np.ndarray  # float32 [T, N, F]
+    actions: np.ndarray  # float32 [T, A]
+    prompt: str
+    fps: float
+    state: np.ndarray | None = None  # float32 [T, S], S <= 32
+    edges: np.ndarray | None = None  # int64 [E, 2]
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def write_episode(path: str | Path, episode: RawEpisode) -> Path:
+    """Write `episode` in the raw layout (images chunked per frame and gzip-compressed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["prompt"] = episode.prompt
+        f.attrs["fps"] = float(episode.fps)
+        for camera, frames in episode.images.items():
+            chunks = (1, *frames.shape[1:]) if len(frames) else None
+            f.create_dataset(f"{IMAGES}/{camera}", data=frames, chunks=chunks, compression="gzip", compression_opts=1)
+        f.create_dataset(NODES, data=episode.nodes)
+        f.create_dataset(ACTION, data=episode.actions)
+        if episode.state is not None:
+            f.create_dataset(STATE, data=episode.state)
+        if episode.edges is not None:
+            f.create_dataset(EDGES, data=episode.edges)
+    return path
+
+
+def _array(f: h5py.File, path: Path, key: str, *, ndim: int, kind: str, optional: bool = False) -> np.ndarray | None:
+    if key not in f:
+        if optional:
+            return None
+        raise EpisodeError(path, key, "missing")
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise EpisodeError(path, key, f"expected a dataset, found a {type(node).__name__}")
+    if node.dtype.kind not in kind:
+        wanted = {"u": "uint8", "f": "float", "iu": "integer"}[kind]
+        raise EpisodeError(path, key, f"expected {wanted} values, got dtype {node.dtype}")
+    if node.ndim != ndim:
+        raise EpisodeError(path, key, f"expected {ndim} dimensions, got shape {list(node.shape)}")
+    return node[()]
+
+
+def _finite(path: Path, key: str, values: np.ndarray) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        where = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
+        raise EpisodeError(path, key, f"{int(bad.sum())} NaN/Inf values (first at index [{where}])")
+
+
+def read_episode(
+    path: str | Path,
+    *,
+    num_nodes: int = arm.NUM_NODES,
+    node_features: int = arm.NUM_NODE_FEATURES,
+    action_dim: int = arm.ACTION_DIM,
+) -> RawEpisode:
+    """Read and validate one raw episode; raise EpisodeError on the first problem found."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise EpisodeError(path, "<file>", f"not a readable HDF5 file ({e})") from None
+    try:
+        with f:
+            return _read_open(f, path, num_nodes, node_features, action_dim)
+    except EpisodeError:
+        raise
+    except (OSError, KeyError, RuntimeError) as e:  # truncated or corrupt datasets surface on read
+        raise EpisodeError(path, "<file>", f"corrupt or truncated HDF5 data ({e})") from None
+
+
+def _read_open(f: h5py.File, path: Path, num_nodes: int, node_features: int, action_dim: int) -> RawEpisode:
+    prompt = f.attrs.get("prompt")
+    if isinstance(prompt, bytes):
+        prompt = prompt.decode("utf-8", errors="replace")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise EpisodeError(path, "attrs/prompt", f"expected a non-empty string, got {prompt!r}")
+    fps = f.attrs.get("fps")
+    if not isinstance(fps, int | float | np.number) or not np.isfinite(fps) or fps <= 0:
+        raise EpisodeError(path, "attrs/fps", f"expected a positive number, got {fps!r}")
+
+    if IMAGES not in f or not isinstance(f[IMAGES], h5py.Group) or not len(f[IMAGES]):
+        raise EpisodeError(path, IMAGES, "missing: expected one dataset per camera")
+    images = {}
+    for camera in f[IMAGES]:
+        key = f"{IMAGES}/{camera}"
+        frames = _array(f, path, key, ndim=4, kind="u")
+        if frames.dtype != np.uint8 or frames.shape[-1] != 3:
+            raise EpisodeError(path, key, f"expected uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        images[camera] = frames
+
+    nodes = _array(f, path, NODES, ndim=3, kind="f")
+    if nodes.shape[1:] != (num_nodes, node_features):
+        raise EpisodeError(
+            path, NODES, f"expected [T, {num_nodes}, {node_features}] (T, nodes, features), got {list(nodes.shape)}"
+        )
+    actions = _array(f, path, ACTION, ndim=2, kind="f")
+    if actions.shape[1] != action_dim:
+        raise EpisodeError(path, ACTION, f"expected [T, {action_dim}], got {list(actions.shape)}")
+    state = _array(f, path, STATE, ndim=2, kind="f", optional=True)
+    if state is not None and not 1 <= state.shape[1] <= MAX_STATE_DIM:
+        raise EpisodeError(path, STATE, f"expected [T, S] with 1 <= S <= {MAX_STATE_DIM}, got {list(state.shape)}")
+    edges = _array(f, path, EDGES, ndim=2, kind="iu", optional=True)
+    if edges is not None:
+        try:
+            arm.validate_edges(num_nodes, edges.tolist())
+        except ValueError as e:
+            raise EpisodeError(path, EDGES, str(e)) from None
+
+    lengths: Mapping[str, int] = {
+        **{f"{IMAGES}/{c}": len(v) for c, v in images.items()},
+        NODES: len(nodes),
+        ACTION: len(actions),
+        **({STATE: len(state)} if state is not None else {}),
+    }
+    if len(set(lengths.values())) > 1:
+        listing = ", ".join(f"{k}={n}" for k, n in lengths.items())
+        raise EpisodeError(path, "<lengths>", f"arrays must share the time length T, got {listing}")
+    if len(actions) == 0:
+        raise EpisodeError(path, ACTION, "empty episode (T = 0)")
+    for key, values in ((NODES, nodes), (ACTION, actions), (STATE, state)):
+        if values is not None:
+            _finite(path, key, values)
+
+    return RawEpisode(
+        path=path,
+        images=images,
+        nodes=nodes.astype(np.float32),
+        actions=actions.astype(np.float32),
+        prompt=prompt.strip(),
+        fps=float(fps),
+        state=None if state is None else state.astype(np.float32),
+        edges=None if edges is None else edges.astype(np.int64),
+    )

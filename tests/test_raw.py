@@ -1,0 +1,170 @@
+"""Raw HDF5 episodes: round trip, and every kind of bad episode is named with its file, key and reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from softarm.data.raw import EpisodeError, RawEpisode, read_episode, write_episode
+
+
+def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> RawEpisode:
+    rng = np.random.default_rng(seed)
+    return RawEpisode(
+        path=Path("unused"),
+        images={
+            "base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
+            "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8),
+        },
+        nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
+        prompt="reach the red ball",
+        fps=10.0,
+        state=None if state_dim is None else rng.normal(size=(length, state_dim)).astype(np.float32),
+        edges=np.array([[i, i + 1] for i in range(9)]),
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    episode = make_episode()
+    path = write_episode(tmp_path / "ep.h5", episode)
+    back = read_episode(path)
+    assert back.length == 5
+    assert back.prompt == "reach the red ball"
+    assert back.fps == 10.0
+    for camera in ("base", "tip"):
+        np.testing.assert_array_equal(back.images[camera], episode.images[camera])
+    np.testing.assert_array_equal(back.nodes, episode.nodes)
+    np.testing.assert_array_equal(back.actions, episode.actions)
+    np.testing.assert_array_equal(back.state, episode.state)
+    np.testing.assert_array_equal(back.edges, episode.edges)
+
+
+def test_state_and_edges_are_optional(tmp_path: Path) -> None:
+    episode = make_episode(state_dim=None)
+    episode.edges = None
+    back = read_episode(write_episode(tmp_path / "ep.h5", episode))
+    assert back.state is None
+    assert back.edges is None
+
+
+def _edit(mutate: Callable[[h5py.File], None]) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        with h5py.File(path, "a") as f:
+            mutate(f)
+
+    return apply
+
+
+def _replace(key: str, value) -> Callable[[Path], None]:
+    def mutate(f: h5py.File) -> None:
+        del f[key]
+        f[key] = value
+
+    return _edit(mutate)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _nan_nodes(f: h5py.File) -> None:
+    nodes = f["observations/graph/nodes"][()]
+    nodes[3, 2, 1] = np.nan
+    f["observations/graph/nodes"][...] = nodes
+
+
+BAD = {
+    "truncated": (_truncate, "<file>", "HDF5"),
+    "not hdf5": (lambda p: p.write_bytes(b"not an hdf5 file"), "<file>", "not a readable HDF5 file"),
+    "missing actions": (_edit(lambda f: f.__delitem__("action")), "action", "missing"),
+    "missing nodes": (
+        _edit(lambda f: f.__delitem__("observations/graph/nodes")),
+        "observations/graph/nodes",
+        "missing",
+    ),
+    "missing cameras": (_edit(lambda f: f.__delitem__("observations/images")), "observations/images", "missing"),
+    "wrong node shape": (
+        _replace("observations/graph/nodes", np.zeros((5, 9, 19), np.float32)),
+        "observations/graph/nodes",
+        r"expected [T, 10, 19] (T, nodes, features), got [5, 9, 19]",
+    ),
+    "wrong action dim": (_replace("action", np.zeros((5, 7), np.float32)), "action", "expected [T, 10], got [5, 7]"),
+    "float images": (
+        _replace("observations/images/base", np.zeros((5, 48, 64, 3), np.float32)),
+        "observations/images/base",
+        "expected uint8 values, got dtype float32",
+    ),
+    "grey images": (
+        _replace("observations/images/tip", np.zeros((5, 32, 32, 1), np.uint8)),
+        "observations/images/tip",
+        "expected uint8 [T, H, W, 3], got uint8 [5, 32, 32, 1]",
+    ),
+    "integer actions": (
+        _replace("action", np.zeros((5, 10), np.int32)),
+        "action",
+        "expected float values, got dtype int32",
+    ),
+    "nan nodes": (_edit(_nan_nodes), "observations/graph/nodes", "1 NaN/Inf values (first at index [3, 2, 1])"),
+    "inf actions": (
+        _replace("action", np.full((5, 10), np.inf, np.float32)),
+        "action",
+        "50 NaN/Inf values (first at index [0, 0])",
+    ),
+    "length mismatch": (
+        _replace("action", np.zeros((4, 10), np.float32)),
+        "<lengths>",
+        "arrays must share the time length T, got observations/images/base=5, observations/images/tip=5, "
+        "observations/graph/nodes=5, action=4",
+    ),
+    "state too wide": (
+        _replace("observations/state", np.zeros((5, 40), np.float32)),
+        "observations/state",
+        "expected [T, S] with 1 <= S <= 32, got [5, 40]",
+    ),
+    "missing prompt": (_edit(lambda f: f.attrs.__delitem__("prompt")), "attrs/prompt", "non-empty string, got None"),
+    "blank prompt": (_edit(lambda f: f.attrs.__setitem__("prompt", "  ")), "attrs/prompt", "got '  '"),
+    "bad fps": (_edit(lambda f: f.attrs.__setitem__("fps", -3.0)), "attrs/fps", "expected a positive number"),
+    "bad edges": (
+        _replace("graph/edges", np.array([[0, 11]])),
+        "graph/edges",
+        "edge 0 = (0, 11) refers to a node outside 0..9",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_episode_is_named(tmp_path: Path, kind: str) -> None:
+    corrupt, key, reason = BAD[kind]
+    path = write_episode(tmp_path / "episode_007.h5", make_episode())
+    corrupt(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(EpisodeError) as exc:
+        read_episode(path)
+    assert exc.value.key == key
+    assert reason in exc.value.reason
+    assert str(exc.value).startswith(f"episode_007.h5: {key}: ")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # reading never modifies the input
+
+
+def test_empty_episode(tmp_path: Path) -> None:
+    path = write_episode(tmp_path / "empty.h5", make_episode(length=0))
+    with pytest.raises(EpisodeError, match=r"empty\.h5: action: empty episode \(T = 0\)"):
+        read_episode(path)
+
+
+def test_custom_arm_sizes(tmp_path: Path) -> None:
+    episode = make_episode()
+    episode.nodes = np.zeros((5, 6, 4), np.float32)
+    episode.actions = np.zeros((5, 6), np.float32)
+    episode.edges = None
+    path = write_episode(tmp_path / "six.h5", episode)
+    assert read_episode(path, num_nodes=6, node_features=4, action_dim=6).nodes.shape == (5, 6, 4)
+    with pytest.raises(EpisodeError, match=r"expected \[T, 10, 19\]"):
+        read_episode(path)
