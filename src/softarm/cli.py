@@ -43,6 +43,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from softarm.data.convert import ConvertOptions, convert
+
+    cameras = None
+    if args.camera:
+        pairs = [c.split("=", 1) for c in args.camera]
+        if any(len(p) != 2 for p in pairs):
+            raise SystemExit(f"--camera takes SLOT=CAMERA, got {args.camera}")
+        cameras = dict(pairs)
+    options = ConvertOptions(
+        val_episodes=args.val_episodes,
+        action_horizon=args.action_horizon,
+        cameras=cameras,
+        overwrite=args.overwrite,
+        seed=args.seed,
+    )
+    result = convert(args.raw_dir, args.out_dir, options)
+    print(
+        f"kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples: train {result.samples['train']}, "
+        f"val {result.samples['val']}; wrote {result.out_dir} (skipped episodes and reasons in report.json)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -50,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--preset", choices=["tiny", "pi0", "pi05"], help="also build this model preset and count it")
     info.add_argument("--fusion", choices=["state", "prefix", "suffix"], help="override the preset's fusion mode")
     info.set_defaults(func=cmd_info)
+    conv = verbs.add_parser("convert", help="validate raw HDF5 episodes and write a prepared dataset")
+    conv.add_argument("raw_dir")
+    conv.add_argument("out_dir")
+    conv.add_argument("--val-episodes", type=int, default=20, help="episodes held out for validation")
+    conv.add_argument("--action-horizon", type=int, default=16)
+    conv.add_argument("--camera", action="append", metavar="SLOT=CAMERA", help="e.g. base_0_rgb=base (repeatable)")
+    conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    conv.set_defaults(func=cmd_convert)
     demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
     demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
     demo.add_argument("--steps", type=int, default=150)

@@ -1,0 +1,196 @@
+"""`softarm convert RAW_DIR OUT_DIR`: validate raw episodes and write a prepared dataset built for random access.
+
+One pass over the episodes: each is read and validated (`read_episode`); a bad one is skipped and listed in
+`report.json` with its file and reason, a good one is appended frame by frame to flat binary arrays (images already
+resized with padding to 224x224 uint8 by openpi's own `resize_with_pad`, the one its inference transform uses). The
+dataset is built in a hidden temporary directory next to OUT_DIR and renamed into place at the end, so a crash never
+leaves a half dataset that looks complete. Inputs are opened read-only.
+
+Prepared layout: `meta.json` (shapes, dtypes, camera slots, episodes with split/start/length), one `<array>.bin`
+per array (frames in episode order), `report.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+import shutil
+
+import numpy as np
+from openpi.shared import image_tools
+from tqdm import tqdm
+
+from softarm import arm
+from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
+
+IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+FORMAT_VERSION = 1
+RAW_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    val_episodes: int = 20
+    action_horizon: int = 16
+    # openpi image slot -> the lab's camera name; None maps the raw cameras, sorted by name, to the slots in order.
+    cameras: dict[str, str] | None = None
+    image_size: int = 224
+    seed: int = 0
+    overwrite: bool = False
+    num_nodes: int = arm.NUM_NODES
+    node_features: int = arm.NUM_NODE_FEATURES
+    action_dim: int = arm.ACTION_DIM
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    out_dir: Path
+    kept: list[str]
+    skipped: list[dict]
+    samples: dict[str, int]
+
+
+class _ArrayWriter:
+    """Appends fixed-shape frames to `<name>.bin`; records what `meta.json` needs to memory-map it back."""
+
+    def __init__(self, directory: Path, name: str, frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.name, self.frame_shape, self.dtype = name, frame_shape, np.dtype(dtype)
+        self.file = open(directory / f"{name}.bin", "wb")  # noqa: SIM115 - closed in close()
+        self.frames = 0
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        assert values.shape[1:] == self.frame_shape, (self.name, values.shape)
+        self.file.write(values.tobytes())
+        self.frames += len(values)
+
+    def close(self) -> dict:
+        self.file.close()
+        return {"file": f"{self.name}.bin", "dtype": self.dtype.str, "shape": [self.frames, *self.frame_shape]}
+
+
+def find_episodes(raw_dir: Path) -> list[Path]:
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"raw episode directory {raw_dir} does not exist")
+    files = sorted(p for p in raw_dir.iterdir() if p.is_file() and p.suffix.lower() in RAW_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no episode files ({', '.join(RAW_SUFFIXES)}) in {raw_dir}")
+    return files
+
+
+def _camera_map(episode: RawEpisode, cameras: dict[str, str] | None) -> dict[str, str | None]:
+    if cameras is None:
+        names = sorted(episode.images)[: len(IMAGE_SLOTS)]
+        cameras = dict(zip(IMAGE_SLOTS, names, strict=False))
+    unknown = sorted(set(cameras) - set(IMAGE_SLOTS))
+    if unknown:
+        raise ValueError(f"unknown image slots {unknown}; openpi's slots are {list(IMAGE_SLOTS)}")
+    return {slot: cameras.get(slot) for slot in IMAGE_SLOTS}
+
+
+def _check_consistent(episode: RawEpisode, slots: dict[str, str | None], state_dim: int | None) -> None:
+    for slot, camera in slots.items():
+        if camera is not None and camera not in episode.images:
+            key = f"observations/images/{camera}"
+            raise EpisodeError(episode.path, key, f"missing: camera {camera!r} feeds slot {slot}")
+    width = None if episode.state is None else episode.state.shape[1]
+    if width != state_dim:
+        raise EpisodeError(episode.path, "observations/state", f"width {width} differs from the dataset's {state_dim}")
+
+
+def convert(raw_dir: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    files = find_episodes(raw_dir)
+    if out_dir.exists() and not options.overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+    tmp_dir = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    try:
+        result = _convert_into(files, tmp_dir, options)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+            tmp_dir.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp_dir.rename(out_dir)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    result.out_dir = out_dir
+    return result
+
+
+def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -> ConvertResult:
+    size = options.image_size
+    writers: dict[str, _ArrayWriter] = {}
+    slots: dict[str, str | None] | None = None
+    state_dim: int | None = None
+    episodes, skipped = [], []
+    for path in tqdm(files, desc="converting episodes", unit="episode"):
+        try:
+            episode = read_episode(
+                path, num_nodes=options.num_nodes, node_features=options.node_features, action_dim=options.action_dim
+            )
+            if slots is None:
+                slots = _camera_map(episode, options.cameras)
+                state_dim = None if episode.state is None else episode.state.shape[1]
+                writers = {
+                    **{f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8) for s in slots},
+                    "nodes": _ArrayWriter(directory, "nodes", (options.num_nodes, options.node_features), np.float32),
+                    "actions": _ArrayWriter(directory, "actions", (options.action_dim,), np.float32),
+                    "state": _ArrayWriter(directory, "state", (MAX_STATE_DIM,), np.float32),
+                }
+            _check_consistent(episode, slots, state_dim)
+        except EpisodeError as e:
+            skipped.append({"file": path.name, "key": e.key, "reason": e.reason})
+            tqdm.write(f"skipped {e}")
+            continue
+        start = writers["actions"].frames
+        for slot, camera in slots.items():
+            frames = (
+                np.zeros((episode.length, size, size, 3), np.uint8)
+                if camera is None
+                else np.asarray(image_tools.resize_with_pad(episode.images[camera], size, size))
+            )
+            writers[f"image_{slot}"].append(frames)
+        writers["nodes"].append(episode.nodes)
+        writers["actions"].append(episode.actions)
+        state = np.zeros((episode.length, MAX_STATE_DIM), np.float32)
+        if episode.state is not None:
+            state[:, : episode.state.shape[1]] = episode.state
+        writers["state"].append(state)
+        episodes.append({"file": path.name, "prompt": episode.prompt, "fps": episode.fps, "start": start,
+                         "length": episode.length})  # fmt: skip
+    arrays = {name: writer.close() for name, writer in writers.items()}
+    if not episodes:
+        reasons = "; ".join(f"{s['file']}: {s['key']}: {s['reason']}" for s in skipped[:5])
+        raise ValueError(f"no valid episode among {len(files)} files: {reasons}")
+
+    num_val = min(options.val_episodes, len(episodes) - 1)
+    val = set(np.random.default_rng(options.seed).permutation(len(episodes))[:num_val].tolist())
+    for i, ep in enumerate(episodes):
+        ep["split"] = "val" if i in val else "train"
+    samples = {s: sum(ep["length"] for ep in episodes if ep["split"] == s) for s in ("train", "val")}
+    meta = {
+        "format": FORMAT_VERSION,
+        "image_size": size,
+        "cameras": slots,
+        "state_dim": state_dim,
+        "action_dim": options.action_dim,
+        "action_horizon": options.action_horizon,
+        "num_nodes": options.num_nodes,
+        "node_features": options.node_features,
+        "arrays": arrays,
+        "episodes": episodes,
+        "samples": samples,
+    }
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    result = ConvertResult(out_dir=directory, kept=[ep["file"] for ep in episodes], skipped=skipped, samples=samples)
+    report = {"kept": result.kept, "skipped": skipped, "samples": samples}
+    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return result

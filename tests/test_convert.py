@@ -1,0 +1,135 @@
+"""raw -> prepared: values survive, bad episodes are reported while good ones convert, inputs stay untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from softarm.cli import main
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.prepared import PreparedDataset
+from softarm.data.raw import write_episode
+from tests.test_raw import make_episode
+
+
+def raw_dir(tmp_path: Path, lengths=(20, 7, 12, 9)) -> Path:
+    directory = tmp_path / "raw"
+    for i, length in enumerate(lengths):
+        write_episode(directory / f"ep_{i:03d}.h5", make_episode(length=length, seed=i))
+    return directory
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_values_round_trip_including_the_padded_chunk_at_the_episode_end(tmp_path: Path) -> None:
+    raw = raw_dir(tmp_path)
+    result = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1, cameras={"base_0_rgb": "base"}))
+    assert result.samples["train"] + result.samples["val"] == 48
+    assert not result.skipped
+    data = PreparedDataset(tmp_path / "prep", split="all")
+    assert len(data) == 48
+    episode = make_episode(length=7, seed=1)  # ep_001, frames 20..26
+    sample = data[20 + 3]
+    np.testing.assert_array_equal(sample.nodes, episode.nodes[3])
+    np.testing.assert_array_equal(sample.state[:4], episode.state[3])
+    assert not sample.state[4:].any()
+    # frames 3..6 remain: 4 real steps, 12 padded and masked
+    np.testing.assert_array_equal(sample.actions[:4], episode.actions[3:7])
+    assert not sample.actions[4:].any()
+    assert sample.action_is_pad.tolist() == [False] * 4 + [True] * 12
+    assert sample.prompt == "reach the red ball"
+    # base camera 48x64 resized with padding to 224x224: rows 28..195 hold the image, the rest is black
+    image = sample.images["base_0_rgb"]
+    assert image.shape == (224, 224, 3)
+    assert image.dtype == np.uint8
+    assert not image[:28].any()
+    assert not image[196:].any()
+    assert abs(float(image[28:196].mean()) - float(episode.images["base"][3].mean())) < 3
+    assert sample.image_masks == {"base_0_rgb": True, "left_wrist_0_rgb": False, "right_wrist_0_rgb": False}
+    assert not sample.images["left_wrist_0_rgb"].any()
+    full = data[0]
+    assert not full.action_is_pad.any()
+
+
+def test_split_is_by_episode(tmp_path: Path) -> None:
+    convert(raw_dir(tmp_path), tmp_path / "prep", ConvertOptions(val_episodes=2))
+    train, val = PreparedDataset(tmp_path / "prep", "train"), PreparedDataset(tmp_path / "prep", "val")
+    train_files = {ep["file"] for ep in train.episodes}
+    val_files = {ep["file"] for ep in val.episodes}
+    assert len(val_files) == 2
+    assert not train_files & val_files
+    assert len(train) + len(val) == 48
+
+
+def test_bad_episodes_are_reported_and_good_ones_convert(tmp_path: Path) -> None:
+    raw = raw_dir(tmp_path)
+    (raw / "ep_900.h5").write_bytes(b"garbage")
+    with h5py.File(write_episode(raw / "ep_901.h5", make_episode(seed=9)), "a") as f:
+        del f["action"]
+    bad = make_episode(seed=10)
+    bad.nodes[2, 0, 0] = np.nan
+    write_episode(raw / "ep_902.h5", bad)
+    (raw / "notes.txt").write_text("not an episode")
+    before = digests(raw)
+
+    result = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+
+    assert result.kept == ["ep_000.h5", "ep_001.h5", "ep_002.h5", "ep_003.h5"]
+    report = json.loads((tmp_path / "prep" / "report.json").read_text())
+    reasons = {s["file"]: (s["key"], s["reason"]) for s in report["skipped"]}
+    assert reasons["ep_900.h5"][0] == "<file>"
+    assert reasons["ep_901.h5"] == ("action", "missing")
+    assert reasons["ep_902.h5"][0] == "observations/graph/nodes"
+    assert "NaN/Inf" in reasons["ep_902.h5"][1]
+    assert report["samples"]["train"] + report["samples"]["val"] == 48
+    assert digests(raw) == before
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path: Path) -> None:
+    raw = raw_dir(tmp_path)
+    out = tmp_path / "prep"
+    convert(raw, out, ConvertOptions(val_episodes=1))
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        convert(raw, out, ConvertOptions(val_episodes=1))
+    (raw / "ep_003.h5").unlink()
+    convert(raw, out, ConvertOptions(val_episodes=1, overwrite=True))
+    assert len(PreparedDataset(out, "all")) == 39
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prep", "raw"]  # no temporary leftovers
+
+
+def test_a_crash_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import softarm.data.convert as convert_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(convert_module.image_tools, "resize_with_pad", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert(raw_dir(tmp_path), tmp_path / "prep")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_no_valid_episode_is_an_error(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.h5").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"no valid episode among 1 files: a\.h5: <file>: not a readable HDF5"):
+        convert(raw, tmp_path / "prep")
+    with pytest.raises(FileNotFoundError, match="no episode files"):
+        convert(tmp_path, tmp_path / "p2")
+
+
+def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = raw_dir(tmp_path)
+    assert main(["convert", str(raw), str(tmp_path / "prep"), "--val-episodes", "1", "--camera", "base_0_rgb=tip"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 4 episodes, skipped 0" in out
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert meta["cameras"] == {"base_0_rgb": "tip", "left_wrist_0_rgb": None, "right_wrist_0_rgb": None}
