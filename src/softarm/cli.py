@@ -67,6 +67,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from softarm.data.stats import write_norm_stats
+
+    stats = write_norm_stats(args.dataset)
+    for key, value in stats.items():
+        mean, std = abs(value.mean).max(), value.std.min()
+        print(f"{key:<12} {len(value.mean):>3} dims  |mean| max {mean:.3g}  std min {std:.3g}")
+    print(f"wrote {args.dataset}/norm_stats.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -83,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     conv.set_defaults(func=cmd_convert)
+    stats = verbs.add_parser("stats", help="(re)compute norm_stats.json of a prepared dataset's train split")
+    stats.add_argument("dataset")
+    stats.set_defaults(func=cmd_stats)
     demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
     demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
     demo.add_argument("--steps", type=int, default=150)

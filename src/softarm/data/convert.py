@@ -7,7 +7,7 @@ dataset is built in a hidden temporary directory next to OUT_DIR and renamed int
 leaves a half dataset that looks complete. Inputs are opened read-only.
 
 Prepared layout: `meta.json` (shapes, dtypes, camera slots, episodes with split/start/length), one `<array>.bin`
-per array (frames in episode order), `report.json`.
+per array (frames in episode order), `report.json`, and openpi's `norm_stats.json` of the train split.
 """
 
 from __future__ import annotations
@@ -193,4 +193,7 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
     result = ConvertResult(out_dir=directory, kept=[ep["file"] for ep in episodes], skipped=skipped, samples=samples)
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
     (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from softarm.data.stats import write_norm_stats  # stats reads the prepared layout written above
+
+    write_norm_stats(directory)
     return result

@@ -1,0 +1,45 @@
+"""Normalisation statistics of a prepared dataset, in openpi's `norm_stats.json` format.
+
+Computed on the train split only with openpi's `RunningStats` (mean, std, q01, q99): `state` over the robot's real
+state dims (openpi normalises before padding to 32), `actions` over the real action dims, and `graph_nodes` per node
+feature, pooled over nodes and time, so openpi's own `Normalize` transform normalises the [N, F] graph by broadcasting.
+pi0 then uses the z-score, pi0.5 the quantiles, as openpi does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from openpi.shared import normalize
+
+from softarm.data.prepared import PreparedDataset
+
+GRAPH_KEY = "graph_nodes"
+CHUNK_FRAMES = 65536
+
+
+def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
+    data = PreparedDataset(directory, split="train")
+    if not len(data):
+        raise ValueError(f"{directory}: the train split is empty; nothing to compute statistics from")
+    state_dim = data.meta["state_dim"]
+    running = {"actions": normalize.RunningStats(), GRAPH_KEY: normalize.RunningStats()}
+    if state_dim:
+        running["state"] = normalize.RunningStats()
+    # Few large updates: RunningStats re-bins its quantile histograms whenever min/max grow, losing accuracy each time.
+    frames = np.concatenate([np.arange(ep["start"], ep["start"] + ep["length"]) for ep in data.episodes])
+    for chunk in np.array_split(frames, max(1, -(-len(frames) // CHUNK_FRAMES))):
+        running["actions"].update(np.asarray(data.arrays["actions"][chunk], np.float64))
+        nodes = np.asarray(data.arrays["nodes"][chunk], np.float64)
+        running[GRAPH_KEY].update(nodes.reshape(-1, nodes.shape[-1]))
+        if state_dim:
+            running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
+    return {key: stats.get_statistics() for key, stats in running.items()}
+
+
+def write_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
+    """Compute the stats and save them as `<directory>/norm_stats.json`."""
+    stats = compute_norm_stats(directory)
+    normalize.save(directory, stats)
+    return stats
