@@ -7,7 +7,8 @@ dataset is built in a hidden temporary directory next to OUT_DIR and renamed int
 leaves a half dataset that looks complete. Inputs are opened read-only.
 
 Prepared layout: `meta.json` (shapes, dtypes, camera slots, episodes with split/start/length), one `<array>.bin`
-per array (frames in episode order), `report.json`, and openpi's `norm_stats.json` of the train split.
+per array (frames in episode order), `report.json`, openpi's `norm_stats.json` of the train split, and
+`tokenizer.model`, an offline prompt tokenizer trained on the dataset's prompts (for models without PaliGemma's).
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
     (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     from softarm.data.stats import write_norm_stats  # stats reads the prepared layout written above
+    from softarm.data.tokenizer import TOKENIZER_FILE, train_prompt_tokenizer
 
     write_norm_stats(directory)
+    train_prompt_tokenizer([ep["prompt"] for ep in episodes], directory / TOKENIZER_FILE)
     return result

@@ -63,10 +63,10 @@ class PreparedDataset:
         actions[:steps] = self.arrays["actions"][frame : frame + steps]
         cameras = self.meta["cameras"]
         return Sample(
-            images={slot: np.asarray(self.arrays[f"image_{slot}"][frame]) for slot in IMAGE_SLOTS},
+            images={slot: np.array(self.arrays[f"image_{slot}"][frame]) for slot in IMAGE_SLOTS},  # copies
             image_masks={slot: cameras[slot] is not None for slot in IMAGE_SLOTS},
-            nodes=np.asarray(self.arrays["nodes"][frame]),
-            state=np.asarray(self.arrays["state"][frame]),
+            nodes=np.array(self.arrays["nodes"][frame]),
+            state=np.array(self.arrays["state"][frame]),
             actions=actions,
             action_is_pad=np.arange(self.horizon) >= steps,
             prompt=episode["prompt"],

@@ -1,0 +1,125 @@
+"""The soft arm's openpi transforms, used for BOTH training and inference (openpi's `policies/<robot>_policy.py` shape).
+
+`SoftArmInputs` maps one raw observation (the lab's camera names, graph nodes, optional state, prompt) to openpi's
+layout plus `graph_nodes`; openpi's own `Normalize`, `ResizeImages`, `TokenizePrompt` and `PadStatesAndActions` do the
+rest. `SoftArmOutputs` cuts the model's 32-D actions back to the arm's action size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+
+import numpy as np
+from openpi import transforms as _transforms
+from openpi.models.tokenizer import PaligemmaTokenizer
+from openpi.shared import normalize
+
+from softarm import arm
+from softarm.data.convert import IMAGE_SLOTS
+
+MODEL_ACTION_DIM = 32
+IMAGE_SIZE = 224
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftArmInputs(_transforms.DataTransformFn):
+    """{"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, optional "state": [S],
+    optional "actions": [H, A], "action_is_pad": [H]} -> openpi's model inputs + "graph_nodes"."""
+
+    cameras: Mapping[str, str | None]  # openpi slot -> the lab's camera name (None: no camera, zero image)
+    num_nodes: int = arm.NUM_NODES
+    node_features: int = arm.NUM_NODE_FEATURES
+    action_dim: int = arm.ACTION_DIM
+
+    def __call__(self, data: dict) -> dict:
+        images = data.get("images")
+        if not isinstance(images, Mapping):
+            raise ValueError("'images' must map camera names to uint8 [H, W, 3] arrays")
+        out_images, masks = {}, {}
+        for slot in IMAGE_SLOTS:
+            camera = self.cameras.get(slot)
+            if camera is None:
+                out_images[slot], masks[slot] = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.False_
+                continue
+            if camera not in images:
+                raise ValueError(f"'images' lacks camera {camera!r} (feeds {slot}); got {sorted(images)}")
+            image = np.asarray(images[camera])
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"images[{camera!r}] must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+            out_images[slot], masks[slot] = image, np.True_
+
+        nodes = np.asarray(data.get("graph_nodes"), dtype=np.float32)
+        if nodes.shape != (self.num_nodes, self.node_features):
+            raise ValueError(f"'graph_nodes' must be [{self.num_nodes}, {self.node_features}], got {list(nodes.shape)}")
+        if not np.isfinite(nodes).all():
+            raise ValueError("'graph_nodes' contains NaN or Inf")
+        state = np.asarray(data.get("state", np.zeros(0)), dtype=np.float32).reshape(-1)
+        if not np.isfinite(state).all():
+            raise ValueError("'state' contains NaN or Inf")
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"'prompt' must be a non-empty string, got {prompt!r}")
+
+        inputs = {"image": out_images, "image_mask": masks, "state": state, "graph_nodes": nodes, "prompt": prompt}
+        if "actions" in data:
+            actions = np.asarray(data["actions"], dtype=np.float32)
+            inputs["actions"] = actions
+            inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
+        return inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftArmOutputs(_transforms.DataTransformFn):
+    action_dim: int = arm.ACTION_DIM
+
+    def __call__(self, data: dict) -> dict:
+        return {"actions": np.asarray(data["actions"][..., : self.action_dim])}
+
+
+def as_float32(norm_stats: dict[str, normalize.NormStats]) -> dict[str, normalize.NormStats]:
+    """openpi's stats load as float64, which would silently upcast every normalised array."""
+    return {
+        key: normalize.NormStats(
+            **{
+                f: None if getattr(s, f) is None else np.asarray(getattr(s, f), np.float32)
+                for f in ("mean", "std", "q01", "q99")
+            }
+        )
+        for key, s in norm_stats.items()
+    }
+
+
+def input_transform(
+    cameras: Mapping[str, str | None],
+    norm_stats: dict[str, normalize.NormStats],
+    tokenizer: PaligemmaTokenizer,
+    *,
+    pi05: bool,
+    resize: bool = True,
+    num_nodes: int = arm.NUM_NODES,
+    node_features: int = arm.NUM_NODE_FEATURES,
+    action_dim: int = arm.ACTION_DIM,
+) -> _transforms.DataTransformFn:
+    """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
+    conversion with the same openpi function that ResizeImages uses)."""
+    steps: list[_transforms.DataTransformFn] = [
+        SoftArmInputs(cameras, num_nodes, node_features, action_dim),
+        _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
+    ]
+    if resize:
+        steps.append(_transforms.ResizeImages(IMAGE_SIZE, IMAGE_SIZE))
+    steps += [
+        _transforms.TokenizePrompt(tokenizer, discrete_state_input=pi05),
+        _transforms.PadStatesAndActions(MODEL_ACTION_DIM),
+    ]
+    return _transforms.compose(steps)
+
+
+def output_transform(
+    norm_stats: dict[str, normalize.NormStats], *, pi05: bool, action_dim: int = arm.ACTION_DIM
+) -> _transforms.DataTransformFn:
+    """Model actions [H, 32] (normalised) -> the arm's actions [H, action_dim] in its own units."""
+    return _transforms.compose(
+        [_transforms.Unnormalize({"actions": norm_stats["actions"]}, use_quantiles=pi05), SoftArmOutputs(action_dim)]
+    )
