@@ -56,6 +56,13 @@ def test_batch_values(prepared: Path, pi05: bool) -> None:
     )
     assert not batch.actions[0, :, 10:].any()
     assert batch.action_is_pad[0].tolist() == [False] * 4 + [True] * 12
+    mask = batch.loss_mask()
+    assert mask.shape == (2, 16, 32)
+    assert int(mask[0].sum()) == 4 * 10
+    assert int(mask[1].sum()) == 16 * 10
+    assert bool(mask[0, 3, 9])
+    assert not bool(mask[0, 3, 10])
+    assert not bool(mask[0, 4, 0])
     assert not batch.action_is_pad[1].any()
     state = batch.observation.state
     np.testing.assert_allclose(state[0, :4].numpy(), norm(episode.state[3], stats["state"]), atol=1e-4)

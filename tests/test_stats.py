@@ -53,3 +53,20 @@ def test_stats_command_and_dataset_without_state(tmp_path: Path, capsys: pytest.
     assert main(["stats", str(tmp_path / "prep")]) == 0
     assert "graph_nodes   19 dims" in capsys.readouterr().out
     assert sorted(normalize.load(tmp_path / "prep")) == ["actions", "graph_nodes"]
+
+
+def test_constant_graph_feature_keeps_a_usable_scale(tmp_path: Path) -> None:
+    from softarm.data.raw import write_episode
+
+    raw = tmp_path / "raw"
+    for i in range(3):
+        episode = make_episode(length=40, seed=i)
+        episode.nodes[..., 18] = 0.0  # contact force never seen in training
+        write_episode(raw / f"ep_{i}.h5", episode)
+    convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    graph = normalize.load(tmp_path / "prep")["graph_nodes"]
+    assert graph.std[18] == pytest.approx(1e-2)
+    assert (graph.q01[18], graph.q99[18]) == pytest.approx((-1e-2, 1e-2))
+    assert graph.std[0] > 0.5  # real features keep their own statistics
+    # a 5 N contact at run time normalises to 500, not 5e6
+    assert (5.0 - graph.mean[18]) / (graph.std[18] + 1e-6) == pytest.approx(500, rel=1e-3)

@@ -81,6 +81,11 @@ class Batch:
     graph: torch.Tensor  # [B, N, F], normalised
     actions: torch.Tensor  # [B, H, 32], normalised, zero-padded dims
     action_is_pad: torch.Tensor  # [B, H] True past the episode end
+    action_dim_mask: torch.Tensor  # [B, 32] True for the arm's real action dims
+
+    def loss_mask(self) -> torch.Tensor:
+        """[B, H, 32]: which elements of the model's per-element loss are real actions."""
+        return ~self.action_is_pad[:, :, None] & self.action_dim_mask[:, None, :]
 
 
 def to_device(batch: dict, device: torch.device | str) -> Batch:
@@ -94,4 +99,5 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
         graph=batch["graph_nodes"],
         actions=batch["actions"].float(),
         action_is_pad=batch["action_is_pad"],
+        action_dim_mask=batch["action_dim_mask"],
     )

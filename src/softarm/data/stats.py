@@ -3,7 +3,7 @@
 Computed on the train split only with openpi's `RunningStats` (mean, std, q01, q99): `state` over the robot's real
 state dims (openpi normalises before padding to 32), `actions` over the real action dims, and `graph_nodes` per node
 feature, pooled over nodes and time, so openpi's own `Normalize` transform normalises the [N, F] graph by broadcasting.
-pi0 then uses the z-score, pi0.5 the quantiles, as openpi does.
+pi0 then uses the z-score, pi0.5 the quantiles, as openpi does. Graph features get a minimum scale (`floor_scale`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from softarm.data.prepared import PreparedDataset
 
 GRAPH_KEY = "graph_nodes"
 CHUNK_FRAMES = 65536
+MIN_SCALE = 1e-2  # in the feature's own unit
 
 
 def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
@@ -35,7 +36,17 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
         running[GRAPH_KEY].update(nodes.reshape(-1, nodes.shape[-1]))
         if state_dim:
             running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
-    return {key: stats.get_statistics() for key, stats in running.items()}
+    stats = {key: stats.get_statistics() for key, stats in running.items()}
+    stats[GRAPH_KEY] = floor_scale(stats[GRAPH_KEY])
+    return stats
+
+
+def floor_scale(stats: normalize.NormStats) -> normalize.NormStats:
+    """Keep every feature's scale >= MIN_SCALE. A node feature constant in training (contact force in a task without
+    contact, a locked joint) has std 0, and openpi's (x - mean) / (std + 1e-6) would turn any later change into ~1e6."""
+    mid = (stats.q01 + stats.q99) / 2
+    half = np.maximum((stats.q99 - stats.q01) / 2, MIN_SCALE)
+    return normalize.NormStats(mean=stats.mean, std=np.maximum(stats.std, MIN_SCALE), q01=mid - half, q99=mid + half)
 
 
 def write_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:

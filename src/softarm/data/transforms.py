@@ -66,6 +66,7 @@ class SoftArmInputs(_transforms.DataTransformFn):
             actions = np.asarray(data["actions"], dtype=np.float32)
             inputs["actions"] = actions
             inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
+            inputs["action_dim_mask"] = np.arange(MODEL_ACTION_DIM) < self.action_dim  # real dims of the padded 32
         return inputs
 
 
