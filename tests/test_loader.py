@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from softarm.data.convert import ConvertOptions, convert
-from softarm.data.loader import SoftArmDataset, make_loader, prepared_cameras, to_device
+from softarm.data.loader import ResumableSampler, SoftArmDataset, make_loader, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
 from softarm.data.transforms import SoftArmInputs, input_transform, output_transform
@@ -132,16 +132,28 @@ def test_tokenizer_is_offline_and_small(tmp_path: Path) -> None:
         SentencePieceTokenizer(tmp_path / "missing.model")
 
 
-def test_distributed_loader_reshuffles_each_epoch(prepared: Path, tmp_path: Path) -> None:
+def test_sampler_shards_reshuffles_and_resumes() -> None:
+    ranks = [ResumableSampler(50, 4, seed=3, rank=r, world=2) for r in range(2)]
+    assert ranks[0].batches_per_epoch == 6  # 50 samples -> 6 batches of 4 per rank, 2 samples left out
+    epoch0 = [list(s) for s in ranks]
+    assert len(epoch0[0]) == len(epoch0[1]) == 24
+    assert not set(epoch0[0]) & set(epoch0[1])  # disjoint shards
+    for s in ranks:
+        s.set_epoch(1)
+    assert [list(s) for s in ranks] != epoch0  # a new shuffle each epoch
+    ranks[0].set_position(0, 2)  # resume epoch 0 at its third batch
+    assert list(ranks[0]) == epoch0[0][8:]
+    assert len(ranks[0]) == 16
+    with pytest.raises(ValueError, match="3 samples cannot fill one batch of 4 on each of 1 ranks"):
+        ResumableSampler(3, 4)
+
+
+def test_loader_uses_the_process_group(prepared: Path, tmp_path: Path) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         loader = make_loader(dataset(prepared, False, "train"), batch_size=4)
-        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
-        loader.sampler.set_epoch(0)
-        first = list(loader.sampler)
-        loader.sampler.set_epoch(1)
-        second = list(loader.sampler)
-        assert sorted(first) == sorted(second) == list(range(len(loader.dataset)))
-        assert first != second
+        assert isinstance(loader.sampler, ResumableSampler)
+        assert (loader.sampler.rank, loader.sampler.world) == (0, 1)
+        assert len(list(loader)) == loader.sampler.batches_per_epoch
     finally:
         torch.distributed.destroy_process_group()

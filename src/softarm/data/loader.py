@@ -7,11 +7,12 @@ makes them float on the device (a quarter of the bytes through the loader and th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import dataclasses
 
 from openpi.models.model import Observation
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softarm.data.convert import IMAGE_SLOTS
 from softarm.data.prepared import PreparedDataset
@@ -47,6 +48,45 @@ def prepared_cameras(prepared: PreparedDataset) -> dict[str, str | None]:
     return {slot: slot if prepared.meta["cameras"][slot] is not None else None for slot in IMAGE_SLOTS}
 
 
+class ResumableSampler(Sampler[int]):
+    """Shuffled (or ordered) indices of one epoch for one rank, able to start mid-epoch.
+
+    The order is a pure function of (seed, epoch), like DistributedSampler's, so `set_epoch` reshuffles every epoch and
+    `set_position(epoch, batch)` resumes exactly where a checkpoint left off without reading the skipped samples.
+    Each rank takes every world-th index; the epoch is cut to a multiple of world * batch_size so ranks stay in step.
+    """
+
+    def __init__(
+        self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{size} samples cannot fill one batch of {batch_size} on each of {world} ranks")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.size // (self.batch_size * self.world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.start_batch = epoch, 0
+
+    def set_position(self, epoch: int, batch: int) -> None:
+        self.epoch, self.start_batch = epoch, batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        mine = order[: self.batches_per_epoch * self.batch_size * self.world][self.rank :: self.world]
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+
 def make_loader(
     dataset: SoftArmDataset,
     batch_size: int,
@@ -54,22 +94,19 @@ def make_loader(
     shuffle: bool = True,
     num_workers: int = 0,
     seed: int = 0,
-    drop_last: bool = True,
 ) -> DataLoader:
-    """A DataLoader; under torch.distributed each rank reads its own shard (call `loader.sampler.set_epoch(epoch)`
-    every epoch for a new shuffle)."""
+    """A DataLoader over whole batches; under torch.distributed each rank reads its own shard. Call
+    `loader.sampler.set_epoch(epoch)` every epoch for a new shuffle."""
+    rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    elif shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(dataset)
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=drop_last,
+        drop_last=True,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
