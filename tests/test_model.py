@@ -50,6 +50,10 @@ def test_forward_backward_each_fusion_mode(pi05: bool, fusion: str) -> None:
     assert torch.isfinite(loss).all()
     loss.mean().backward()
 
+    no_grad = sorted(n for n, p in model.named_parameters() if p.grad is None)
+    if fusion != "state":
+        assert no_grad == sorted(model.unused_parameter_names())
+        assert len(no_grad) == 7
     encoder_grads = [p.grad for n, p in model.named_parameters() if n.startswith("graph_encoder.")]
     fusion_grads = [p.grad for n, p in model.named_parameters() if n.startswith("graph_") and "encoder" not in n]
     assert fusion_grads

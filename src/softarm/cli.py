@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import sys
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -78,6 +79,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from softarm.train.config import ConfigError, load_config
+    from softarm.train.loop import train
+
+    try:
+        config = load_config(args.config, args.overrides)
+        config.validate()
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    metrics = train(config).metrics
+    print("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -97,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats = verbs.add_parser("stats", help="(re)compute norm_stats.json of a prepared dataset's train split")
     stats.add_argument("dataset")
     stats.set_defaults(func=cmd_stats)
+    tr = verbs.add_parser("train", help="train PI0GraphPytorch from a YAML config (torchrun for several GPUs)")
+    tr.add_argument("--config", help="YAML file, e.g. configs/debug.yaml")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=10")
+    tr.set_defaults(func=cmd_train)
     demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
     demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
     demo.add_argument("--steps", type=int, default=150)

@@ -251,6 +251,20 @@ class PI0GraphPytorch(PI0Pytorch):
         with self._graph_inputs(graph):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters no training loss can reach: the VLM's outputs are never read (only its keys/values of the last
+        layer are), and the action expert's LM head is never called. Freezing them lets DDP run without
+        find_unused_parameters."""
+        last = len(self.paligemma_with_expert.paligemma.language_model.layers) - 1
+        prefixes = (
+            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.self_attn.o_proj.",
+            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.mlp.",
+            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.post_attention_layernorm.",
+            "paligemma_with_expert.paligemma.model.language_model.norm.",
+            "paligemma_with_expert.gemma_expert.lm_head.",
+        )
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
     def graph_parameter_names(self) -> list[str]:
         return [name for name, _ in self.named_parameters() if is_graph_key(name)]
 

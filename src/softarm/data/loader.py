@@ -109,6 +109,9 @@ def make_loader(
         drop_last=True,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        # Its own generator: otherwise every iter() draws from the global RNG, and a resumed run (one more iter())
+        # would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

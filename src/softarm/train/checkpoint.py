@@ -1,0 +1,99 @@
+"""Training checkpoints: atomic, complete enough to resume exactly and to serve directly.
+
+`<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
+(when EMA is on), optimizer.pt, trainer_state.pt (step, data position, RNG states, EMA count), train_config.yaml,
+assets/<asset_id>/norm_stats.json (openpi's layout) and tokenizer.model. It is written to `tmp_<step>/` and renamed,
+so a directory named by a step is always complete; only the last `keep_last` are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import random
+import shutil
+
+import numpy as np
+import safetensors.torch
+import torch
+import yaml
+
+from softarm.weights import save_model
+
+ASSET_ID = "softarm"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "trainer_state.pt"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def rng_state() -> dict:
+    # The legacy global numpy RNG too: third-party transforms may draw from it.
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict,
+    config: dict,
+    dataset_dir: Path,
+    tokenizer_path: Path,
+    keep_last: int,
+) -> Path:
+    root = checkpoint_root(run_dir)
+    final, tmp = root / str(step), root / f"tmp_{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp)
+    if ema is not None:
+        safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
+    (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assets = tmp / "assets" / ASSET_ID
+    assets.mkdir(parents=True)
+    shutil.copy2(dataset_dir / "norm_stats.json", assets / "norm_stats.json")
+    shutil.copy2(tokenizer_path, tmp / "tokenizer.model")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def load_trainer_state(checkpoint: Path, *, model, ema, optimizer) -> dict:
+    """Restore model, EMA and optimizer in place; return the trainer state (RNG restored by the caller's choice)."""
+    from softarm.weights import load_weights
+
+    load_weights(model, checkpoint, allow_fresh_graph=False)
+    if ema is not None:
+        if not (checkpoint / EMA_FILE).is_file():
+            raise FileNotFoundError(f"{checkpoint} has no {EMA_FILE}, but train.ema_decay is set")
+        load_weights(ema, checkpoint / EMA_FILE, allow_fresh_graph=False)
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)

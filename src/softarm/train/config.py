@@ -1,0 +1,216 @@
+"""Training configuration: a YAML file plus dotted `key=value` overrides, checked before any work starts.
+
+Sections mirror what a person changes: `model` (a preset plus SoftArmModelConfig overrides), `data`, `optim`,
+`train`. Unknown keys, wrong types and a missing dataset are reported with the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+from pathlib import Path
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from softarm.model import SoftArmModelConfig, preset
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    preset: Literal["tiny", "pi0", "pi05"] = "tiny"
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # any SoftArmModelConfig field
+
+    def build(self) -> SoftArmModelConfig:
+        try:
+            return preset(self.preset, **{k: _model_value(k, v) for k, v in self.overrides.items()})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    path: str = ""  # a prepared dataset written by `softarm convert`
+    batch_size: int = 8  # global: split across ranks
+    num_workers: int = 0
+    tokenizer: str | None = None  # sentencepiece model; None: the dataset's own tokenizer.model
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSection:
+    lr: float = 2.5e-5
+    end_lr: float = 2.5e-6
+    warmup_steps: int = 1000
+    decay_steps: int | None = None  # None: the whole run
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 1e-10
+    clip_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    steps: int = 100
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    out_dir: str = "runs/debug"
+    init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)
+    ema_decay: float | None = None  # e.g. 0.999; None: no EMA
+    freeze: tuple[Literal["vision", "vlm"], ...] = ()
+    log_every: int = 10
+    val_every: int = 50
+    val_batches: int = 8
+    save_every: int = 50
+    keep_last: int = 3
+    device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+
+    def validate(self, *, check_data: bool = True) -> SoftArmModelConfig:
+        """Everything that can be checked before building anything; returns the model config."""
+        model = self.model.build()
+        if check_data:
+            meta = Path(self.data.path) / "meta.json"
+            if not self.data.path or not meta.is_file():
+                raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
+        positive = {
+            "data.batch_size": self.data.batch_size,
+            "train.steps": self.train.steps,
+            "train.grad_accum": self.train.grad_accum,
+            "train.log_every": self.train.log_every,
+            "train.val_every": self.train.val_every,
+            "train.save_every": self.train.save_every,
+            "train.keep_last": self.train.keep_last,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {value}")
+        if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
+        if self.train.init_from and not (Path(self.train.init_from) / "model.safetensors").is_file():
+            raise ConfigError(f"train.init_from: no model.safetensors in {self.train.init_from}")
+        return model
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _model_value(key: str, value: Any) -> Any:
+    if key == "edges" and value is not None:
+        return tuple(tuple(e) for e in value)
+    if key == "vision" and isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation` where that is lossless, or raise ConfigError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_check_type(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if annotation in (int, str, bool) and type(value) is annotation:
+        return value
+    if annotation is Any:
+        return value
+    raise ConfigError(f"{key}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; {prefix or 'the config'} has {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        values[name] = _build(hint, value, key) if dataclasses.is_dataclass(hint) else _check_type(key, value, hint)
+    return cls(**values)
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """`a.b=value` (value parsed as YAML: 10, 1e-4, true, [vision], null) into a nested dict copy."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {parent} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return _build(TrainConfig, apply_overrides(data, overrides), "")

@@ -1,0 +1,147 @@
+"""`softarm train` on the tiny real model (CPU): end to end, overfitting, exact resume, 2-rank DDP, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import socket
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+import torch.multiprocessing as mp
+
+from softarm.cli import main
+from softarm.data.convert import ConvertOptions, convert
+from softarm.train.config import ConfigError, load_config
+from softarm.train.loop import train
+from softarm.weights import load_model
+from tests.test_convert import raw_dir
+
+CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    convert(raw_dir(tmp, lengths=(40, 30, 35, 25, 30)), tmp / "prep", ConvertOptions(val_episodes=1))
+    return tmp / "prep"
+
+
+def config(prepared: Path, out: Path, *overrides: str):
+    return load_config(CONFIG, [f"data.path={prepared}", f"train.out_dir={out}", *overrides])
+
+
+def test_debug_config_runs_end_to_end(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--config", str(CONFIG), f"data.path={prepared}", f"train.out_dir={out}", "train.steps=4"]
+    assert main([*args, "train.save_every=2", "train.val_every=2", "train.log_every=1", "train.keep_last=1"]) == 0
+    assert "final: step 4" in capsys.readouterr().out
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["4"]  # keep_last=1 pruned step 2
+    checkpoint = out / "checkpoints" / "4"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.pt", "trainer_state.pt", "train_config.yaml",
+                 "tokenizer.model", "assets/softarm/norm_stats.json"):  # fmt: skip
+        assert (checkpoint / name).is_file(), name
+    assert (checkpoint / "assets/softarm/norm_stats.json").read_text() == (prepared / "norm_stats.json").read_text()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert all("val_loss_ema" in r for r in records if "val_loss" in r)
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    model = load_model(checkpoint)
+    assert model.config.fusion == "state"
+    assert model.config.dtype == "float32"
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path: Path) -> None:
+    convert(raw_dir(tmp_path, lengths=(8, 8)), tmp_path / "prep", ConvertOptions(val_episodes=1))
+    result = train(config(tmp_path / "prep", tmp_path / "run", "train.steps=120", "train.log_every=1",
+                          "train.val_every=1000", "train.save_every=1000", "train.ema_decay=null",
+                          "optim.warmup_steps=5", "optim.end_lr=1e-3"))  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 120
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
+    assert result.metrics["step"] == 120
+
+
+def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
+    common = ("train.save_every=3", "train.val_every=3", "train.grad_accum=2", "data.batch_size=4")
+    train(config(prepared, tmp_path / "straight", "train.steps=6", *common))
+    train(config(prepared, tmp_path / "resumed", "train.steps=3", *common))
+    resumed = train(config(prepared, tmp_path / "resumed", "train.steps=6", *common))
+    assert resumed.metrics["step"] == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = safetensors.torch.load_file(str(tmp_path / "straight" / "checkpoints" / "6" / name))
+        b = safetensors.torch.load_file(str(tmp_path / "resumed" / "checkpoints" / "6" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
+    start = safetensors.torch.load_file(str(tmp_path / "resumed" / "checkpoints" / "3" / "model.safetensors"))
+    assert any(not torch.equal(start[k], a[k]) for k in a)  # the last 3 steps did change the weights
+
+
+def _ddp_rank(rank: int, port: int, prepared: Path, out: Path, queue) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    result = train(config(prepared, out, "train.steps=3", "data.batch_size=4", "train.val_every=100",
+                          "train.save_every=100", "train.ema_decay=null"))  # fmt: skip
+    # numpy copies: tensors would travel as shared-memory handles that die with this process
+    queue.put((rank, {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}))
+
+
+def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_rank, args=(r, port, prepared, tmp_path / "run", queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    states = dict(queue.get(timeout=240) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    final = load_model(tmp_path / "run" / "checkpoints" / "3")  # what rank 0 saved at the last step
+    changed = 0
+    saved = final.state_dict()
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(states[1][key], value, err_msg=key)
+        np.testing.assert_array_equal(saved[key].numpy(), value, err_msg=key)
+        changed += 1
+    assert changed > 100
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.stepz=3"], "unknown key train.stepz; train has"),
+        (["train.steps=ten"], "train.steps: expected int, got 'ten'"),
+        (["train.precision=fp16"], "train.precision: must be one of ['fp32', 'bf16-mixed', 'bf16'], got 'fp16'"),
+        (["data.path=/nonexistent"], "data.path: '/nonexistent' is not a prepared dataset (no meta.json there)"),
+        (["model.overrides.fusion=tokens"], "model: fusion must be one of"),
+        (["train.ema_decay=1.5"], "train.ema_decay: must be in (0, 1), got 1.5"),
+        (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
+    ],
+)
+def test_config_errors_before_any_work(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+) -> None:
+    args = ["train", "--config", str(CONFIG), f"data.path={prepared}", f"train.out_dir={tmp_path / 'run'}"]
+    assert main([*args, *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_floats_and_lists() -> None:
+    cfg = load_config(CONFIG, ["optim.lr=3e-4", "train.freeze=[vision]", "optim.betas=[0.9, 0.99]"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.train.freeze == ("vision",)
+    assert cfg.optim.betas == (0.9, 0.99)
+    with pytest.raises(ConfigError, match=r"optim.betas: expected 2 values, got \[0.9\]"):
+        load_config(CONFIG, ["optim.betas=[0.9]"])
