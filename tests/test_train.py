@@ -50,6 +50,7 @@ def test_debug_config_runs_end_to_end(prepared: Path, tmp_path: Path, capsys: py
     assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
     assert all("val_loss_ema" in r for r in records if "val_loss" in r)
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     model = load_model(checkpoint)
     assert model.config.fusion == "state"
     assert model.config.dtype == "float32"
@@ -145,3 +146,32 @@ def test_yaml_floats_and_lists() -> None:
     assert cfg.optim.betas == (0.9, 0.99)
     with pytest.raises(ConfigError, match=r"optim.betas: expected 2 values, got \[0.9\]"):
         load_config(CONFIG, ["optim.betas=[0.9]"])
+
+
+def test_init_from_official_base_weights(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from softarm.model import build_base_model, preset
+
+    base_dir = tmp_path / "pi0_base"
+    base_dir.mkdir()
+    torch.manual_seed(5)
+    safetensors.torch.save_model(build_base_model(preset("tiny")), str(base_dir / "model.safetensors"))
+    base = safetensors.torch.load_file(str(base_dir / "model.safetensors"))
+    result = train(config(prepared, tmp_path / "run", f"train.init_from={base_dir}", "train.steps=1",
+                          "optim.lr=1e-12", "optim.end_lr=1e-12", "train.val_every=100"))  # fmt: skip
+    assert "freshly initialised" in capsys.readouterr().out
+    state = result.model.state_dict()
+    for key, value in base.items():  # one step at lr 1e-12 leaves the base weights where they were loaded
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-9, msg=key)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
+def test_bf16_precisions_train(prepared: Path, tmp_path: Path, precision: str) -> None:
+    result = train(config(prepared, tmp_path / "run", f"train.precision={precision}", "train.steps=2",
+                          "train.val_every=2", "train.save_every=2"))  # fmt: skip
+    assert np.isfinite(result.metrics["loss"])
+    assert np.isfinite(result.metrics["val_loss"])
+    dtype = result.model.paligemma_with_expert.paligemma.model.language_model.layers[0].mlp.up_proj.weight.dtype
+    assert dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert load_model(tmp_path / "run" / "checkpoints" / "2").config.dtype == (
+        "bfloat16" if precision == "bf16" else "float32"
+    )

@@ -71,7 +71,7 @@ class TrainSection:
     save_every: int = 50
     keep_last: int = 3
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    tensorboard: bool = True  # event files in <out_dir>/tensorboard; local files only, no account
 
 
 @dataclasses.dataclass(frozen=True)

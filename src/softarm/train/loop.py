@@ -193,6 +193,20 @@ def train(config: TrainConfig) -> TrainResult:
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
+    writer = None
+    if dist.main and t.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tensorboard")
+
+    def record(values: dict) -> None:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(values) + "\n")
+        if writer is not None:
+            for key, value in values.items():
+                if key != "step":
+                    writer.add_scalar(key, value, values["step"])
+
     progress = tqdm(total=t.steps, initial=step, desc="training", unit="step", disable=not dist.main)
     sampler = train_loader.sampler
     sampler.set_position(epoch, batch_in_epoch)
@@ -230,17 +244,15 @@ def train(config: TrainConfig) -> TrainResult:
             last["samples_per_s"] = t.log_every * t.grad_accum * config.data.batch_size / max(elapsed, 1e-9)
             started = time.perf_counter()
             progress.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(last) + "\n")
+            record(last)
         if val_loader is not None and (step % t.val_every == 0 or step == t.steps):
-            record = {"step": step, "val_loss": validate(net, val_loader, device, t.val_batches, autocast)}
+            val = {"step": step, "val_loss": validate(net, val_loader, device, t.val_batches, autocast)}
             if ema is not None:
-                record["val_loss_ema"] = validate(ema.module, val_loader, device, t.val_batches, autocast)
-            last.update(record)
+                val["val_loss_ema"] = validate(ema.module, val_loader, device, t.val_batches, autocast)
+            last.update(val)
             if dist.main:
-                log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
+                record(val)
         if dist.main and (step % t.save_every == 0 or step == t.steps):
             ckpt.save_checkpoint(
                 run_dir, step, model=model, ema=ema.module if ema else None, optimizer=optimizer,
@@ -252,6 +264,8 @@ def train(config: TrainConfig) -> TrainResult:
         if dist.world > 1:
             torch.distributed.barrier()
     progress.close()
+    if writer is not None:
+        writer.close()
     if dist.main:
         from softarm.train.plots import plot_metrics
 
