@@ -128,6 +128,7 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
         (["model.overrides.fusion=tokens"], "model: fusion must be one of"),
         (["train.ema_decay=1.5"], "train.ema_decay: must be in (0, 1), got 1.5"),
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
+        (["data.tokenizer=/nowhere/t.model"], "data.tokenizer: no sentencepiece model at /nowhere/t.model"),
     ],
 )
 def test_config_errors_before_any_work(

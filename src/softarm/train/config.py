@@ -88,6 +88,13 @@ class TrainConfig:
             meta = Path(self.data.path) / "meta.json"
             if not self.data.path or not meta.is_file():
                 raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
+            tokenizer = (
+                Path(self.data.tokenizer).expanduser()
+                if self.data.tokenizer
+                else Path(self.data.path) / "tokenizer.model"
+            )
+            if not tokenizer.is_file():
+                raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
         positive = {
             "data.batch_size": self.data.batch_size,
             "train.steps": self.train.steps,

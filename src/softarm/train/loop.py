@@ -105,7 +105,10 @@ def validate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
             with autocast():
                 losses.append(float(masked_loss(model, to_device(raw, device))))
     model.train(was_training)
-    return float(np.mean(losses)) if losses else float("nan")
+    total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():  # every rank saw its own shard: average over all of them
+        torch.distributed.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] else float("nan")
 
 
 @dataclasses.dataclass
@@ -133,7 +136,7 @@ def train(config: TrainConfig) -> TrainResult:
     tokenizer = SentencePieceTokenizer(tokenizer_path, max_len=model_config.max_token_len)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ConfigError(
-            f"tokenizer has {tokenizer.vocab_size} pieces; the model's vocabulary {model_config.vocab_size}"
+            f"data.tokenizer: {tokenizer.vocab_size} pieces, more than the model's vocabulary ({model_config.vocab_size})"
         )
     norm_stats = normalize.load(dataset_dir)
 
