@@ -136,7 +136,8 @@ def train(config: TrainConfig) -> TrainResult:
     tokenizer = SentencePieceTokenizer(tokenizer_path, max_len=model_config.max_token_len)
     if tokenizer.vocab_size > model_config.vocab_size:
         raise ConfigError(
-            f"data.tokenizer: {tokenizer.vocab_size} pieces, more than the model's vocabulary ({model_config.vocab_size})"
+            f"data.tokenizer: {tokenizer.vocab_size} pieces, "
+            f"more than the model's {model_config.vocab_size}-token vocabulary"
         )
     norm_stats = normalize.load(dataset_dir)
 
