@@ -2,7 +2,7 @@
 
 One pass over the episodes: each is read and validated (`read_episode`); a bad one is skipped and listed in
 `report.json` with its file and reason, a good one is appended frame by frame to flat binary arrays (images already
-resized with padding to 224x224 uint8 by openpi's own `resize_with_pad`, the one its inference transform uses). The
+resized with padding to 224x224 uint8 by openpi-client's `resize_with_pad`, which openpi's ResizeImages uses). The
 dataset is built in a hidden temporary directory next to OUT_DIR and renamed into place at the end, so a crash never
 leaves a half dataset that looks complete. Inputs are opened read-only.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import shutil
 
 import numpy as np
-from openpi.shared import image_tools
+from openpi_client import image_tools  # the resize that openpi.transforms.ResizeImages uses at inference
 from tqdm import tqdm
 
 from softarm import arm

@@ -119,9 +119,10 @@ def make_loader(
 class Batch:
     observation: Observation
     graph: torch.Tensor  # [B, N, F], normalised
-    actions: torch.Tensor  # [B, H, 32], normalised, zero-padded dims
-    action_is_pad: torch.Tensor  # [B, H] True past the episode end
-    action_dim_mask: torch.Tensor  # [B, 32] True for the arm's real action dims
+    # Training targets; None at inference.
+    actions: torch.Tensor | None = None  # [B, H, 32], normalised, zero-padded dims
+    action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
+    action_dim_mask: torch.Tensor | None = None  # [B, 32] True for the arm's real action dims
 
     def loss_mask(self) -> torch.Tensor:
         """[B, H, 32]: which elements of the model's per-element loss are real actions."""
@@ -137,7 +138,7 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
     return Batch(
         observation=Observation.from_dict(batch),
         graph=batch["graph_nodes"],
-        actions=batch["actions"].float(),
-        action_is_pad=batch["action_is_pad"],
-        action_dim_mask=batch["action_dim_mask"],
+        actions=batch["actions"].float() if "actions" in batch else None,
+        action_is_pad=batch.get("action_is_pad"),
+        action_dim_mask=batch.get("action_dim_mask"),
     )

@@ -2,12 +2,14 @@
 
 `<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
 (when EMA is on), optimizer.pt, trainer_state.pt (step, data position, RNG states, EMA count), train_config.yaml,
-assets/<asset_id>/norm_stats.json (openpi's layout) and tokenizer.model. It is written to `tmp_<step>/` and renamed,
-so a directory named by a step is always complete; only the last `keep_last` are kept.
+assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (camera slots, sizes). It is
+written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
+are kept.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import random
 import shutil
@@ -22,6 +24,7 @@ from softarm.weights import save_model
 ASSET_ID = "softarm"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.pt"
+DATA_SPEC_FILE = "data_spec.json"  # what the policy needs of the dataset: camera slots, state/action sizes
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -78,6 +81,9 @@ def save_checkpoint(
     assets.mkdir(parents=True)
     shutil.copy2(dataset_dir / "norm_stats.json", assets / "norm_stats.json")
     shutil.copy2(tokenizer_path, tmp / "tokenizer.model")
+    meta = json.loads((dataset_dir / "meta.json").read_text())
+    spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
+    (tmp / DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

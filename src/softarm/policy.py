@@ -1,0 +1,91 @@
+"""SoftArmPolicy: a training checkpoint -> `infer(observation) -> {"actions": [H, A]}` in the arm's own units.
+
+Preprocessing is the training chain itself (`softarm.data.transforms.input_transform`), with openpi's ResizeImages
+added because robot cameras arrive at their native size; the EMA weights are used when the checkpoint has them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import time
+
+import numpy as np
+from openpi.shared import normalize
+import torch
+from torch.utils.data import default_collate
+
+from softarm import arm
+from softarm.data.loader import to_device
+from softarm.data.tokenizer import SentencePieceTokenizer
+from softarm.data.transforms import input_transform, output_transform
+from softarm.model import PI0GraphPytorch, SoftArmModelConfig
+from softarm.train.checkpoint import ASSET_ID, DATA_SPEC_FILE, EMA_FILE
+from softarm.weights import CONFIG_FILE, load_weights
+
+
+def _numpy_tree(value):
+    """openpi's ResizeImages returns JAX arrays; the torch collate wants numpy."""
+    if isinstance(value, dict):
+        return {k: _numpy_tree(v) for k, v in value.items()}
+    return np.asarray(value)
+
+
+class SoftArmPolicy:
+    def __init__(self, model: PI0GraphPytorch, spec: dict, norm_stats, tokenizer, *, device, num_steps: int = 10):
+        config = model.config
+        self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
+        self._inputs = input_transform(
+            spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
+            node_features=config.node_features, action_dim=spec["action_dim"],
+        )  # fmt: skip
+        self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec["action_dim"])
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: str | Path, *, device: str = "auto", use_ema: bool = True, num_steps: int = 10
+    ) -> SoftArmPolicy:
+        directory = Path(directory)
+        for name in (CONFIG_FILE, DATA_SPEC_FILE, "tokenizer.model", f"assets/{ASSET_ID}/norm_stats.json"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        config = SoftArmModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        model = PI0GraphPytorch(config)
+        weights = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else directory
+        load_weights(model, weights, allow_fresh_graph=False)
+        model.to(device).eval()
+        spec = json.loads((directory / DATA_SPEC_FILE).read_text())
+        norm_stats = normalize.load(directory / "assets" / ASSET_ID)
+        tokenizer = SentencePieceTokenizer(directory / "tokenizer.model", max_len=config.max_token_len)
+        return cls(model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps)
+
+    @property
+    def metadata(self) -> dict:
+        """What a robot client needs to know; sent by the server on connect."""
+        config = self.model.config
+        return {
+            "action_horizon": config.action_horizon,
+            "action_dim": self.spec["action_dim"],
+            "cameras": {slot: cam for slot, cam in self.spec["cameras"].items() if cam is not None},
+            "state_dim": self.spec["state_dim"],
+            "graph": {
+                "num_nodes": config.num_nodes,
+                "node_features": [f"{f.name} [{f.unit}]" for f in arm.NODE_FEATURES][: config.node_features],
+                "edges": [list(e) for e in config.edges],
+            },
+            "fusion": config.fusion,
+            "pi05": config.pi05,
+        }
+
+    @torch.inference_mode()
+    def infer(self, observation: dict) -> dict:
+        """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S]}."""
+        start = time.monotonic()
+        data = _numpy_tree(self._inputs({k: observation[k] for k in ("images", "graph_nodes", "prompt", "state")
+                                         if k in observation}))  # fmt: skip
+        batch = to_device(default_collate([data]), self.device)
+        actions = self.model.sample_actions(self.device, batch.observation, graph=batch.graph, num_steps=self.num_steps)
+        out = self._outputs({"actions": actions[0].float().cpu().numpy()})
+        return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

@@ -1,0 +1,120 @@
+"""SoftArmPolicy: checkpoint -> infer(raw observation) -> actions, through the training transforms."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from openpi.shared import normalize
+import pytest
+import safetensors.torch
+import torch
+from torch.utils.data import default_collate
+
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.loader import SoftArmDataset, prepared_cameras, to_device
+from softarm.data.prepared import PreparedDataset
+from softarm.data.tokenizer import SentencePieceTokenizer
+from softarm.data.transforms import input_transform, output_transform
+from softarm.policy import SoftArmPolicy
+from softarm.train.config import load_config
+from softarm.train.loop import train
+from tests.test_convert import raw_dir
+from tests.test_raw import make_episode
+
+CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
+CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("policy")
+    convert(raw_dir(tmp, lengths=(20, 12, 16)), tmp / "prep", ConvertOptions(val_episodes=1, cameras=CAMERAS))
+    overrides = [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'run'}", "train.steps=3", "train.save_every=3",
+                 "train.val_every=100", "model.overrides.fusion=suffix"]  # fmt: skip
+    train(load_config(CONFIG, overrides))
+    return tmp / "run" / "checkpoints" / "3", tmp / "prep"
+
+
+def observation(episode_seed: int, length: int, t: int) -> dict:
+    episode = make_episode(length=length, seed=episode_seed)
+    return {
+        "images": {camera: episode.images[camera][t] for camera in ("base", "tip")},
+        "graph_nodes": episode.nodes[t],
+        "state": episode.state[t],
+        "prompt": episode.prompt,
+    }
+
+
+def test_infer_returns_a_chunk_in_the_arms_units(checkpoint) -> None:
+    policy = SoftArmPolicy.from_checkpoint(checkpoint[0])
+    result = policy.infer(observation(0, 20, 5))
+    assert result["actions"].shape == (16, 10)
+    assert np.isfinite(result["actions"]).all()
+    assert result["policy_timing"]["infer_ms"] > 0
+    meta = policy.metadata
+    assert (meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == (16, 10, 4)
+    assert meta["cameras"] == CAMERAS
+    assert meta["graph"]["num_nodes"] == 10
+    assert meta["graph"]["node_features"][18] == "contact_force [N]"
+    assert meta["graph"]["edges"][0] == [0, 1]
+
+
+def test_inference_preprocessing_is_the_training_preprocessing(checkpoint) -> None:
+    directory, prepared_dir = checkpoint
+    policy = SoftArmPolicy.from_checkpoint(directory)
+    norm_stats = normalize.load(directory / "assets" / "softarm")
+    tokenizer = SentencePieceTokenizer(directory / "tokenizer.model")
+    prepared = PreparedDataset(prepared_dir, "all")
+    transform = input_transform(prepared_cameras(prepared), norm_stats, tokenizer, pi05=False, resize=False)
+    frame = 20 + 7  # episode 1 (12 steps), step 7
+    batch = to_device(default_collate([SoftArmDataset(prepared, transform)[frame]]), "cpu")
+    torch.manual_seed(0)
+    chunk = policy.model.sample_actions(torch.device("cpu"), batch.observation, graph=batch.graph)
+    expected = output_transform(norm_stats, pi05=False)({"actions": chunk[0].numpy()})["actions"]
+
+    torch.manual_seed(0)
+    got = policy.infer(observation(1, 12, 7))["actions"]
+
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_uses_ema_weights_and_leaves_the_request_alone(checkpoint) -> None:
+    directory = checkpoint[0]
+    policy = SoftArmPolicy.from_checkpoint(directory)
+    ema = safetensors.torch.load_file(str(directory / "ema.safetensors"))
+    raw = safetensors.torch.load_file(str(directory / "model.safetensors"))
+    state = policy.model.state_dict()
+    key = "graph_encoder.node_proj.weight"
+    assert torch.equal(state[key], ema[key])
+    assert not torch.equal(ema[key], raw[key])
+    plain = SoftArmPolicy.from_checkpoint(directory, use_ema=False)
+    assert torch.equal(plain.model.state_dict()[key], raw[key])
+
+    obs = observation(0, 20, 3)
+    before = copy.deepcopy(obs)
+    policy.infer(obs)
+    assert obs.keys() == before.keys()
+    for k in ("graph_nodes", "state"):
+        np.testing.assert_array_equal(obs[k], before[k])
+    np.testing.assert_array_equal(obs["images"]["base"], before["images"]["base"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"graph_nodes": np.zeros((10, 5))}, r"'graph_nodes' must be \[10, 19\], got \[10, 5\]"),
+        ({"images": {"base": np.zeros((8, 8, 3), np.uint8)}}, r"'images' lacks camera 'tip'"),
+        ({"prompt": None}, "'prompt' must be a non-empty string, got None"),
+    ],
+)
+def test_bad_observations_are_named(checkpoint, change: dict, message: str) -> None:
+    policy = SoftArmPolicy.from_checkpoint(checkpoint[0])
+    with pytest.raises(ValueError, match=message):
+        policy.infer({**observation(0, 20, 1), **change})
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"is not a softarm checkpoint: model_config\.json is missing"):
+        SoftArmPolicy.from_checkpoint(tmp_path)
