@@ -94,6 +94,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from softarm.serve import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -117,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML file, e.g. configs/debug.yaml")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=10")
     tr.set_defaults(func=cmd_train)
+    srv = verbs.add_parser("serve", help="serve a checkpoint over openpi's websocket protocol")
+    srv.add_argument("--checkpoint", required=True, help="a checkpoint directory written by softarm train")
+    srv.add_argument("--host", default="0.0.0.0")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--device", default="auto")
+    srv.set_defaults(func=cmd_serve)
     demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
     demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
     demo.add_argument("--steps", type=int, default=150)

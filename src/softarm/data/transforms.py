@@ -20,6 +20,7 @@ from softarm.data.convert import IMAGE_SLOTS
 
 MODEL_ACTION_DIM = 32
 IMAGE_SIZE = 224
+MAX_IMAGE_SIDE = 4096  # a camera frame larger than this is a mistake, not a photo to downsample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class SoftArmInputs(_transforms.DataTransformFn):
     action_dim: int = arm.ACTION_DIM
 
     def __call__(self, data: dict) -> dict:
+        missing = [key for key in ("images", "graph_nodes", "prompt") if key not in data]
+        if missing:
+            raise ValueError(f"missing key {missing[0]!r}; an observation needs 'images', 'graph_nodes' and 'prompt'")
         images = data.get("images")
         if not isinstance(images, Mapping):
             raise ValueError("'images' must map camera names to uint8 [H, W, 3] arrays")
@@ -47,14 +51,21 @@ class SoftArmInputs(_transforms.DataTransformFn):
             image = np.asarray(images[camera])
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
                 raise ValueError(f"images[{camera!r}] must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+            if max(image.shape[:2]) > MAX_IMAGE_SIDE:
+                raise ValueError(
+                    f"images[{camera!r}] is {image.shape[0]}x{image.shape[1]}; at most {MAX_IMAGE_SIDE} pixels a side"
+                )
             out_images[slot], masks[slot] = image, np.True_
 
-        nodes = np.asarray(data.get("graph_nodes"), dtype=np.float32)
+        try:
+            nodes = np.asarray(data["graph_nodes"], dtype=np.float32)
+            state = np.asarray(data.get("state", np.zeros(0)), dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"'graph_nodes' and 'state' must be numeric arrays ({e})") from None
         if nodes.shape != (self.num_nodes, self.node_features):
             raise ValueError(f"'graph_nodes' must be [{self.num_nodes}, {self.node_features}], got {list(nodes.shape)}")
         if not np.isfinite(nodes).all():
             raise ValueError("'graph_nodes' contains NaN or Inf")
-        state = np.asarray(data.get("state", np.zeros(0)), dtype=np.float32).reshape(-1)
         if not np.isfinite(state).all():
             raise ValueError("'state' contains NaN or Inf")
         prompt = data.get("prompt")

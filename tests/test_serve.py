@@ -1,0 +1,98 @@
+"""The policy server with the real openpi-client on 127.0.0.1: actions, metadata, errors per client, /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+import http.client
+import socket
+import threading
+
+import numpy as np
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+import pytest
+import websockets.sync.client
+
+from softarm.policy import SoftArmPolicy
+from softarm.serve import SoftArmPolicyServer
+from tests.test_policy import checkpoint, observation  # noqa: F401 - the module fixture
+
+TIP = {"tip": np.zeros((8, 8, 3), np.uint8)}
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint) -> Iterator[int]:  # noqa: F811
+    policy = SoftArmPolicy.from_checkpoint(checkpoint[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = SoftArmPolicyServer(policy, host="127.0.0.1", port=port, metadata=policy.metadata)
+    loop = asyncio.new_event_loop()
+    ready = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(srv.run(ready),), daemon=True)
+    thread.start()
+    for _ in range(200):
+        if ready.is_set():
+            break
+        threading.Event().wait(0.05)
+    yield port
+    loop.call_soon_threadsafe(srv.server.close)
+    thread.join(timeout=10)
+
+
+def test_openpi_client_gets_actions_and_metadata(server: int) -> None:
+    client = WebsocketClientPolicy("127.0.0.1", server)
+    meta = client.get_server_metadata()
+    assert meta["action_horizon"] == 16
+    assert meta["action_dim"] == 10
+    assert meta["graph"]["num_nodes"] == 10
+    result = client.infer(observation(0, 20, 4))
+    assert result["actions"].shape == (16, 10)
+    assert np.isfinite(result["actions"]).all()
+    assert result["server_timing"]["infer_ms"] > 0
+    second = client.infer(observation(0, 20, 5))
+    assert "prev_total_ms" in second["server_timing"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"graph_nodes": None}, "missing key 'graph_nodes'"),
+        ({"graph_nodes": np.zeros((10, 18), np.float32)}, "'graph_nodes' must be [10, 19], got [10, 18]"),
+        ({"images": {**TIP, "base": np.zeros((48, 64, 3), np.float32)}}, "images['base'] must be uint8 [H, W, 3]"),
+        ({"graph_nodes": np.full((10, 19), np.nan, np.float32)}, "'graph_nodes' contains NaN or Inf"),
+        ({"images": {**TIP, "base": np.zeros((5000, 8, 3), np.uint8)}}, "is 5000x8; at most 4096 pixels a side"),
+    ],
+)
+def test_bad_request_gets_a_clear_error_and_the_connection_survives(server: int, change: dict, message: str) -> None:
+    client = WebsocketClientPolicy("127.0.0.1", server)
+    obs = {**observation(0, 20, 1), **change}
+    obs = {k: v for k, v in obs.items() if v is not None}
+    with pytest.raises(RuntimeError) as exc:
+        client.infer(obs)
+    text = str(exc.value)
+    assert message in text
+    assert "Traceback" not in text
+    assert "/softarm/" not in text  # no internal paths
+    assert client.infer(observation(0, 20, 2))["actions"].shape == (16, 10)  # same connection still serves
+
+
+def test_bytes_that_are_not_msgpack_and_disconnects_are_harmless(server: int) -> None:
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{server}", max_size=None) as ws:
+        msgpack_numpy.unpackb(ws.recv())  # metadata
+        ws.send(b"\xc1\xc1 definitely not msgpack")
+        assert ws.recv() == "bad request: the message is not a msgpack-encoded observation map"
+    with websockets.sync.client.connect(f"ws://127.0.0.1:{server}", max_size=None) as ws:  # leave mid-request
+        ws.recv()
+        ws.send(msgpack_numpy.packb(observation(0, 20, 3)))
+    client = WebsocketClientPolicy("127.0.0.1", server)
+    assert client.infer(observation(0, 20, 6))["actions"].shape == (16, 10)
+
+
+def test_healthz(server: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=10)
+    conn.request("GET", "/healthz")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b"OK\n"
