@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 import http.client
+from pathlib import Path
 import socket
 import threading
 
@@ -96,3 +97,23 @@ def test_healthz(server: int) -> None:
     response = conn.getresponse()
     assert response.status == 200
     assert response.read() == b"OK\n"
+
+
+def test_example_robot_loop(server: int, tmp_path: Path) -> None:
+    import importlib.util
+
+    from softarm.data.raw import write_episode
+    from tests.test_raw import make_episode
+
+    spec = importlib.util.spec_from_file_location(
+        "robot_loop", Path(__file__).parents[1] / "examples" / "robot_loop.py"
+    )
+    robot_loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(robot_loop)
+    arm = robot_loop.EpisodeReplay(str(write_episode(tmp_path / "ep.h5", make_episode(length=30, seed=0))))
+    result = robot_loop.run("127.0.0.1", server, arm, steps=20, replan=8)
+    assert result["steps"] == 20
+    assert result["action_dim"] == 10
+    assert np.isfinite(result["mse_vs_recorded"])
+    assert arm.t == 20
+    assert np.stack(arm.commands).shape == (20, 10)
