@@ -101,13 +101,19 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_rank, args=(r, port, prepared, tmp_path / "run", queue)) for r in range(2)]
+    procs = [
+        ctx.Process(target=_ddp_rank, args=(r, port, prepared, tmp_path / "run", queue), daemon=True) for r in range(2)
+    ]
     for p in procs:
         p.start()
-    states = dict(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        states = dict(queue.get(timeout=240) for _ in procs)
+    finally:  # a rank that died must not leave the other waiting in a collective, nor pytest waiting for it
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    assert [p.exitcode for p in procs] == [0, 0]
     final = load_model(tmp_path / "run" / "checkpoints" / "3")  # what rank 0 saved at the last step
     changed = 0
     saved = final.state_dict()

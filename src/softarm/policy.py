@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 import time
 
-import numpy as np
 from openpi.shared import normalize
 import torch
 from torch.utils.data import default_collate
@@ -22,13 +21,6 @@ from softarm.data.transforms import input_transform, output_transform
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig
 from softarm.train.checkpoint import ASSET_ID, DATA_SPEC_FILE, EMA_FILE
 from softarm.weights import CONFIG_FILE, load_weights
-
-
-def _numpy_tree(value):
-    """openpi's ResizeImages returns JAX arrays; the torch collate wants numpy."""
-    if isinstance(value, dict):
-        return {k: _numpy_tree(v) for k, v in value.items()}
-    return np.asarray(value)
 
 
 class SoftArmPolicy:
@@ -83,8 +75,9 @@ class SoftArmPolicy:
     def infer(self, observation: dict) -> dict:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S]}."""
         start = time.monotonic()
-        data = _numpy_tree(self._inputs({k: observation[k] for k in ("images", "graph_nodes", "prompt", "state")
-                                         if k in observation}))  # fmt: skip
+        data = self._inputs(
+            {k: observation[k] for k in ("images", "graph_nodes", "prompt", "state") if k in observation}
+        )
         batch = to_device(default_collate([data]), self.device)
         actions = self.model.sample_actions(self.device, batch.observation, graph=batch.graph, num_steps=self.num_steps)
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})

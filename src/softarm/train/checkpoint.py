@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 import yaml
 
-from softarm.weights import save_model
+from softarm.weights import load_weights, save_model
 
 ASSET_ID = "softarm"
 EMA_FILE = "ema.safetensors"
@@ -94,8 +94,6 @@ def save_checkpoint(
 
 def load_trainer_state(checkpoint: Path, *, model, ema, optimizer) -> dict:
     """Restore model, EMA and optimizer in place; return the trainer state (RNG restored by the caller's choice)."""
-    from softarm.weights import load_weights
-
     load_weights(model, checkpoint, allow_fresh_graph=False)
     if ema is not None:
         if not (checkpoint / EMA_FILE).is_file():
