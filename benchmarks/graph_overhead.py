@@ -25,9 +25,9 @@ import time
 from openpi.models.model import Observation
 import torch
 
+from softarm.data.convert import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, VisionSpec, build_base_model, preset
 
-CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 MODES = {"pi0": ("state", "prefix", "suffix"), "pi05": ("prefix", "suffix")}
 
 
@@ -44,8 +44,8 @@ def scenario_overrides(name: str) -> tuple[str, dict]:
 def make_batch(config, batch: int, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     obs = Observation(
-        images={k: (torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1).to(device) for k in CAMERAS},
-        image_masks={k: torch.ones(batch, dtype=torch.bool, device=device) for k in CAMERAS},
+        images={k: (torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1).to(device) for k in IMAGE_SLOTS},
+        image_masks={k: torch.ones(batch, dtype=torch.bool, device=device) for k in IMAGE_SLOTS},
         state=torch.randn(batch, 32, generator=gen).to(device),
         tokenized_prompt=torch.randint(0, config.vocab_size, (batch, config.max_token_len), generator=gen).to(device),
         tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool, device=device),

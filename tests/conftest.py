@@ -6,15 +6,14 @@ from openpi.models.model import Observation
 import pytest
 import torch
 
+from softarm.data.convert import IMAGE_SLOTS
 from softarm.model import SoftArmModelConfig
-
-CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 
 def make_observation(config: SoftArmModelConfig, batch: int = 2, seed: int = 0) -> Observation:
     gen = torch.Generator().manual_seed(seed)
-    images = {k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in CAMERAS}
-    masks = {k: torch.ones(batch, dtype=torch.bool) for k in CAMERAS}
+    images = {k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in IMAGE_SLOTS}
+    masks = {k: torch.ones(batch, dtype=torch.bool) for k in IMAGE_SLOTS}
     tokens = torch.randint(0, config.vocab_size, (batch, config.max_token_len), generator=gen)
     token_mask = torch.arange(config.max_token_len)[None].expand(batch, -1) < 12
     return Observation(

@@ -13,9 +13,8 @@ from openpi.models.model import Observation
 import torch
 from tqdm import tqdm
 
+from softarm.data.convert import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, preset
-
-CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 
 
 def synthetic_batch(config, batch: int, seed: int) -> tuple[Observation, torch.Tensor, torch.Tensor]:
@@ -26,8 +25,8 @@ def synthetic_batch(config, batch: int, seed: int) -> tuple[Observation, torch.T
     actions = torch.zeros(batch, config.action_horizon, 32)
     actions[..., : config.num_nodes] = torch.tanh(torch.einsum("bnf,fh->bhn", graph, mixing))
     obs = Observation(
-        images={k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in CAMERAS},
-        image_masks={k: torch.ones(batch, dtype=torch.bool) for k in CAMERAS},
+        images={k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in IMAGE_SLOTS},
+        image_masks={k: torch.ones(batch, dtype=torch.bool) for k in IMAGE_SLOTS},
         state=torch.zeros(batch, 32),
         tokenized_prompt=torch.randint(1, config.vocab_size, (batch, config.max_token_len), generator=gen),
         tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool),
