@@ -216,12 +216,12 @@ def train(config: TrainConfig) -> TrainResult:
     sampler.set_position(epoch, batch_in_epoch)
     batches = iter(train_loader)
     last: dict = {}
-    started = time.perf_counter()
+    started, logged_step = time.perf_counter(), step
     while step < t.steps:
         lr = learning_rate(step, o)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total = torch.zeros((), device=device)  # stays on the device: no host sync per step
         for micro in range(t.grad_accum):
             raw = next(batches, None)
             if raw is None:  # epoch over: reshuffle
@@ -234,7 +234,7 @@ def train(config: TrainConfig) -> TrainResult:
             with contextlib.nullcontext() if sync else net.no_sync(), autocast():
                 loss = masked_loss(net, to_device(raw, device)) / t.grad_accum
             loss.backward()
-            total += float(loss.detach())
+            total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -242,13 +242,15 @@ def train(config: TrainConfig) -> TrainResult:
             ema.update_parameters(model)
         step += 1
         progress.update()
-        last = {"step": step, "loss": total, "lr": lr, "grad_norm": float(grad_norm)}
-        if dist.main and (step % t.log_every == 0 or step == t.steps):
+        if step % t.log_every == 0 or step == t.steps:
+            last = {"step": step, "loss": float(total), "lr": lr, "grad_norm": float(grad_norm)}
             elapsed = time.perf_counter() - started
-            last["samples_per_s"] = t.log_every * t.grad_accum * config.data.batch_size / max(elapsed, 1e-9)
-            started = time.perf_counter()
-            progress.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-            record(last)
+            samples = (step - logged_step) * t.grad_accum * config.data.batch_size
+            last["samples_per_s"] = samples / max(elapsed, 1e-9)
+            started, logged_step = time.perf_counter(), step
+            if dist.main:
+                progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
+                record(last)
         if val_loader is not None and (step % t.val_every == 0 or step == t.steps):
             val = {"step": step, "val_loss": validate(net, val_loader, device, t.val_batches, autocast)}
             if ema is not None:
