@@ -107,6 +107,7 @@ def test_uses_ema_weights_and_leaves_the_request_alone(checkpoint) -> None:
         ({"graph_nodes": np.zeros((10, 5))}, r"'graph_nodes' must be \[10, 19\], got \[10, 5\]"),
         ({"images": {"base": np.zeros((8, 8, 3), np.uint8)}}, r"'images' lacks camera 'tip'"),
         ({"prompt": None}, "'prompt' must be a non-empty string, got None"),
+        ({"state": np.zeros(10)}, r"'state' must have 4 values \(the width trained on\), got 10"),
     ],
 )
 def test_bad_observations_are_named(checkpoint, change: dict, message: str) -> None:

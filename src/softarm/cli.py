@@ -104,6 +104,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_generate(args: argparse.Namespace) -> int:
+    from softarm.sim.generate import generate
+
+    result = generate(args.task, args.episodes, args.out, seed=args.seed)
+    failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
+    print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}; raw episodes in {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from softarm.evaluate import EvalOptions, evaluate
+
+    options = EvalOptions(
+        task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
+        replan=args.replan, videos=args.videos, device=args.device,
+    )  # fmt: skip
+    s = evaluate(options, args.out)
+    low, high = s["success_rate_wilson95"]
+    print(
+        f"{s['policy']} on {s['task']}: success {s['successes']}/{s['episodes']} = {100 * s['success_rate']:.0f} % "
+        f"(95 % CI {100 * low:.0f}-{100 * high:.0f} %), final tip error median {s['final_error_mm_median']:.1f} mm, "
+        f"mean {s['final_error_mm_mean']:.1f} mm"
+    )
+    print(f"wrote {args.out}/eval.json, summary.png and rollouts.gif")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -133,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--device", default="auto")
     srv.set_defaults(func=cmd_serve)
+    sim = verbs.add_parser("sim", help="the simulated soft arm").add_subparsers(dest="sim_verb", required=True)
+    gen = sim.add_parser("generate", help="record scripted-expert episodes as raw HDF5")
+    gen.add_argument("--task", default="reach", help="reach | follow")
+    gen.add_argument("--episodes", type=int, default=126)
+    gen.add_argument("--out", required=True, help="directory of raw episodes (an interrupted run resumes)")
+    gen.add_argument("--seed", type=int, default=0, help="episode i uses task seed SEED + i")
+    gen.set_defaults(func=cmd_sim_generate)
+    ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
+    ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")
+    ev.add_argument("--policy", choices=["model", "expert", "random"], default="model")
+    ev.add_argument("--task", default="reach", help="reach | follow")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument("--out", default="eval_out", help="where eval.json, summary.png and rollouts.gif go")
+    ev.add_argument("--seed", type=int, default=1_000_000, help="first evaluation episode seed")
+    ev.add_argument("--replan", type=int, default=8, help="actions executed from each chunk before re-planning")
+    ev.add_argument("--videos", type=int, default=3, help="episodes recorded into rollouts.gif")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
     demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
     demo.add_argument("--steps", type=int, default=150)

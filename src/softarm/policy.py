@@ -29,7 +29,7 @@ class SoftArmPolicy:
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
         self._inputs = input_transform(
             spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
-            node_features=config.node_features, action_dim=spec["action_dim"],
+            node_features=config.node_features, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec["action_dim"])
 

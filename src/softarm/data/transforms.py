@@ -32,6 +32,7 @@ class SoftArmInputs(_transforms.DataTransformFn):
     num_nodes: int = arm.NUM_NODES
     node_features: int = arm.NUM_NODE_FEATURES
     action_dim: int = arm.ACTION_DIM
+    state_dim: int | None = None  # the width the model was trained on; None accepts any (prepared data is uniform)
 
     def __call__(self, data: dict) -> dict:
         missing = [key for key in ("images", "graph_nodes", "prompt") if key not in data]
@@ -68,6 +69,8 @@ class SoftArmInputs(_transforms.DataTransformFn):
             raise ValueError("'graph_nodes' contains NaN or Inf")
         if not np.isfinite(state).all():
             raise ValueError("'state' contains NaN or Inf")
+        if self.state_dim is not None and len(state) != self.state_dim:
+            raise ValueError(f"'state' must have {self.state_dim} values (the width trained on), got {len(state)}")
         prompt = data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"'prompt' must be a non-empty string, got {prompt!r}")
@@ -112,11 +115,12 @@ def input_transform(
     num_nodes: int = arm.NUM_NODES,
     node_features: int = arm.NUM_NODE_FEATURES,
     action_dim: int = arm.ACTION_DIM,
+    state_dim: int | None = None,
 ) -> _transforms.DataTransformFn:
     """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
     conversion with the same openpi function that ResizeImages uses)."""
     steps: list[_transforms.DataTransformFn] = [
-        SoftArmInputs(cameras, num_nodes, node_features, action_dim),
+        SoftArmInputs(cameras, num_nodes, node_features, action_dim, state_dim),
         _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
     ]
     if resize:

@@ -1,0 +1,75 @@
+"""Scripted agents on the simulated arm: the expert (upper bound and demonstrator) and a random floor.
+
+The expert plans the pressures that put the tip on the target (`StaticArm.solve`), then ramps the command there
+along a minimum-jerk profile, the way a careful operator drives a pneumatic arm; to follow a moving ball it re-plans
+every step for where the ball will be a little later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softarm.sim.statics import StaticArm
+from softarm.sim.tasks import EpisodeSpec
+
+
+def min_jerk(start: np.ndarray, goal: np.ndarray, fraction: float) -> np.ndarray:
+    s = float(np.clip(fraction, 0.0, 1.0))
+    return start + (goal - start) * (10 * s**3 - 15 * s**4 + 6 * s**5)
+
+
+class ExpertAgent:
+    """Privileged scripted controller: it reads the target from the simulator, not from the cameras."""
+
+    needs_images = False
+
+    def __init__(self, static: StaticArm, *, speed: float = 0.12, lead: float = 0.25) -> None:
+        self.static, self.speed, self.lead = static, speed, lead
+
+    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
+        self.spec, self.hz = spec, control_hz
+        self.start = spec.initial_command.astype(np.float64)
+        self.step = 0
+        start_tip, _ = self.static.tip(self.start)
+        if spec.task == "reach":
+            self.goal = self._plan(spec.targets[0])
+            distance = float(np.linalg.norm(spec.targets[0] - start_tip))
+            self.ramp = max(1.2, distance / self.speed)  # s
+        else:
+            self.goal, self.ramp = self.start, 1.5
+
+    def _plan(self, target: np.ndarray) -> np.ndarray:
+        """Pressures for `target`: from the current ones first, from other starts if that lands in a local minimum."""
+        rng = np.random.default_rng(0)
+        best, best_residual = self.start, np.inf
+        for start in (self.start, np.zeros_like(self.start), *rng.uniform(-0.5, 0.5, (6, len(self.start)))):
+            u, residual = self.static.solve(target, start)
+            if residual < best_residual:
+                best, best_residual = u, residual
+            if residual < 2e-3:
+                break
+        return best
+
+    def act(self, observation: dict) -> np.ndarray:
+        t = self.step / self.hz
+        self.step += 1
+        if self.spec.task != "reach":
+            # aim where the ball will be a little later: the actuators lag and the arm swings
+            ahead = min(self.step + round(self.lead * self.hz), len(self.spec.targets) - 1)
+            self.goal, _ = self.static.solve(self.spec.targets[ahead], self.goal, iterations=10)
+        return min_jerk(self.start, self.goal, (t + 1 / self.hz) / self.ramp).astype(np.float32)
+
+
+class RandomAgent:
+    """Uniform random pressures, a floor for any learned policy."""
+
+    needs_images = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
+        self.rng = np.random.default_rng([spec.seed, 2])
+
+    def act(self, observation: dict) -> np.ndarray:
+        return self.rng.uniform(-1, 1, 10).astype(np.float32)

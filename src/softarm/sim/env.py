@@ -1,0 +1,136 @@
+"""SoftArmEnv: step the MuJoCo arm at the control rate, read its 19-feature node graph, render its cameras.
+
+Node i is the distal end of segment i; every feature is expressed in the mount's frame (the arm's base frame),
+exactly as `softarm.arm.NODE_FEATURES` and docs/data_format.md define them.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from softarm import arm
+from softarm.sim.arm_model import ArmSpec, build_xml
+
+CAMERAS = ("base", "tip")
+IMAGE_SIZE = 224
+
+
+class SoftArmEnv:
+    def __init__(self, spec: ArmSpec | None = None, *, control_hz: float = 10.0, image_size: int = IMAGE_SIZE) -> None:
+        spec = spec or ArmSpec()
+        if spec.num_segments != arm.NUM_NODES:
+            raise ValueError(f"the node schema has {arm.NUM_NODES} nodes; ArmSpec has {spec.num_segments} segments")
+        self.spec, self.control_hz, self.image_size = spec, control_hz, image_size
+        self.model = mujoco.MjModel.from_xml_string(build_xml(spec))
+        self.data = mujoco.MjData(self.model)
+        self.substeps = round(1.0 / (control_hz * spec.timestep))
+        n, m = spec.num_segments, self.model
+        self.segment_geoms = np.array([mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"seg{i}") for i in range(n)])
+        self.node_sites = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, f"node{i}") for i in range(n)]
+        self.segment_bodies = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, f"seg{i}") for i in range(n)]
+        # qpos address of each segment's (bend x, bend y, twist) hinges
+        self.hinge_qpos = np.array(
+            [[m.jnt_qposadr[m.joint(f"seg{i}_{axis}").id] for axis in ("bx", "by", "tw")] for i in range(n)]
+        )
+        self.mount_pos = m.body("mount").pos.copy()
+        self._target_mocap = m.body_mocapid[m.body("target").id]
+        self._renderer: mujoco.Renderer | None = None
+        self.last_action = np.zeros(n, np.float32)
+        self.reset()
+
+    # --- state -------------------------------------------------------------------------------------------------
+    def reset(self, qpos: np.ndarray | None = None, command: np.ndarray | None = None) -> None:
+        """The arm still at `qpos` under constant `command` (default: straight, zero pressure)."""
+        mujoco.mj_resetData(self.model, self.data)
+        if qpos is not None:
+            self.data.qpos[:] = qpos
+        if command is not None:
+            self.data.act[:] = self.data.ctrl[:] = command
+        self.last_action[:] = 0.0 if command is None else command
+        mujoco.mj_forward(self.model, self.data)
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def set_target(self, position: np.ndarray) -> None:
+        """Place the target sphere (base frame, m)."""
+        self.data.mocap_pos[self._target_mocap] = np.asarray(position) + self.mount_pos
+        mujoco.mj_forward(self.model, self.data)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.data.mocap_pos[self._target_mocap] - self.mount_pos
+
+    def step(self, action: np.ndarray) -> None:
+        """Hold `action` (10 commands in [-1, 1], clipped) for one control period."""
+        action = np.clip(np.asarray(action, np.float64).reshape(self.spec.num_segments), -1.0, 1.0)
+        if not np.isfinite(action).all():
+            raise ValueError(f"action contains NaN or Inf: {action}")
+        self.data.ctrl[:] = action
+        self.last_action[:] = action
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+
+    def tip_position(self) -> np.ndarray:
+        """Node 9's position in the base frame (m)."""
+        return self.data.site_xpos[self.node_sites[-1]] - self.mount_pos
+
+    # --- the graph -----------------------------------------------------------------------------------------------
+    def contact_forces(self) -> np.ndarray:
+        """Normal contact force on each segment (N), summed over its contacts."""
+        forces = np.zeros(self.spec.num_segments)
+        wrench = np.zeros(6)
+        for k in range(self.data.ncon):
+            contact = self.data.contact[k]
+            for geom in (contact.geom1, contact.geom2):
+                hit = np.flatnonzero(self.segment_geoms == geom)
+                if hit.size:
+                    mujoco.mj_contactForce(self.model, self.data, k, wrench)
+                    forces[hit[0]] += abs(wrench[0])
+        return forces
+
+    def node_features(self) -> np.ndarray:
+        """[10, 19] float32, per the schema in softarm.arm."""
+        n, d = self.spec.num_segments, self.data
+        nodes = np.zeros((n, arm.NUM_NODE_FEATURES))
+        velocity = np.zeros(6)
+        for i, (site, body) in enumerate(zip(self.node_sites, self.segment_bodies, strict=True)):
+            nodes[i, 0:3] = d.site_xpos[site] - self.mount_pos
+            quat = d.xquat[body]
+            nodes[i, 3:7] = quat if quat[0] >= 0 else -quat
+            mujoco.mj_objectVelocity(self.model, d, mujoco.mjtObj.mjOBJ_SITE, site, velocity, 0)
+            nodes[i, 7:10] = velocity[3:]
+            mujoco.mj_objectVelocity(self.model, d, mujoco.mjtObj.mjOBJ_SITE, site, velocity, 1)
+            nodes[i, 10:13] = velocity[:3]
+        nodes[:, 13:16] = d.qpos[self.hinge_qpos] / self.spec.segment_length
+        nodes[:, 16] = self.last_action
+        nodes[:, 17] = d.act
+        nodes[:, 18] = self.contact_forces()
+        return nodes.astype(np.float32)
+
+    def state(self) -> np.ndarray:
+        """What a soft arm reports without shape sensing: its 10 chamber pressures (filtered activations)."""
+        return self.data.act.astype(np.float32).copy()
+
+    # --- cameras ---------------------------------------------------------------------------------------------------
+    def render(self) -> dict[str, np.ndarray]:
+        """{camera: uint8 [224, 224, 3]} from the base camera and the tip (wrist) camera."""
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        images = {}
+        for camera in CAMERAS:
+            self._renderer.update_scene(self.data, camera)
+            images[camera] = self._renderer.render().copy()
+        return images
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self) -> SoftArmEnv:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

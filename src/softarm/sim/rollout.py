@@ -1,0 +1,86 @@
+"""One episode on the simulated arm with any agent (expert, random, a trained policy): the loop that both the
+dataset generator and the closed-loop evaluation run, so demonstrations and scores see the same world."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+from softarm.sim.env import CAMERAS, SoftArmEnv
+from softarm.sim.statics import StaticArm
+from softarm.sim.tasks import EpisodeSpec
+
+
+class Agent(Protocol):
+    needs_images: bool
+
+    def reset(self, spec: EpisodeSpec, control_hz: float) -> None: ...
+
+    def act(self, observation: dict) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class Rollout:
+    spec: EpisodeSpec
+    nodes: np.ndarray  # [T, 10, 19] what the agent saw at each step
+    state: np.ndarray  # [T, 10]
+    actions: np.ndarray  # [T, 10] what it commanded
+    errors: np.ndarray  # [T] tip-target distance (m) after each action
+    images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3] (empty unless recorded)
+    success: bool
+    time_to_success: float | None
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+
+def run_episode(
+    env: SoftArmEnv,
+    static: StaticArm,
+    task,
+    spec: EpisodeSpec,
+    agent: Agent,
+    *,
+    record_images: bool = False,
+    stop_on_success: bool = True,
+    hold_steps: int = 0,
+) -> Rollout:
+    """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success."""
+    hz = env.control_hz
+    env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
+    env.set_target(spec.targets[0])
+    agent.reset(spec, hz)
+    nodes, state, actions, errors = [], [], [], []
+    images: dict[str, list[np.ndarray]] = {camera: [] for camera in CAMERAS} if record_images else {}
+    stop_at = len(spec.targets) - 1
+    for k in range(len(spec.targets) - 1):
+        observation = {"graph_nodes": env.node_features(), "state": env.state(), "prompt": spec.prompt}
+        if record_images or agent.needs_images:
+            observation["images"] = env.render()
+            for camera, frames in images.items():
+                frames.append(observation["images"][camera])
+        action = np.asarray(agent.act(observation), np.float32)
+        nodes.append(observation["graph_nodes"])
+        state.append(observation["state"])
+        actions.append(np.clip(action, -1, 1))
+        env.step(action)
+        env.set_target(spec.targets[k + 1])
+        errors.append(float(np.linalg.norm(env.tip_position() - spec.targets[k + 1])))
+        if stop_on_success and stop_at == len(spec.targets) - 1 and task.done(np.asarray(errors)):
+            stop_at = k + 1 + hold_steps
+        if k + 1 >= stop_at:
+            break
+    errors_array = np.asarray(errors)
+    return Rollout(
+        spec=spec,
+        nodes=np.stack(nodes),
+        state=np.stack(state),
+        actions=np.stack(actions),
+        errors=errors_array,
+        images={camera: np.stack(frames) for camera, frames in images.items()},
+        success=task.success(errors_array, hz),
+        time_to_success=task.time_to_success(errors_array, hz),
+    )

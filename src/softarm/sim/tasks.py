@@ -1,0 +1,125 @@
+"""Tasks on the simulated arm: what to do (prompt, target motion), where it starts, and how it is scored.
+
+Targets are drawn from the arm's own quasi-static workspace (the tip position of a random pressure pattern), so
+every target is reachable; initial poses are random rest poses. Both come from one seeded generator per episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from softarm.sim.statics import StaticArm
+
+SUCCESS_RADIUS = 0.010  # m: reach succeeds when the tip stays within 10 mm of the target for `dwell` steps
+TRACK_RMSE = 0.015  # m: follow succeeds when the tracking RMSE after acquisition is below 15 mm
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSpec:
+    task: str
+    seed: int
+    prompt: str
+    initial_command: np.ndarray  # [10] the pressures the arm rests under at t = 0
+    targets: np.ndarray  # [steps + 1, 3] target position (base frame, m) at t = k / control_hz
+    time_limit: float  # s
+
+
+def _random_shape(rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A pressure pattern that bends the arm into a smooth 3-D curve: per-axis ramps plus a little noise."""
+    n = 10
+    x = np.linspace(0.0, 1.0, n // 2)
+    pattern = np.empty(n)
+    for axis in (0, 1):
+        a, b = rng.uniform(-1, 1, size=2) * scale
+        pattern[axis::2] = a + (b - a) * x
+    return np.clip(pattern + rng.normal(0, 0.1 * scale, n), -0.9, 0.9)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReachTask:
+    name: str = "reach"
+    prompt: str = "reach the red ball"
+    time_limit: float = 5.0
+    min_distance: float = 0.06  # m between the initial tip and the target
+    dwell: int = 3  # control steps the tip must stay within SUCCESS_RADIUS
+
+    def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
+        rng = np.random.default_rng([seed, 0])
+        initial = _random_shape(rng, 0.4)
+        start, _ = static.tip(initial)
+        while True:
+            target, _ = static.tip(_random_shape(rng, 0.9))
+            if np.linalg.norm(target - start) >= self.min_distance:
+                break
+        steps = round(self.time_limit * control_hz)
+        return EpisodeSpec(self.name, seed, self.prompt, initial, np.tile(target, (steps + 1, 1)), self.time_limit)
+
+    def _arrival(self, errors: np.ndarray) -> int | None:
+        """Index of the first step of `dwell` consecutive steps within SUCCESS_RADIUS: reached and held, not
+        swept through."""
+        inside = np.concatenate([errors < SUCCESS_RADIUS, [False]])
+        run = 0
+        for k, hit in enumerate(inside):
+            if not hit:
+                run = 0
+                continue
+            run += 1
+            if run == self.dwell:
+                return k - self.dwell + 1
+        return None
+
+    def success(self, errors: np.ndarray, control_hz: float) -> bool:
+        return self._arrival(errors) is not None
+
+    def time_to_success(self, errors: np.ndarray, control_hz: float) -> float | None:
+        arrival = self._arrival(errors)
+        return None if arrival is None else float((arrival + 1) / control_hz)
+
+    def done(self, errors: np.ndarray) -> bool:
+        return self._arrival(errors) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class FollowTask:
+    """Track a ball circling in a horizontal plane (one lap every `period` s)."""
+
+    name: str = "follow"
+    prompt: str = "follow the red ball"
+    time_limit: float = 8.0
+    acquire: float = 2.0  # s allowed to catch the ball before tracking is scored
+    radius: float = 0.04  # m
+    period: float = 6.0  # s
+
+    def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
+        rng = np.random.default_rng([seed, 1])
+        initial = _random_shape(rng, 0.3)
+        steps = round(self.time_limit * control_hz)
+        t = np.arange(steps + 1) / control_hz
+        while True:
+            centre, _ = static.tip(_random_shape(rng, 0.6))
+            phase, direction = rng.uniform(0, 2 * math.pi), rng.choice([-1.0, 1.0])
+            angle = phase + direction * 2 * math.pi * t / self.period
+            path = centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
+            # keep circles whose every quarter is reachable at rest
+            if all(static.solve(p, np.zeros(10), iterations=25)[1] < 2e-3 for p in path[:: max(steps // 4, 1)]):
+                return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit)
+
+    def tracking_rmse(self, errors: np.ndarray, control_hz: float) -> float:
+        scored = errors[round(self.acquire * control_hz) :]
+        return float(np.sqrt(np.mean(scored**2))) if scored.size else float("inf")
+
+    def success(self, errors: np.ndarray, control_hz: float) -> bool:
+        complete = len(errors) >= round(self.time_limit * control_hz)
+        return complete and self.tracking_rmse(errors, control_hz) < TRACK_RMSE
+
+    def time_to_success(self, errors: np.ndarray, control_hz: float) -> float | None:
+        return None
+
+    def done(self, errors: np.ndarray) -> bool:
+        return False
+
+
+TASKS = {"reach": ReachTask(), "follow": FollowTask()}

@@ -1,0 +1,213 @@
+"""The simulated arm: physics sanity, the node schema, cameras, the expert, generated data and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from softarm import arm
+from softarm.cli import main
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.raw import read_episode
+from softarm.evaluate import EvalOptions, evaluate, wilson_interval
+from softarm.sim.agents import ExpertAgent
+from softarm.sim.arm_model import ArmSpec
+from softarm.sim.env import SoftArmEnv
+from softarm.sim.generate import generate
+from softarm.sim.rollout import run_episode
+from softarm.sim.statics import StaticArm
+from softarm.sim.tasks import TASKS
+
+SETTLE = 40  # control steps (4 s): long enough for the lagged, damped arm to come to rest
+
+
+@pytest.fixture(scope="module")
+def env():
+    with SoftArmEnv() as env:
+        yield env
+
+
+def settle(env: SoftArmEnv, command: np.ndarray, steps: int = SETTLE) -> None:
+    for _ in range(steps):
+        env.step(command)
+
+
+def test_zero_pressure_returns_the_arm_to_its_straight_rest_pose(env) -> None:
+    command = np.linspace(-0.8, 0.8, 10)
+    env.reset()
+    settle(env, command)
+    assert np.linalg.norm(env.tip_position() - [0, 0, -0.5]) > 0.05  # it really was bent
+    settle(env, np.zeros(10), steps=60)
+    np.testing.assert_allclose(env.tip_position(), [0.0, 0.0, -0.5], atol=1e-3)
+    assert np.abs(env.data.qvel).max() < 1e-2
+    np.testing.assert_allclose(env.node_features()[:, 13:16], 0.0, atol=0.05)  # curvature gone
+
+
+@pytest.mark.parametrize("segment", [0, 3, 8])
+def test_one_actuator_bends_its_own_segment_about_its_axis(env, segment: int) -> None:
+    env.reset()
+    command = np.zeros(10)
+    command[segment] = 1.0
+    settle(env, command)
+    nodes = env.node_features()
+    axis = ArmSpec().actuated_axis(segment)
+    bend = nodes[:, 13 + axis]
+    assert bend[segment] > 1.0  # 1/m: positive pressure bends the segment the positive way about its axis
+    others = np.delete(np.abs(nodes[:, 13:15]), segment, axis=0)
+    assert others.max() < 0.25 * bend[segment]  # the rest only follows passively (gravity)
+    # The tip swings sideways, perpendicular to the bending axis, not along it.
+    side = env.tip_position()[1 - axis]
+    assert abs(side) > 0.005
+    assert abs(env.tip_position()[axis]) < 0.2 * abs(side)
+
+
+def test_node_features_mean_what_the_schema_says(env) -> None:
+    env.reset()
+    command = np.array([0.6, -0.4, 0.2, 0.8, -0.7, 0.1, 0.5, -0.3, 0.9, -0.9])
+    env.step(command)
+    before = env.node_features()
+    env.step(command)
+    nodes = env.node_features()
+    assert nodes.shape == (arm.NUM_NODES, arm.NUM_NODE_FEATURES)
+    assert nodes.dtype == np.float32
+    np.testing.assert_allclose(nodes[9, 0:3], env.tip_position(), atol=1e-6)  # node 9 is the tip
+    gaps = np.linalg.norm(np.diff(np.vstack([[0, 0, 0], nodes[:, 0:3]]), axis=0), axis=1)
+    np.testing.assert_allclose(gaps, 0.05, atol=1e-4)  # nodes sit one segment length apart along the arm
+    np.testing.assert_allclose(np.linalg.norm(nodes[:, 3:7], axis=1), 1.0, atol=1e-5)
+    assert (nodes[:, 3] >= 0).all()
+    # velocity: the centred finite difference of positions over one control period
+    mid = (before[:, 7:10] + nodes[:, 7:10]) / 2
+    np.testing.assert_allclose((nodes[:, 0:3] - before[:, 0:3]) * env.control_hz, mid, atol=0.03)
+    np.testing.assert_allclose(nodes[:, 16], command, atol=1e-6)  # last commanded action
+    # actuator state: the first-order lag (tau 0.1 s) after 0.2 s of a step command
+    np.testing.assert_allclose(nodes[:, 17], command * (1 - np.exp(-2.0)), atol=0.02)
+    assert (nodes[:, 18] == 0).all()  # nothing touches the hanging arm
+
+
+def test_contact_force_appears_on_the_segment_that_touches() -> None:
+    spec = ArmSpec(floor_height=ArmSpec().mount_height - 0.48)  # 2 cm above the resting tip
+    with SoftArmEnv(spec) as env:
+        command = np.zeros(10)
+        command[1] = 0.2  # a slight bend, so the arm buckles sideways instead of standing on its tip
+        settle(env, command)
+        force = env.node_features()[:, 18]
+        tip = env.tip_position()
+    assert tip[2] > -0.485  # held up by the floor
+    assert force[-1] > 0.5  # N: the tip segment rests on the floor...
+    assert (force[:-1] == 0).all()  # ...and only it
+    assert force[-1] < 6.0  # of the order of the arm's weight (2.6 N), not a phantom contact
+
+
+def test_cameras_see_the_arm_and_the_target(env) -> None:
+    env.reset()
+    env.set_target([0.1, 0.0, -0.45])
+    images = env.render()
+    assert set(images) == {"base", "tip"}
+    for image in images.values():
+        assert image.shape == (224, 224, 3)
+        assert image.dtype == np.uint8
+        assert image.std() > 10  # not a blank frame
+
+    def red_pixels(image: np.ndarray) -> int:
+        r, g, b = (image[..., k].astype(int) for k in range(3))
+        return int(((r > 120) & (g < 60) & (b < 60)).sum())
+
+    assert red_pixels(images["base"]) > 30
+    env.set_target([5.0, 5.0, 5.0])  # far out of view
+    assert red_pixels(env.render()["base"]) == 0
+    env.set_target([0.0, 0.0, -0.6])  # straight below the tip: the wrist camera looks at it
+    assert red_pixels(env.render()["tip"]) > 500
+
+
+def test_expert_solves_seeded_episodes(env) -> None:
+    static = StaticArm(env)
+    expert = ExpertAgent(static)
+    for task_name, seeds in (("reach", range(10)), ("follow", range(2))):
+        task = TASKS[task_name]
+        for seed in seeds:
+            rollout = run_episode(env, static, task, task.sample(seed, static, env.control_hz), expert)
+            assert rollout.success, f"{task_name} seed {seed}: min error {1000 * rollout.errors.min():.1f} mm"
+
+
+def test_static_model_agrees_with_the_simulator(env) -> None:
+    static = StaticArm(env)
+    command = np.array([0.5, -0.2, 0.3, 0.4, -0.6, 0.2, 0.1, -0.5, 0.7, 0.0])
+    predicted, _ = static.tip(command)
+    env.reset()
+    settle(env, command, steps=60)
+    np.testing.assert_allclose(env.tip_position(), predicted, atol=1e-3)
+
+
+def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    result = generate("reach", 3, raw, seed=7)
+    assert (result.written, result.reused, result.failed) == (3, 0, [])
+    episode = read_episode(raw / "reach_000007.hdf5")
+    assert episode.prompt == "reach the red ball"
+    assert episode.fps == 10.0
+    assert episode.images["base"].shape == (episode.length, 224, 224, 3)
+    assert episode.nodes.shape == (episode.length, 10, 19)
+    assert episode.state.shape == (episode.length, 10)
+    np.testing.assert_array_equal(episode.nodes[1:, :, 16], episode.actions[:-1])  # node 16 = previous command
+    converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert len(converted.kept) == 3
+    assert converted.skipped == []
+
+    again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
+    assert (again.written, again.reused) == (1, 3)
+    with pytest.raises(ValueError, match="holds episodes of task 'reach' seed 7"):
+        generate("follow", 2, raw, seed=7)
+    with pytest.raises(ValueError, match="unknown task 'push'"):
+        generate("push", 2, tmp_path / "other")
+
+
+def test_wilson_interval_matches_known_values() -> None:
+    np.testing.assert_allclose(wilson_interval(0, 10), (0.0, 0.2775), atol=1e-4)
+    np.testing.assert_allclose(wilson_interval(5, 10), (0.2366, 0.7634), atol=1e-4)
+    np.testing.assert_allclose(wilson_interval(50, 50), (0.9287, 1.0), atol=1e-4)
+
+
+def test_eval_baselines_write_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "expert"
+    assert main(["eval", "--policy", "expert", "--episodes", "3", "--videos", "1", "--out", str(out)]) == 0
+    assert "expert on reach: success 3/3 = 100 %" in capsys.readouterr().out
+    report = json.loads((out / "eval.json").read_text())
+    assert report["summary"]["success_rate_wilson95"][1] == 1.0
+    assert [e["seed"] for e in report["episodes"]] == [1_000_000, 1_000_001, 1_000_002]
+    assert all(e["final_error_mm"] < 10 for e in report["episodes"])
+    with Image.open(out / "rollouts.gif") as gif:
+        assert gif.n_frames == report["episodes"][0]["steps"]
+    assert Image.open(out / "summary.png").size[0] > 500
+
+    summary = evaluate(EvalOptions(policy="random", episodes=3, videos=0), tmp_path / "random")
+    assert summary["successes"] == 0
+    assert summary["final_error_mm_median"] > 30
+    assert not (tmp_path / "random" / "rollouts.gif").exists()
+    with pytest.raises(ValueError, match="needs --checkpoint"):
+        evaluate(EvalOptions(policy="model"), tmp_path / "model")
+
+
+def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
+    """The whole chain on simulator data: generate -> convert -> train (tiny) -> eval through SoftArmPolicy."""
+    from softarm.train.config import load_config
+    from softarm.train.loop import train
+
+    generate("reach", 3, tmp_path / "raw")
+    convert(tmp_path / "raw", tmp_path / "prep", ConvertOptions(val_episodes=1))
+    config = Path(__file__).parents[1] / "configs" / "debug.yaml"
+    overrides = [f"data.path={tmp_path / 'prep'}", f"train.out_dir={tmp_path / 'run'}", "train.steps=2",
+                 "train.save_every=2", "train.val_every=100"]  # fmt: skip
+    train(load_config(config, overrides))
+    options = EvalOptions(policy="model", checkpoint=str(tmp_path / "run" / "checkpoints" / "2"), episodes=2,
+                          replan=4, videos=1)  # fmt: skip
+    summary = evaluate(options, tmp_path / "eval")
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert summary["episodes"] == 2
+    assert summary["infer_ms_median"] > 0
+    # a 2-step model does not solve reach; it must still have run every step of both episodes
+    assert [e["steps"] for e in report["episodes"]] == [50, 50]
+    assert summary["success_rate_wilson95"][0] == 0.0
