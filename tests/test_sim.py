@@ -20,7 +20,7 @@ from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import TASKS
+from softarm.sim.tasks import CHOICES, MAX_PAYLOAD, TASKS
 
 SETTLE = 40  # control steps (4 s): long enough for the lagged, damped arm to come to rest
 
@@ -104,7 +104,7 @@ def test_contact_force_appears_on_the_segment_that_touches() -> None:
 
 def test_cameras_see_the_arm_and_the_target(env) -> None:
     env.reset()
-    env.set_target([0.1, 0.0, -0.45])
+    env.place_balls({"red": [0.1, 0.0, -0.45]})
     images = env.render()
     assert set(images) == {"base", "tip"}
     for image in images.values():
@@ -117,16 +117,16 @@ def test_cameras_see_the_arm_and_the_target(env) -> None:
         return int(((r > 120) & (g < 60) & (b < 60)).sum())
 
     assert red_pixels(images["base"]) > 30
-    env.set_target([5.0, 5.0, 5.0])  # far out of view
+    env.place_balls({})  # parked out of view
     assert red_pixels(env.render()["base"]) == 0
-    env.set_target([0.0, 0.0, -0.6])  # straight below the tip: the wrist camera looks at it
+    env.place_balls({"red": [0.0, 0.0, -0.6]})  # straight below the tip: the wrist camera looks at it
     assert red_pixels(env.render()["tip"]) > 500
 
 
 def test_expert_solves_seeded_episodes(env) -> None:
     static = StaticArm(env)
     expert = ExpertAgent(static)
-    for task_name, seeds in (("reach", range(10)), ("follow", range(2))):
+    for task_name, seeds in (("reach", range(10)), ("follow", range(2)), ("choose", range(4))):
         task = TASKS[task_name]
         for seed in seeds:
             rollout = run_episode(env, static, task, task.sample(seed, static, env.control_hz), expert)
@@ -140,6 +140,38 @@ def test_static_model_agrees_with_the_simulator(env) -> None:
     env.reset()
     settle(env, command, steps=60)
     np.testing.assert_allclose(env.tip_position(), predicted, atol=1e-3)
+
+
+def test_payload_changes_the_shape_that_the_same_pressures_give(env) -> None:
+    static = StaticArm(env)
+    command = np.array([0.6, 0.3] * 5)
+    try:
+        env.set_payload(0.0)
+        light, _ = static.tip(command)
+        env.set_payload(0.05)
+        heavy, _ = static.tip(command)
+    finally:
+        env.set_payload(0.0)
+    assert heavy[2] < light[2] - 0.01  # the loaded tip hangs lower...
+    assert np.linalg.norm(heavy[:2]) < np.linalg.norm(light[:2]) - 0.02  # ...and reaches less far sideways
+    with pytest.raises(ValueError, match="payload must be 0-1 kg, got -1"):
+        env.set_payload(-1)
+
+
+def test_choose_balls_are_reachable_under_any_payload(env) -> None:
+    static = StaticArm(env)
+    starts = [np.zeros(10), *np.random.default_rng(0).uniform(-0.5, 0.5, (6, 10))]
+    try:
+        for payload in (0.0, MAX_PAYLOAD):
+            env.set_payload(payload)
+            for color, position in CHOICES.items():
+                residual = min(static.solve(position, start)[1] for start in starts)
+                assert residual < 5e-3, f"{color} ball at payload {payload} kg: {1000 * residual:.1f} mm off"
+    finally:
+        env.set_payload(0.0)
+    spec = TASKS["choose"].sample(3, static, env.control_hz)
+    assert spec.prompt == f"reach the {spec.target_color} ball"
+    assert set(spec.balls(0)) == set(CHOICES)
 
 
 def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ class ArmSpec:
 
 
 _AXES = ("1 0 0", "0 1 0", "0 0 1")
+BALL_COLORS = {"red": "0.9 0.1 0.1", "green": "0.1 0.75 0.2", "blue": "0.15 0.3 0.95"}
+PARKED = (0.0, 0.0, -5.0)  # where an unused ball waits: under the floor, out of every view
 BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
 BASE_CAMERA_AIM = (0.0, 0.0, 0.28)
 
@@ -88,16 +90,26 @@ def _segment(spec: ArmSpec, i: int, inner: str) -> str:
 
 
 def build_xml(spec: ArmSpec) -> str:
-    """MJCF of the arm, a floor, a non-colliding target sphere (mocap) and two cameras: `base`, `tip`."""
+    """MJCF of the arm, a floor, coloured non-colliding balls (mocap targets) and two cameras: `base`, `tip`."""
     n = spec.num_segments
+    # The last segment carries the wrist camera and a collar whose mass is the episode's payload (set at run time).
+    collar = (
+        f'<body name="payload" pos="0 0 {-spec.segment_length / 2}"><geom type="cylinder" '
+        f'size="{spec.radius_tip + 0.005} 0.008" mass="0.001" rgba=".3 .3 .35 1" contype="0" conaffinity="0"/></body>'
+    )
     tip_camera = f'<camera name="tip" pos="0 0 {-spec.segment_length - 0.012}" xyaxes="1 0 0 0 1 0" fovy="75"/>'
-    chain = tip_camera
+    chain = collar + tip_camera
     for i in reversed(range(n)):
         chain = _segment(spec, i, chain)
     actuators = "".join(
         f'<general name="act{i}" joint="seg{i}_{"bx" if spec.actuated_axis(i) == 0 else "by"}" dyntype="filter" '
         f'dynprm="{spec.actuator_lag}" gainprm="{spec.actuator_torque}" ctrlrange="-1 1" ctrllimited="true"/>'
         for i in range(n)
+    )
+    balls = "".join(
+        f'<body name="ball_{color}" mocap="true" pos="{_vec(PARKED)}">'
+        f'<geom type="sphere" size="0.018" rgba="{rgb} 1" contype="0" conaffinity="0"/></body>'
+        for color, rgb in BALL_COLORS.items()
     )
     # Self-collision is off (segments: contype 2, conaffinity 1; the floor: contype 1, conaffinity 2); the mount has
     # contype 0 so the first segment does not fight a body welded to the world.
@@ -120,9 +132,7 @@ def build_xml(spec: ArmSpec) -> str:
       <geom type="cylinder" size="0.04 0.015" pos="0 0 0.015" rgba=".25 .25 .3 1" contype="0" conaffinity="0"/>
       {chain}
     </body>
-    <body name="target" mocap="true" pos="0 0 0.1">
-      <geom type="sphere" size="0.018" rgba="0.9 0.1 0.1 1" contype="0" conaffinity="0"/>
-    </body>
+    {balls}
     <camera name="base" pos="{_vec(BASE_CAMERA_POS)}" xyaxes="{_look_at(BASE_CAMERA_POS, BASE_CAMERA_AIM)}" fovy="58"/>
   </worldbody>
   <actuator>{actuators}</actuator>

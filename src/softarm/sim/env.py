@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 
 from softarm import arm
-from softarm.sim.arm_model import ArmSpec, build_xml
+from softarm.sim.arm_model import BALL_COLORS, PARKED, ArmSpec, build_xml
 
 CAMERAS = ("base", "tip")
 IMAGE_SIZE = 224
@@ -34,7 +34,9 @@ class SoftArmEnv:
             [[m.jnt_qposadr[m.joint(f"seg{i}_{axis}").id] for axis in ("bx", "by", "tw")] for i in range(n)]
         )
         self.mount_pos = m.body("mount").pos.copy()
-        self._target_mocap = m.body_mocapid[m.body("target").id]
+        self._balls = {color: m.body_mocapid[m.body(f"ball_{color}").id] for color in BALL_COLORS}
+        self._payload_body = m.body("payload").id
+        self._collar = (m.body_mass[self._payload_body], m.body_inertia[self._payload_body].copy())
         self._renderer: mujoco.Renderer | None = None
         self.last_action = np.zeros(n, np.float32)
         self.reset()
@@ -54,14 +56,24 @@ class SoftArmEnv:
     def time(self) -> float:
         return float(self.data.time)
 
-    def set_target(self, position: np.ndarray) -> None:
-        """Place the target sphere (base frame, m)."""
-        self.data.mocap_pos[self._target_mocap] = np.asarray(position) + self.mount_pos
+    def place_balls(self, positions: dict[str, np.ndarray]) -> None:
+        """Put the named balls at `positions` (base frame, m); the other balls are parked out of view."""
+        unknown = sorted(set(positions) - set(self._balls))
+        if unknown:
+            raise ValueError(f"no ball coloured {unknown[0]!r}; the scene has {sorted(self._balls)}")
+        for color, mocap in self._balls.items():
+            where = np.asarray(positions[color]) + self.mount_pos if color in positions else PARKED
+            self.data.mocap_pos[mocap] = where
         mujoco.mj_forward(self.model, self.data)
 
-    @property
-    def target(self) -> np.ndarray:
-        return self.data.mocap_pos[self._target_mocap] - self.mount_pos
+    def set_payload(self, mass: float) -> None:
+        """Load the tip collar with `mass` kg (scaling its inertia with it): an unknown load for the policy."""
+        if not 0.0 <= mass <= 1.0:
+            raise ValueError(f"payload must be 0-1 kg, got {mass}")
+        base_mass, base_inertia = self._collar
+        total = base_mass + mass
+        self.model.body_mass[self._payload_body] = total
+        self.model.body_inertia[self._payload_body] = base_inertia * total / base_mass
 
     def step(self, action: np.ndarray) -> None:
         """Hold `action` (10 commands in [-1, 1], clipped) for one control period."""

@@ -50,8 +50,9 @@ def run_episode(
 ) -> Rollout:
     """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success."""
     hz = env.control_hz
+    env.set_payload(spec.payload)
     env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
-    env.set_target(spec.targets[0])
+    env.place_balls(spec.balls(0))
     agent.reset(spec, hz)
     nodes, state, actions, errors = [], [], [], []
     images: dict[str, list[np.ndarray]] = {camera: [] for camera in CAMERAS} if record_images else {}
@@ -67,7 +68,7 @@ def run_episode(
         state.append(observation["state"])
         actions.append(np.clip(action, -1, 1))
         env.step(action)
-        env.set_target(spec.targets[k + 1])
+        env.place_balls(spec.balls(k + 1))
         errors.append(float(np.linalg.norm(env.tip_position() - spec.targets[k + 1])))
         if stop_on_success and stop_at == len(spec.targets) - 1 and task.done(np.asarray(errors)):
             stop_at = k + 1 + hold_steps

@@ -18,7 +18,7 @@ U_LIMIT = 0.95  # leave a little pressure headroom for disturbance
 
 class StaticArm:
     def __init__(self, env: SoftArmEnv) -> None:
-        self.model = env.model
+        self.env, self.model = env, env.model  # shares the env's model: its payload is the static model's too
         self.data = mujoco.MjData(env.model)
         self.mount_pos, self.tip_site = env.mount_pos, env.node_sites[-1]
         self.stiffness = env.model.jnt_stiffness.copy()  # one hinge per dof, qpos and dof indices coincide

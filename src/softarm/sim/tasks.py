@@ -1,7 +1,9 @@
 """Tasks on the simulated arm: what to do (prompt, target motion), where it starts, and how it is scored.
 
-Targets are drawn from the arm's own quasi-static workspace (the tip position of a random pressure pattern), so
-every target is reachable; initial poses are random rest poses. Both come from one seeded generator per episode.
+Every episode draws, from one seeded generator: a payload on the tip collar (0-50 g, unknown to the policy: the
+same pressures then give a different shape, which only shape sensing reveals), a random rest pose, and targets from
+the arm's own quasi-static workspace under that payload (the tip position of a random pressure pattern), so every
+target is reachable.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from softarm.sim.statics import StaticArm
 
 SUCCESS_RADIUS = 0.010  # m: reach succeeds when the tip stays within 10 mm of the target for `dwell` steps
 TRACK_RMSE = 0.015  # m: follow succeeds when the tracking RMSE after acquisition is below 15 mm
+MAX_PAYLOAD = 0.05  # kg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,19 @@ class EpisodeSpec:
     initial_command: np.ndarray  # [10] the pressures the arm rests under at t = 0
     targets: np.ndarray  # [steps + 1, 3] target position (base frame, m) at t = k / control_hz
     time_limit: float  # s
+    payload: float = 0.0  # kg on the tip collar
+    target_color: str = "red"
+    other_balls: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # colour -> fixed position
+
+    def balls(self, step: int) -> dict[str, np.ndarray]:
+        return {**self.other_balls, self.target_color: self.targets[step]}
+
+
+def _payload(rng: np.random.Generator, static: StaticArm) -> float:
+    """Draw the episode's payload and load the (shared) model with it, so targets are planned under it."""
+    payload = float(rng.uniform(0.0, MAX_PAYLOAD))
+    static.env.set_payload(payload)
+    return payload
 
 
 def _random_shape(rng: np.random.Generator, scale: float) -> np.ndarray:
@@ -48,6 +64,7 @@ class ReachTask:
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng = np.random.default_rng([seed, 0])
+        payload = _payload(rng, static)
         initial = _random_shape(rng, 0.4)
         start, _ = static.tip(initial)
         while True:
@@ -55,7 +72,8 @@ class ReachTask:
             if np.linalg.norm(target - start) >= self.min_distance:
                 break
         steps = round(self.time_limit * control_hz)
-        return EpisodeSpec(self.name, seed, self.prompt, initial, np.tile(target, (steps + 1, 1)), self.time_limit)
+        targets = np.tile(target, (steps + 1, 1))
+        return EpisodeSpec(self.name, seed, self.prompt, initial, targets, self.time_limit, payload)
 
     def _arrival(self, errors: np.ndarray) -> int | None:
         """Index of the first step of `dwell` consecutive steps within SUCCESS_RADIUS: reached and held, not
@@ -95,6 +113,7 @@ class FollowTask:
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng = np.random.default_rng([seed, 1])
+        payload = _payload(rng, static)
         initial = _random_shape(rng, 0.3)
         steps = round(self.time_limit * control_hz)
         t = np.arange(steps + 1) / control_hz
@@ -105,7 +124,7 @@ class FollowTask:
             path = centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
             # keep circles whose every quarter is reachable at rest
             if all(static.solve(p, np.zeros(10), iterations=25)[1] < 2e-3 for p in path[:: max(steps // 4, 1)]):
-                return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit)
+                return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit, payload)
 
     def tracking_rmse(self, errors: np.ndarray, control_hz: float) -> float:
         scored = errors[round(self.acquire * control_hz) :]
@@ -122,4 +141,31 @@ class FollowTask:
         return False
 
 
-TASKS = {"reach": ReachTask(), "follow": FollowTask()}
+# Three balls at fixed places, one named in the prompt: the policy must read the instruction, and, under an unknown
+# payload, know where its own tip is. Reachable under any payload in [0, MAX_PAYLOAD] (tests check it).
+CHOICES = {
+    "red": np.array([0.12, -0.10, -0.43]),
+    "green": np.array([-0.14, -0.06, -0.44]),
+    "blue": np.array([0.02, 0.13, -0.44]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChooseTask(ReachTask):
+    """Reach the ball the prompt names, among three."""
+
+    name: str = "choose"
+
+    def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
+        rng = np.random.default_rng([seed, 3])
+        payload = _payload(rng, static)
+        initial = _random_shape(rng, 0.4)
+        color = str(rng.choice(sorted(CHOICES)))
+        steps = round(self.time_limit * control_hz)
+        others = {c: p for c, p in CHOICES.items() if c != color}
+        targets = np.tile(CHOICES[color], (steps + 1, 1))
+        prompt = f"reach the {color} ball"
+        return EpisodeSpec(self.name, seed, prompt, initial, targets, self.time_limit, payload, color, others)
+
+
+TASKS = {"reach": ReachTask(), "follow": FollowTask(), "choose": ChooseTask()}
