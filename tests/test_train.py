@@ -84,6 +84,65 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(start[k], a[k]) for k in a)  # the last 3 steps did change the weights
 
 
+LORA = ("lora.rank=4", "lora.expert_rank=8")
+
+
+def test_lora_trains_adapters_only_and_saves_a_servable_merged_model(prepared: Path, tmp_path: Path) -> None:
+    from softarm.model import PI0GraphPytorch
+    from softarm.policy import SoftArmPolicy
+    from tests.test_policy import observation
+
+    common = ("train.save_every=2", "train.val_every=100", "data.batch_size=4", "optim.warmup_steps=1", *LORA)
+    train(config(prepared, tmp_path / "init", "train.steps=1", "train.save_every=1"))  # an init_from checkpoint
+    init = tmp_path / "init" / "checkpoints" / "1"
+    result = train(config(prepared, tmp_path / "lora", "train.steps=4", f"train.init_from={init}", *common))
+    trained = {name for name, p in result.model.named_parameters() if p.requires_grad}
+    lora_names = [n for n in trained if ".lora_" in n]
+    # A and B of 7 projections x 8 Gemma layers (tiny), less the VLM's last o_proj + MLP that no loss reaches
+    assert len(lora_names) == 2 * (7 * 8 - 4)
+    assert not any(n.startswith("paligemma_with_expert.gemma_expert.") and ".lora_" not in n for n in trained)
+    assert any(n.startswith("graph_encoder.") for n in trained)  # the graph always trains
+    assert "action_out_proj.weight" in trained
+
+    checkpoint = tmp_path / "lora" / "checkpoints" / "4"
+    merged = safetensors.torch.load_file(str(checkpoint / "model.safetensors"))
+    assert not any(".lora_" in k or ".base_layer." in k for k in merged)
+    base = safetensors.torch.load_file(str(init / "model.safetensors"))
+    key = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[key], base[key])  # the adapter is folded in...
+    frozen = result.model.get_parameter(key.replace(".weight", ".base_layer.weight"))
+    torch.testing.assert_close(frozen.detach(), base[key], rtol=0, atol=0)  # ...while the base stayed frozen
+
+    # The merged file is a plain PI0GraphPytorch computing what the adapted training model computes.
+    plain = PI0GraphPytorch(result.model.config)
+    plain.load_state_dict(merged, strict=False)
+    policy = SoftArmPolicy.from_checkpoint(checkpoint, use_ema=False)
+    obs = observation(0, 20, 3)
+    torch.manual_seed(0)
+    a = policy.infer(obs)["actions"]
+    policy.model = result.model.eval()
+    torch.manual_seed(0)
+    b = policy.infer(obs)["actions"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_lora_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
+    common = ("train.save_every=2", "train.val_every=100", "data.batch_size=4", *LORA)
+    train(config(prepared, tmp_path / "straight", "train.steps=4", *common))
+    train(config(prepared, tmp_path / "resumed", "train.steps=2", *common))
+    train(config(prepared, tmp_path / "resumed", "train.steps=4", *common))
+    for name in ("model.safetensors", "ema.safetensors", "lora.safetensors"):
+        a = safetensors.torch.load_file(str(tmp_path / "straight" / "checkpoints" / "4" / name))
+        b = safetensors.torch.load_file(str(tmp_path / "resumed" / "checkpoints" / "4" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
+    with pytest.raises(
+        ValueError, match=r"no saved value for \d+ trained tensors, e\.g\. paligemma_with_expert\.gemma"
+    ):
+        train(config(prepared, tmp_path / "straight", "train.steps=6", *common[:-2], "lora.rank=2"))
+
+
 def _ddp_rank(rank: int, port: int, prepared: Path, out: Path, queue) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)

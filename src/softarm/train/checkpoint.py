@@ -4,7 +4,8 @@
 (when EMA is on), optimizer.pt, trainer_state.pt (step, data position, RNG states, EMA count), train_config.yaml,
 assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (camera slots, sizes). It is
 written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
-are kept.
+are kept. With LoRA, model/ema.safetensors hold the adapters merged in (servable as they are) and lora.safetensors
+the trained tensors under the training model's names, which resume loads on top of the same frozen base.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import safetensors.torch
 import torch
 import yaml
 
-from softarm.weights import load_weights, save_model
+from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
+from softarm.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_model
 
 ASSET_ID = "softarm"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.pt"
 DATA_SPEC_FILE = "data_spec.json"  # what the policy needs of the dataset: camera slots, state/action sizes
+LORA_FILE = "lora.safetensors"
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -71,9 +74,19 @@ def save_checkpoint(
     final, tmp = root / str(step), root / f"tmp_{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(model, tmp)
-    if ema is not None:
-        safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
+    if has_lora(model):
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        safetensors.torch.save_file(merged_state_dict(model), str(tmp / WEIGHTS_FILE))
+        trained = trainable_state_dict(model)
+        if ema is not None:
+            safetensors.torch.save_file(merged_state_dict(ema), str(tmp / EMA_FILE))
+            trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema).items()}
+        safetensors.torch.save_file(trained, str(tmp / LORA_FILE))
+    else:
+        save_model(model, tmp)
+        if ema is not None:
+            safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
     (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -94,10 +107,35 @@ def save_checkpoint(
 
 def load_trainer_state(checkpoint: Path, *, model, ema, optimizer) -> dict:
     """Restore model, EMA and optimizer in place; return the trainer state (RNG restored by the caller's choice)."""
+    if has_lora(model):
+        _load_lora(checkpoint, model, ema)
+    else:
+        _load_full(checkpoint, model, ema)
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def _load_lora(checkpoint: Path, model, ema) -> None:
+    path = checkpoint / LORA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {LORA_FILE}: it was not trained with LoRA, but lora.* is set")
+    tensors = safetensors.torch.load_file(str(path))
+    for prefix, module in (("", model), ("ema.", ema)):
+        if module is None:
+            continue
+        params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        missing = sorted(name for name in params if prefix + name not in tensors)
+        if missing:
+            raise ValueError(f"{path}: no saved value for {len(missing)} trained tensors, e.g. {missing[0]} "
+                             "(another lora / freeze setting?)")  # fmt: skip
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[prefix + name])
+
+
+def _load_full(checkpoint: Path, model, ema) -> None:
     load_weights(model, checkpoint, allow_fresh_graph=False)
     if ema is not None:
         if not (checkpoint / EMA_FILE).is_file():
             raise FileNotFoundError(f"{checkpoint} has no {EMA_FILE}, but train.ema_decay is set")
         load_weights(ema, checkpoint / EMA_FILE, allow_fresh_graph=False)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)

@@ -55,6 +55,17 @@ class OptimSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """LoRA (peft) on the Gemma layers; rank 0 leaves that part fully trainable. openpi's LoRA recipe: rank 16 on the
+    VLM, 32 on the action expert."""
+
+    rank: int = 0  # PaliGemma's language model
+    expert_rank: int = 0  # the action expert
+    alpha: float | None = None  # None: equal to the rank (scale 1)
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSection:
     steps: int = 100
     grad_accum: int = 1
@@ -80,6 +91,7 @@ class TrainConfig:
     data: DataSection = DataSection()
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+    lora: LoraSection = LoraSection()
 
     def validate(self, *, check_data: bool = True) -> SoftArmModelConfig:
         """Everything that can be checked before building anything; returns the model config."""
@@ -104,6 +116,9 @@ class TrainConfig:
             "train.save_every": self.train.save_every,
             "train.keep_last": self.train.keep_last,
         }
+        for key, value in {"lora.rank": self.lora.rank, "lora.expert_rank": self.lora.expert_rank}.items():
+            if value < 0:
+                raise ConfigError(f"{key}: must be >= 0 (0 = no LoRA), got {value}")
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")

@@ -28,6 +28,7 @@ from softarm.data.transforms import input_transform
 from softarm.model import PI0GraphPytorch, count_parameters
 from softarm.train import checkpoint as ckpt
 from softarm.train.config import ConfigError, TrainConfig
+from softarm.train.lora import apply_lora
 from softarm.weights import load_weights
 
 
@@ -160,6 +161,10 @@ def train(config: TrainConfig) -> TrainResult:
     model = PI0GraphPytorch(model_config)
     if t.init_from:
         log(load_weights(model, t.init_from).summary())
+    lora = config.lora
+    if adapted := apply_lora(model, rank=lora.rank, expert_rank=lora.expert_rank, alpha=lora.alpha,
+                             dropout=lora.dropout):  # fmt: skip
+        log(f"LoRA on {adapted} Gemma projections (rank {lora.rank} VLM, {lora.expert_rank} action expert)")
     freeze(model, t.freeze)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()

@@ -1,0 +1,83 @@
+"""LoRA on the Gemma layers through peft, with checkpoints that stay servable.
+
+`apply_lora` injects peft LoRA adapters into the attention and MLP projections of PaliGemma's language model
+(`rank`) and/or the action expert (`expert_rank`) and freezes the weights they adapt, as openpi's gemma_2b_lora /
+gemma_300m_lora variants do. The graph encoder, fusion layers and the action/state/time projections stay trainable.
+
+A checkpoint keeps two views: `merged_state_dict` (adapters folded into the base weights, plain PI0GraphPytorch
+names: what SoftArmPolicy and the server load) and `trainable_state_dict` (what training changes, under the
+training model's names: what resume loads on top of the same frozen base). The training model is never merged in
+place, so saving does not perturb training and resume stays exact.
+"""
+
+from __future__ import annotations
+
+import peft
+from peft.tuners.lora import LoraLayer
+import torch
+
+from softarm.model import PI0GraphPytorch
+
+PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VLM_LAYERS = r"paligemma_with_expert\.paligemma\.model\.language_model\.layers\.\d+\.(self_attn|mlp)\."
+EXPERT_LAYERS = r"paligemma_with_expert\.gemma_expert\.model\.layers\.\d+\.(self_attn|mlp)\."
+VLM_PREFIX = "paligemma_with_expert.paligemma.model.language_model."
+EXPERT_PREFIX = "paligemma_with_expert.gemma_expert."
+ADAPTER = "default"
+
+
+def apply_lora(model: PI0GraphPytorch, *, rank: int, expert_rank: int, alpha: float | None, dropout: float) -> int:
+    """Inject adapters (rank 0 leaves that part fully trainable); returns the number of adapted linear layers."""
+    parts = [(pattern, r) for pattern, r in ((VLM_LAYERS, rank), (EXPERT_LAYERS, expert_rank)) if r > 0]
+    if not parts:
+        return 0
+    first = parts[0][1]
+    config = peft.LoraConfig(
+        r=first,
+        lora_alpha=alpha or first,
+        lora_dropout=dropout,
+        target_modules=rf"({'|'.join(pattern for pattern, _ in parts)}){PROJECTIONS}",
+        rank_pattern={rf"{pattern}{PROJECTIONS}": r for pattern, r in parts[1:]},
+        alpha_pattern={rf"{pattern}{PROJECTIONS}": alpha or r for pattern, r in parts[1:]},
+    )
+    adapted = tuple(prefix for prefix, r in ((VLM_PREFIX, rank), (EXPERT_PREFIX, expert_rank)) if r > 0)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad and not name.startswith(adapted)}
+    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    # peft freezes everything but the adapters; here an adapted Gemma is frozen whole (norms and embeddings too, as
+    # openpi's LoRA variants do) and everything else keeps its flag.
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_" in name or name in trainable)
+    return len(lora_layers(model))
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def has_lora(model: torch.nn.Module) -> bool:
+    return bool(lora_layers(model))
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Adapters folded into their base weights, under plain names, as CPU copies (tied weights stored once)."""
+    layers = lora_layers(model)
+    merged: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        if tensor.data_ptr() in seen:  # a tied weight: safetensors stores shared storage once
+            continue
+        seen.add(tensor.data_ptr())
+        module_name, _, leaf = name.rpartition(".base_layer.")
+        value = tensor.detach()
+        if module_name in layers and leaf == "weight":
+            layer = layers[module_name]
+            for adapter in layer.active_adapters:
+                value = value + layer.get_delta_weight(adapter).to(value.dtype)
+        merged[name.replace(".base_layer.", ".")] = value.to("cpu", copy=True)
+    return merged
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
