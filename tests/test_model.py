@@ -166,7 +166,7 @@ def test_presets() -> None:
     ("overrides", "message"),
     [
         ({"pi05": True, "fusion": "state"}, "pi0.5 has none: use 'prefix' or 'suffix'"),
-        ({"fusion": "tokens"}, r"fusion must be one of \('state', 'prefix', 'suffix'\), got 'tokens'"),
+        ({"fusion": "tokens"}, r"fusion must be one of \('state', 'prefix', 'suffix', 'none'\), got 'tokens'"),
         ({"action_dim": 10}, "action_dim must be 32, got 10"),
         ({"graph_depth": 0}, "graph_depth must be positive, got 0"),
         ({"edges": [(0, 12)]}, r"edge 0 = \(0, 12\) refers to a node outside 0..9"),
@@ -180,3 +180,18 @@ def test_config_errors(overrides: dict, message: str) -> None:
 def test_unknown_config_keys_are_named() -> None:
     with pytest.raises(ValueError, match=r"unknown model config keys \['graph_widht'\]"):
         SoftArmModelConfig.from_dict({"graph_widht": 3})
+
+
+@pytest.mark.parametrize("pi05", [False, True])
+def test_fusion_none_is_the_base_model_even_given_a_graph(pi05: bool) -> None:
+    config = preset("tiny", pi05=pi05, fusion="none")
+    torch.manual_seed(0)
+    base = build_base_model(config)
+    model = PI0GraphPytorch(config)
+    model.load_state_dict(base.state_dict(), strict=True)  # no graph parameters at all
+    assert model.graph_parameter_names() == []
+    obs, actions = make_observation(config), make_actions(config)
+    noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
+    expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
+    got = loss_with_seed(model, obs, actions, graph=make_graph(config), noise=noise, time=time)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

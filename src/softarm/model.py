@@ -9,6 +9,7 @@ graph enters. Three fusion modes:
   sees them and they are cached once per inference.
 - ``suffix``: node tokens, projected to the action-expert width, go before the action tokens; only the action
   expert sees them.
+- ``none``:   no graph at all: the base PI0Pytorch (the graph is ignored), the baseline the graph must beat.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from torch import nn
 from softarm import arm
 from softarm.graph_encoder import GraphEncoder, GraphEncoding
 
-FusionMode = Literal["state", "prefix", "suffix"]
-FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix")
+FusionMode = Literal["state", "prefix", "suffix", "none"]
+FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
 PALIGEMMA_VOCAB_SIZE = 257_152
 # Every parameter the graph extension adds lives under one of these names; nothing else may be missing when
 # official base weights are loaded.
@@ -178,6 +179,9 @@ class PI0GraphPytorch(PI0Pytorch):
             super().__init__(config)
         # Eager sampling: the per-instance torch.compile wrapper costs minutes on CPU before the first action.
         del self.sample_actions
+        self._graph: GraphEncoding | None = None
+        if config.fusion == "none":
+            return
         self.graph_encoder = GraphEncoder(
             num_nodes=config.num_nodes,
             node_features=config.node_features,
@@ -194,12 +198,11 @@ class PI0GraphPytorch(PI0Pytorch):
             self.graph_prefix_proj = nn.Linear(config.graph_width, vlm_width)
         else:
             self.graph_suffix_proj = nn.Linear(config.graph_width, self.action_in_proj.out_features)
-        self._graph: GraphEncoding | None = None
 
     @contextlib.contextmanager
     def _graph_inputs(self, graph: torch.Tensor | None) -> Iterator[None]:
         """Encode the graph once per call and make it visible to embed_prefix / embed_suffix during that call."""
-        self._graph = None if graph is None else self.graph_encoder(graph)
+        self._graph = None if graph is None or self.config.fusion == "none" else self.graph_encoder(graph)
         try:
             yield
         finally:
