@@ -25,10 +25,13 @@ def test_norm_stats_match_numpy_on_the_train_split(tmp_path: Path) -> None:
     episodes = [make_episode(length=seeds[f][1], seed=seeds[f][0]) for f in sorted(train_files)]
     actions = np.concatenate([e.actions for e in episodes]).astype(np.float64)
     state = np.concatenate([e.state for e in episodes]).astype(np.float64)
-    nodes = np.concatenate([e.nodes for e in episodes]).astype(np.float64).reshape(-1, 19)
+    nodes = np.concatenate([e.nodes for e in episodes]).astype(np.float64).reshape(-1, 190)  # per node and feature
 
     for key, values in (("actions", actions), ("state", state), ("graph_nodes", nodes)):
         s = stats[key]
+        if key == "graph_nodes":
+            assert s.mean.shape == (10, 19)  # [N, F]: openpi's Normalize applies it elementwise to a node array
+            s = normalize.NormStats(**{f: getattr(s, f).reshape(-1) for f in ("mean", "std", "q01", "q99")})
         assert s.mean.shape == (values.shape[1],)
         np.testing.assert_allclose(s.mean, values.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(s.std, values.std(0), rtol=1e-4)
@@ -51,7 +54,7 @@ def test_stats_command_and_dataset_without_state(tmp_path: Path, capsys: pytest.
     convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     (tmp_path / "prep" / "norm_stats.json").unlink()
     assert main(["stats", str(tmp_path / "prep")]) == 0
-    assert "graph_nodes   19 dims" in capsys.readouterr().out
+    assert "graph_nodes   10x19 dims" in capsys.readouterr().out
     assert sorted(normalize.load(tmp_path / "prep")) == ["actions", "graph_nodes"]
 
 
@@ -65,8 +68,9 @@ def test_constant_graph_feature_keeps_a_usable_scale(tmp_path: Path) -> None:
         write_episode(raw / f"ep_{i}.h5", episode)
     convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     graph = normalize.load(tmp_path / "prep")["graph_nodes"]
-    assert graph.std[18] == pytest.approx(1e-2)
-    assert (graph.q01[18], graph.q99[18]) == pytest.approx((-1e-2, 1e-2))
-    assert graph.std[0] > 0.5  # real features keep their own statistics
+    np.testing.assert_allclose(graph.std[:, 18], 1e-2)  # every node
+    np.testing.assert_allclose(graph.q01[:, 18], -1e-2)
+    np.testing.assert_allclose(graph.q99[:, 18], 1e-2)
+    assert (graph.std[:, 0] > 0.5).all()  # real features keep their own statistics
     # a 5 N contact at run time normalises to 500, not 5e6
-    assert (5.0 - graph.mean[18]) / (graph.std[18] + 1e-6) == pytest.approx(500, rel=1e-3)
+    assert (5.0 - graph.mean[3, 18]) / (graph.std[3, 18] + 1e-6) == pytest.approx(500, rel=1e-3)

@@ -29,18 +29,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from softarm.demo import DEFAULT_CONFIG, DemoOptions, run_demo
 
-    from softarm.demo import run_demo
-
-    print(f"Fitting the tiny real pi0 ({args.fusion} fusion) to a batch whose actions depend only on the graph")
-    result = run_demo(Path(args.out), steps=args.steps, fusion=args.fusion)
-    print(
-        f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} over {result['steps']} steps; sampled chunk "
-        f"{result['sampled_chunk_shape']}, action MSE {result['sampled_action_mse']:.3f} "
-        f"(predicting zeros: {result['zero_action_mse']:.3f})"
-    )
-    print(f"wrote {args.out}/demo.json and {args.out}/loss.png")
+    options = DemoOptions(
+        episodes=args.episodes, eval_episodes=args.eval_episodes, config=args.config or DEFAULT_CONFIG,
+        overrides=tuple(args.overrides),
+    )  # fmt: skip
+    summaries = run_demo(args.out, options)
+    for name, s in summaries.items():
+        low, high = s["success_rate_wilson95"]
+        print(f"  {name:<9} success {s['successes']}/{s['episodes']} (95 % CI {100 * low:.0f}-{100 * high:.0f} %), "
+              f"final tip error median {s['final_error_mm_median']:.1f} mm")  # fmt: skip
+    print(f"wrote {args.out}/report.md")
     return 0
 
 
@@ -74,7 +74,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = write_norm_stats(args.dataset)
     for key, value in stats.items():
         mean, std = abs(value.mean).max(), value.std.min()
-        print(f"{key:<12} {len(value.mean):>3} dims  |mean| max {mean:.3g}  std min {std:.3g}")
+        dims = "x".join(map(str, value.mean.shape))
+        print(f"{key:<12} {dims:>6} dims  |mean| max {mean:.3g}  std min {std:.3g}")
     print(f"wrote {args.dataset}/norm_stats.json")
     return 0
 
@@ -136,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     info = verbs.add_parser("info", help="the arm's node schema and a model preset's size")
     info.add_argument("--preset", choices=["tiny", "pi0", "pi05"], help="also build this model preset and count it")
-    info.add_argument("--fusion", choices=["state", "prefix", "suffix"], help="override the preset's fusion mode")
+    info.add_argument(
+        "--fusion", choices=["state", "prefix", "suffix", "none"], help="override the preset's fusion mode"
+    )
     info.set_defaults(func=cmd_info)
     conv = verbs.add_parser("convert", help="validate raw HDF5 episodes and write a prepared dataset")
     conv.add_argument("raw_dir")
@@ -178,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--videos", type=int, default=3, help="episodes recorded into rollouts.gif")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=cmd_eval)
-    demo = verbs.add_parser("demo", help="train the tiny real model on CPU and sample an action chunk")
-    demo.add_argument("--out", default="demo_out", help="where demo.json and loss.png go")
-    demo.add_argument("--steps", type=int, default=150)
-    demo.add_argument("--fusion", choices=["state", "prefix", "suffix"], default="suffix")
+    demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
+    demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
+    demo.add_argument("--episodes", type=int, default=100, help="simulated expert episodes to train on")
+    demo.add_argument("--eval-episodes", type=int, default=30, help="closed-loop episodes per policy")
+    demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -2,7 +2,9 @@
 
 Computed on the train split only with openpi's `RunningStats` (mean, std, q01, q99): `state` over the robot's real
 state dims (openpi normalises before padding to 32), `actions` over the real action dims, and `graph_nodes` per node
-feature, pooled over nodes and time, so openpi's own `Normalize` transform normalises the [N, F] graph by broadcasting.
+AND feature, stored as [N, F] arrays that openpi's own `Normalize` applies elementwise. Per node, because the nodes
+of an arm live on very different scales (the base barely moves, the tip sweeps decimetres): stats pooled over nodes
+would squash the tip's variation, the most informative part of the graph, into a fraction of a unit.
 pi0 then uses the z-score, pi0.5 the quantiles, as openpi does. Graph features get a minimum scale (`floor_scale`).
 """
 
@@ -18,6 +20,7 @@ from softarm.data.prepared import PreparedDataset
 GRAPH_KEY = "graph_nodes"
 CHUNK_FRAMES = 65536
 MIN_SCALE = 1e-2  # in the feature's own unit
+STAT_FIELDS = ("mean", "std", "q01", "q99")
 
 
 def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
@@ -33,11 +36,15 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
     for chunk in np.array_split(frames, max(1, -(-len(frames) // CHUNK_FRAMES))):
         running["actions"].update(np.asarray(data.arrays["actions"][chunk], np.float64))
         nodes = np.asarray(data.arrays["nodes"][chunk], np.float64)
-        running[GRAPH_KEY].update(nodes.reshape(-1, nodes.shape[-1]))
+        running[GRAPH_KEY].update(nodes.reshape(len(nodes), -1))
         if state_dim:
             running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
     stats = {key: stats.get_statistics() for key, stats in running.items()}
-    stats[GRAPH_KEY] = floor_scale(stats[GRAPH_KEY])
+    shape = (data.meta["num_nodes"], data.meta["node_features"])
+    graph = stats[GRAPH_KEY]
+    stats[GRAPH_KEY] = floor_scale(
+        normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in ("mean", "std", "q01", "q99")})
+    )
     return stats
 
 
