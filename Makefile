@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml requirements.txt Makefile
 	# openpi's metadata pins torch==2.7.1 and jax[cuda12]; its code runs on any torch >= 2.7.
 	$(PIP) install -q --no-deps rlinf-openpi==0.1.1
 	$(PIP) install -q -r requirements.txt
+	# peft's metadata asks for stock transformers, which must not replace the patched one; its other deps are above.
+	$(PIP) install -q --no-deps peft==0.21.2
 	$(PIP) install -q --no-deps -e .
 	$(VENV)/bin/python -c "import openpi.models_pytorch.pi0_pytorch, softarm"
 	touch $(STAMP)
