@@ -14,13 +14,26 @@ def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) 
     assert "Preset 'tiny' (pi0, fusion 'prefix'): 0.91 M parameters, of which the graph extension 0.106 M" in out
 
 
-def test_demo_learns_the_graph_to_action_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--steps", "60"]) == 0
-    result = json.loads((tmp_path / "demo.json").read_text())
-    assert result["sampled_chunk_shape"] == [4, 16, 32]
-    assert result["last_loss"] < 0.6 * result["first_loss"]
-    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "wrote" in capsys.readouterr().out
+def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["demo", "--out", str(tmp_path), "--episodes", "4", "--eval-episodes", "2",
+            "train.steps=3", "train.save_every=3", "train.val_every=3", "data.num_workers=0"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert [f"[{i}/5]" in out for i in range(1, 6)] == [True] * 5
+    report = (tmp_path / "report.md").read_text()
+    assert "| scripted expert | 2/2 (100 %) |" in report
+    assert "| random | 0/2 (0 %) |" in report
+    assert "pi0 + graph" in report
+    assert "pi0, no graph" in report
+    for name in ("success.png", "loss.png", "rollouts_graph.gif"):
+        assert (tmp_path / name).stat().st_size > 1000
+    fusion = json.loads((tmp_path / "runs" / "no_graph" / "checkpoints" / "3" / "model_config.json").read_text())
+    assert fusion["fusion"] == "none"
+
+    assert main(args) == 0  # everything is there: nothing is generated, trained or evaluated again
+    again = capsys.readouterr().out
+    assert "0 episodes written, 4 reused" in again
+    assert again.count("exists, reused") == 1 + 2 + 4  # prepared data, two models, four evaluations
 
 
 def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,7 +149,7 @@ def _ddp_rank(rank: int, port: int, prepared: Path, out: Path, queue) -> None:
     )
     torch.set_num_threads(1)
     result = train(config(prepared, out, "train.steps=3", "data.batch_size=4", "train.val_every=100",
-                          "train.save_every=100", "train.ema_decay=null"))  # fmt: skip
+                          "train.save_every=100", "train.ema_decay=null", "train.dist_timeout_s=120"))  # fmt: skip
     # numpy copies: tensors would travel as shared-memory handles that die with this process
     queue.put((rank, {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}))
 

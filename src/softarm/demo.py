@@ -1,82 +1,97 @@
-"""`softarm demo`: the tiny real PI0GraphPytorch learns, on CPU, a batch whose actions depend on the graph.
+"""`softarm demo`: the whole system on the built-in simulated arm, on a CPU, in one command.
 
-A check that the install works end to end (model, graph fusion, backward, optimizer, sampling) in a few seconds,
-with a loss curve to look at.
+simulate expert episodes -> convert -> train the tiny real PI0Pytorch twice (with the graph, and without it: same
+data, same seed, same steps) -> closed-loop evaluation of both, of the expert and of random pressures -> report.md
+with plots. Every stage writes into OUT and is skipped when its output is already there, so a re-run only does what
+is missing (an interrupted training resumes from its last checkpoint).
+
+The task is `choose` ("reach the <colour> ball"), under a random payload on the tip: the same pressures then bend
+the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is, while
+the graph says it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+import shutil
 
-from openpi.models.model import Observation
-import torch
-from tqdm import tqdm
+from softarm.data.convert import ConvertOptions, convert
+from softarm.demo_report import write_report
+from softarm.evaluate import EvalOptions, evaluate
+from softarm.sim.generate import generate
+from softarm.train.config import load_config
+from softarm.train.loop import train
 
-from softarm.data.convert import IMAGE_SLOTS
-from softarm.model import PI0GraphPytorch, preset
-
-
-def synthetic_batch(config, batch: int, seed: int) -> tuple[Observation, torch.Tensor, torch.Tensor]:
-    """Random images and prompt; actions are a fixed smooth function of the graph, so only the graph explains them."""
-    gen = torch.Generator().manual_seed(seed)
-    graph = torch.randn(batch, config.num_nodes, config.node_features, generator=gen)
-    mixing = torch.randn(config.node_features, config.action_horizon, generator=gen) / config.node_features**0.5
-    actions = torch.zeros(batch, config.action_horizon, 32)
-    actions[..., : config.num_nodes] = torch.tanh(torch.einsum("bnf,fh->bhn", graph, mixing))
-    obs = Observation(
-        images={k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in IMAGE_SLOTS},
-        image_masks={k: torch.ones(batch, dtype=torch.bool) for k in IMAGE_SLOTS},
-        state=torch.zeros(batch, 32),
-        tokenized_prompt=torch.randint(1, config.vocab_size, (batch, config.max_token_len), generator=gen),
-        tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool),
-    )
-    return obs, actions, graph
+TASK = "choose"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
+MODELS = {"graph": "state", "no_graph": "none"}
 
 
-def run_demo(out_dir: Path, steps: int = 150, batch: int = 4, fusion: str = "suffix", seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    config = preset("tiny", fusion=fusion)
-    model = PI0GraphPytorch(config).train()
-    obs, actions, graph = synthetic_batch(config, batch, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    real_dims = slice(0, config.num_nodes)
-    losses = []
-    for _ in tqdm(range(steps), desc="fitting the tiny pi0 + graph", unit="step"):
-        loss = model(obs, actions, graph=graph)[..., real_dims].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    noise = torch.randn(actions.shape, generator=torch.Generator().manual_seed(seed + 1))
-    chunk = model.sample_actions(torch.device("cpu"), obs, graph=graph, noise=noise)
-    result = {
-        "fusion": fusion,
-        "steps": steps,
-        "first_loss": losses[0],
-        "last_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "sampled_chunk_shape": list(chunk.shape),
-        "sampled_action_mse": float(((chunk - actions)[..., real_dims] ** 2).mean()),
-        "zero_action_mse": float((actions[..., real_dims] ** 2).mean()),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_losses(losses, out_dir / "loss.png")
-    return result
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    episodes: int = 100  # generated demonstrations
+    val_episodes: int = 6
+    eval_episodes: int = 30
+    config: Path = DEFAULT_CONFIG
+    overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
 
 
-def plot_losses(losses: list[float], path: Path) -> None:
-    import matplotlib
+def _stage(number: int, text: str) -> None:
+    print(f"[{number}/5] {text}", flush=True)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(losses)
-    ax.set(xlabel="step", ylabel="flow-matching loss (real action dims)", yscale="log", title="tiny pi0 + graph")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _train(name: str, fusion: str, prepared: Path, out: Path, options: DemoOptions) -> Path:
+    run_dir = out / "runs" / name
+    overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={fusion}"]
+    config = load_config(options.config, [*overrides, *options.overrides])
+    final = run_dir / "checkpoints" / str(config.train.steps)
+    if final.is_dir():
+        print(f"  {name}: {final} exists, reused")
+    else:
+        train(config)
+    return final
+
+
+def _evaluate(name: str, checkpoint: Path | None, out: Path, options: DemoOptions) -> dict:
+    eval_dir = out / "eval" / name
+    report = eval_dir / "eval.json"
+    if report.is_file():
+        summary = json.loads(report.read_text())["summary"]
+        if summary["episodes"] == options.eval_episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
+            print(f"  {name}: {report} exists, reused")
+            return summary
+    policy = "model" if checkpoint else name
+    videos = 2 if checkpoint else 1
+    eval_options = EvalOptions(task=TASK, episodes=options.eval_episodes, policy=policy,
+                               checkpoint=checkpoint and str(checkpoint), videos=videos)  # fmt: skip
+    return evaluate(eval_options, eval_dir)
+
+
+def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict:
+    """Run (or finish) the demo in `out`; returns {policy name: evaluation summary}."""
+    out = Path(out)
+    if not Path(options.config).is_file():
+        raise FileNotFoundError(f"demo config {options.config} not found; pass --config configs/demo.yaml")
+    _stage(1, f"simulating {options.episodes} expert episodes of '{TASK}' (MuJoCo)")
+    generated = generate(TASK, options.episodes, out / "raw", seed=0)
+    print(f"  {generated.written} episodes written, {generated.reused} reused, expert failed on {generated.failed}")
+    prepared = out / "prepared"
+    _stage(2, "converting them to the training format")
+    if (prepared / "meta.json").is_file():
+        print(f"  {prepared} exists, reused")
+    else:
+        convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes))
+    _stage(3, "training the tiny real pi0 with the graph and without it")
+    checkpoints = {name: _train(name, fusion, prepared, out, options) for name, fusion in MODELS.items()}
+    _stage(4, f"closed-loop evaluation on {options.eval_episodes} held-out episodes")
+    summaries = {name: _evaluate(name, checkpoints.get(name), out, options) for name in ("expert", *MODELS, "random")}
+    _stage(5, "writing the report")
+    write_report(out, summaries, {name: out / "runs" / name for name in MODELS})
+    for name in MODELS:  # the graph model's rollouts next to the report
+        gif = out / "eval" / name / "rollouts.gif"
+        if gif.is_file():
+            shutil.copyfile(gif, out / f"rollouts_{name}.gif")
+    return summaries

@@ -16,6 +16,7 @@ from pathlib import Path
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from softarm.sim.agents import ExpertAgent, RandomAgent
@@ -53,6 +54,7 @@ class ModelAgent:
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         self.queue.clear()
+        torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
 
     def act(self, observation: dict) -> np.ndarray:
         if not self.queue:
@@ -77,6 +79,7 @@ class EvalOptions:
 def _episode_row(task, rollout: Rollout, hz: float) -> dict:
     row = {
         "seed": rollout.spec.seed,
+        "payload_g": 1000 * rollout.spec.payload,
         "success": rollout.success,
         "steps": rollout.steps,
         "time_to_success_s": rollout.time_to_success,

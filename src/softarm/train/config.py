@@ -82,6 +82,7 @@ class TrainSection:
     save_every: int = 50
     keep_last: int = 3
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    dist_timeout_s: int = 1800  # a collective that waits longer fails with an error instead of hanging
     tensorboard: bool = True  # event files in <out_dir>/tensorboard; local files only, no account
 
 
@@ -115,6 +116,7 @@ class TrainConfig:
             "train.val_every": self.train.val_every,
             "train.save_every": self.train.save_every,
             "train.keep_last": self.train.keep_last,
+            "train.dist_timeout_s": self.train.dist_timeout_s,
         }
         for key, value in {"lora.rank": self.lora.rank, "lora.expert_rank": self.lora.expert_rank}.items():
             if value < 0:

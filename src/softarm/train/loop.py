@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -43,13 +44,13 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed() -> Dist:
+def setup_distributed(timeout_s: int) -> Dist:
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK (and the rendezvous for multi-node); plain runs are one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend)
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -120,7 +121,7 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     model_config = config.validate()
-    dist = setup_distributed()
+    dist = setup_distributed(config.train.dist_timeout_s)
     device = pick_device(config.train.device, dist)
     t, o = config.train, config.optim
     if config.data.batch_size % dist.world:
