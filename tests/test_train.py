@@ -143,26 +143,26 @@ def test_lora_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
         train(config(prepared, tmp_path / "straight", "train.steps=6", *common[:-2], "lora.rank=2"))
 
 
-def _ddp_rank(rank: int, port: int, prepared: Path, out: Path, queue) -> None:
+def _rank(rank: int, port: int, prepared: Path, out: Path, strategy: str, steps: int, queue) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    result = train(config(prepared, out, "train.steps=3", "data.batch_size=4", "train.val_every=100",
-                          "train.save_every=100", "train.ema_decay=null", "train.dist_timeout_s=120"))  # fmt: skip
-    # numpy copies: tensors would travel as shared-memory handles that die with this process
-    queue.put((rank, {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()}))
+    result = train(config(prepared, out, f"train.steps={steps}", "data.batch_size=4", "train.val_every=2",
+                          "train.save_every=100", "train.ema_decay=null", "train.dist_timeout_s=120",
+                          f"train.strategy={strategy}"))  # fmt: skip
+    # numpy copies: tensors would travel as shared-memory handles that die with this process; FSDP ranks hold shards
+    state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()} if strategy == "ddp" else {}
+    queue.put((rank, state))
 
 
-def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> None:
+def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3) -> dict[int, dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=_ddp_rank, args=(r, port, prepared, tmp_path / "run", queue), daemon=True) for r in range(2)
-    ]
+    procs = [ctx.Process(target=_rank, args=(r, port, prepared, out, strategy, steps, queue), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:
@@ -173,6 +173,11 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
             if p.is_alive():
                 p.terminate()
     assert [p.exitcode for p in procs] == [0, 0]
+    return states
+
+
+def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> None:
+    states = run_two_ranks(prepared, tmp_path / "run", "ddp")
     final = load_model(tmp_path / "run" / "checkpoints" / "3")  # what rank 0 saved at the last step
     changed = 0
     saved = final.state_dict()
@@ -181,6 +186,32 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
         np.testing.assert_array_equal(saved[key].numpy(), value, err_msg=key)
         changed += 1
     assert changed > 100
+
+
+def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(prepared: Path, tmp_path: Path) -> None:
+    run_two_ranks(prepared, tmp_path / "ddp", "ddp")
+    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp")
+    ddp = safetensors.torch.load_file(str(tmp_path / "ddp" / "checkpoints" / "3" / "model.safetensors"))
+    sharded = load_model(tmp_path / "fsdp" / "checkpoints" / "3").state_dict()  # a full, plain model
+    start = safetensors.torch.load_file(str(tmp_path / "ddp" / "checkpoints" / "3" / "model.safetensors"))
+    for key, value in ddp.items():  # same data, same math; only the order of the reductions differs
+        torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert start.keys() == ddp.keys()
+    optimizer = torch.load(tmp_path / "fsdp" / "checkpoints" / "3" / "optimizer.pt", weights_only=False)
+    assert "graph_encoder.node_proj.weight" in optimizer["state"]  # unsharded AdamW state, keyed by name
+    records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    ddp_val = {
+        r["step"]: r["val_loss"]
+        for r in map(json.loads, (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
+        if "val_loss" in r
+    }
+    assert val.keys() == ddp_val.keys() == {2, 3}
+    np.testing.assert_allclose(list(val.values()), list(ddp_val.values()), rtol=1e-4)
+
+    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", steps=4)  # resumes the sharded model and optimizer at step 3
+    records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [3, 4]  # logged at each run's last step
 
 
 @pytest.mark.parametrize(
@@ -192,6 +223,8 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
         (["data.path=/nonexistent"], "data.path: '/nonexistent' is not a prepared dataset (no meta.json there)"),
         (["model.overrides.fusion=tokens"], "model: fusion must be one of"),
         (["train.ema_decay=1.5"], "train.ema_decay: must be in (0, 1), got 1.5"),
+        (["train.strategy=fsdp"], "train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet"),
+        (["train.strategy=zero"], "train.strategy: must be one of ['ddp', 'fsdp'], got 'zero'"),
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
         (["data.tokenizer=/nowhere/t.model"], "data.tokenizer: no sentencepiece model at /nowhere/t.model"),
     ],

@@ -63,13 +63,15 @@ def save_checkpoint(
     *,
     model: torch.nn.Module,
     ema: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict,
     trainer_state: dict,
     config: dict,
     dataset_dir: Path,
     tokenizer_path: Path,
     keep_last: int,
+    model_state: dict | None = None,
 ) -> Path:
+    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from `model`."""
     root = checkpoint_root(run_dir)
     final, tmp = root / str(step), root / f"tmp_{step}"
     if tmp.exists():
@@ -83,11 +85,17 @@ def save_checkpoint(
             safetensors.torch.save_file(merged_state_dict(ema), str(tmp / EMA_FILE))
             trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema).items()}
         safetensors.torch.save_file(trained, str(tmp / LORA_FILE))
+    elif model_state is not None:
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        aliases = _tied_aliases(model)
+        state = {k: v.contiguous() for k, v in model_state.items() if k not in aliases}
+        safetensors.torch.save_file(state, str(tmp / WEIGHTS_FILE))
     else:
         save_model(model, tmp)
         if ema is not None:
             safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
     (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assets = tmp / "assets" / ASSET_ID
@@ -105,37 +113,45 @@ def save_checkpoint(
     return final
 
 
-def load_trainer_state(checkpoint: Path, *, model, ema, optimizer) -> dict:
-    """Restore model, EMA and optimizer in place; return the trainer state (RNG restored by the caller's choice)."""
+def _tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Names of tied parameters that safetensors' save_model leaves out (it keeps the first name in sorted order)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return {name for names in groups.values() for name in sorted(names)[1:]}
+
+
+def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:
+    """Restore the model's (or, with `ema`, the EMA copy's) weights in place, before any sharding."""
     if has_lora(model):
         _load_lora(checkpoint, model, ema)
     else:
         _load_full(checkpoint, model, ema)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False))
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def _load_lora(checkpoint: Path, model, ema) -> None:
+def load_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
+    """(optimizer state in torch.distributed.checkpoint's full, name-keyed form; trainer state with RNG states)."""
+    optimizer = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)
+    return optimizer, torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def _load_lora(checkpoint: Path, model, ema: bool) -> None:
     path = checkpoint / LORA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{checkpoint} has no {LORA_FILE}: it was not trained with LoRA, but lora.* is set")
     tensors = safetensors.torch.load_file(str(path))
-    for prefix, module in (("", model), ("ema.", ema)):
-        if module is None:
-            continue
-        params = {name: p for name, p in module.named_parameters() if p.requires_grad}
-        missing = sorted(name for name in params if prefix + name not in tensors)
-        if missing:
-            raise ValueError(f"{path}: no saved value for {len(missing)} trained tensors, e.g. {missing[0]} "
-                             "(another lora / freeze setting?)")  # fmt: skip
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(tensors[prefix + name])
+    prefix = "ema." if ema else ""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(name for name in params if prefix + name not in tensors)
+    if missing:
+        raise ValueError(f"{path}: no saved value for {len(missing)} trained tensors, e.g. {missing[0]} "
+                         "(another lora / freeze setting?)")  # fmt: skip
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[prefix + name])
 
 
-def _load_full(checkpoint: Path, model, ema) -> None:
-    load_weights(model, checkpoint, allow_fresh_graph=False)
-    if ema is not None:
-        if not (checkpoint / EMA_FILE).is_file():
-            raise FileNotFoundError(f"{checkpoint} has no {EMA_FILE}, but train.ema_decay is set")
-        load_weights(ema, checkpoint / EMA_FILE, allow_fresh_graph=False)
+def _load_full(checkpoint: Path, model, ema: bool) -> None:
+    if ema and not (checkpoint / EMA_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {EMA_FILE}, but train.ema_decay is set")
+    load_weights(model, checkpoint / EMA_FILE if ema else checkpoint, allow_fresh_graph=False)

@@ -82,6 +82,7 @@ class TrainSection:
     save_every: int = 50
     keep_last: int = 3
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP) the model
     dist_timeout_s: int = 1800  # a collective that waits longer fails with an error instead of hanging
     tensorboard: bool = True  # event files in <out_dir>/tensorboard; local files only, no account
 
@@ -124,6 +125,8 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {value}")
+        if self.train.strategy == "fsdp" and (self.train.ema_decay or self.lora.rank or self.lora.expert_rank):
+            raise ConfigError("train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet; use ddp for them")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
         if self.train.init_from and not (Path(self.train.init_from) / "model.safetensors").is_file():

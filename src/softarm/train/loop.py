@@ -19,6 +19,7 @@ import time
 import numpy as np
 from openpi.shared import normalize
 import torch
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ from softarm.data.tokenizer import TOKENIZER_FILE, SentencePieceTokenizer
 from softarm.data.transforms import input_transform
 from softarm.model import PI0GraphPytorch, count_parameters
 from softarm.train import checkpoint as ckpt
+from softarm.train import fsdp
 from softarm.train.config import ConfigError, TrainConfig
 from softarm.train.lora import apply_lora
 from softarm.weights import load_weights
@@ -126,9 +128,6 @@ def train(config: TrainConfig) -> TrainResult:
     t, o = config.train, config.optim
     if config.data.batch_size % dist.world:
         raise ConfigError(f"data.batch_size {config.data.batch_size} must divide over {dist.world} ranks")
-    torch.manual_seed(t.seed + dist.rank)
-    np.random.seed(t.seed + dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
-    random.seed(t.seed + dist.rank)
     run_dir = Path(t.out_dir)
     log = tqdm.write if dist.main else (lambda *_: None)
 
@@ -159,7 +158,12 @@ def train(config: TrainConfig) -> TrainResult:
 
     # Model: bf16 stores the backbone in bf16 (openpi's way); fp32 and bf16-mixed keep fp32 weights.
     model_config = dataclasses.replace(model_config, dtype="bfloat16" if t.precision == "bf16" else "float32")
+    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
     model = PI0GraphPytorch(model_config)
+    # From here on each rank draws its own stream (openpi's image augmentation, noise and flow-matching time).
+    torch.manual_seed(t.seed + dist.rank)
+    np.random.seed(t.seed + dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
+    random.seed(t.seed + dist.rank)
     if t.init_from:
         log(load_weights(model, t.init_from).summary())
     lora = config.lora
@@ -170,20 +174,27 @@ def train(config: TrainConfig) -> TrainResult:
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device).train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    log(f"parameters: {count_parameters(model) / 1e6:.2f} M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f} M")
+
+    # Resume from the newest complete checkpoint of this run, exactly where it stopped: weights before sharding.
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if checkpoints:
+        ckpt.load_weights_for_resume(checkpoints[-1], model=model)
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False) if t.ema_decay else None
     )
+    if checkpoints and ema is not None:
+        ckpt.load_weights_for_resume(checkpoints[-1], model=ema.module, ema=True)
+    sharded = t.strategy == "fsdp" and dist.world > 1
+    if sharded:
+        log(f"FSDP: {fsdp.shard(model)} shard units over {dist.world} ranks")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log(f"parameters: {count_parameters(model) / 1e6:.2f} M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f} M")
     optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     o = dataclasses.replace(o, decay_steps=o.decay_steps or t.steps)
-
-    # Resume from the newest complete checkpoint of this run, exactly where it stopped.
     step, epoch, batch_in_epoch = 0, 0, 0
-    if checkpoints := ckpt.list_checkpoints(run_dir):
-        state = ckpt.load_trainer_state(
-            checkpoints[-1], model=model, ema=ema.module if ema else None, optimizer=optimizer
-        )
+    if checkpoints:
+        optimizer_state, state = ckpt.load_trainer_state(checkpoints[-1])
+        fsdp.load_optimizer_state(model, optimizer, optimizer_state)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if ema is not None:
             ema.n_averaged.fill_(state["ema_n_averaged"])
@@ -191,10 +202,18 @@ def train(config: TrainConfig) -> TrainResult:
         log(f"resumed from {checkpoints[-1]} at step {step}")
 
     net = model
-    if dist.world > 1:
+    if dist.world > 1 and not sharded:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+
+    def gradient_sync(on: bool):
+        """Skip the gradient all-reduce on accumulation micro-batches (DDP's no_sync, FSDP's flag)."""
+        if sharded:
+            model.set_requires_gradient_sync(on)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if on or dist.world == 1 else net.no_sync()
+
     use_autocast = t.precision == "bf16-mixed"
 
     def autocast():
@@ -236,12 +255,13 @@ def train(config: TrainConfig) -> TrainResult:
                 batches = iter(train_loader)
                 raw = next(batches)
             batch_in_epoch += 1
-            sync = micro == t.grad_accum - 1 or dist.world == 1
-            with contextlib.nullcontext() if sync else net.no_sync(), autocast():
+            with gradient_sync(micro == t.grad_accum - 1), autocast():
                 loss = masked_loss(net, to_device(raw, device)) / t.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -265,14 +285,18 @@ def train(config: TrainConfig) -> TrainResult:
             if dist.main:
                 log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
                 record(val)
-        if dist.main and (step % t.save_every == 0 or step == t.steps):
-            ckpt.save_checkpoint(
-                run_dir, step, model=model, ema=ema.module if ema else None, optimizer=optimizer,
-                trainer_state={"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                               "ema_n_averaged": int(ema.n_averaged) if ema else 0},
-                config=config.to_dict(), dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
-                keep_last=t.keep_last,
-            )  # fmt: skip
+        if step % t.save_every == 0 or step == t.steps:
+            # Under FSDP gathering the full state is collective: every rank takes part, rank 0 writes.
+            model_state = fsdp.full_model_state(model) if sharded else None
+            optimizer_state = fsdp.full_optimizer_state(model, optimizer) if sharded or dist.main else None
+            if dist.main:
+                ckpt.save_checkpoint(
+                    run_dir, step, model=model, ema=ema.module if ema else None, optimizer_state=optimizer_state,
+                    trainer_state={"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                   "ema_n_averaged": int(ema.n_averaged) if ema else 0},
+                    config=config.to_dict(), dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
+                    keep_last=t.keep_last, model_state=model_state,
+                )  # fmt: skip
         if dist.world > 1:
             torch.distributed.barrier()
     progress.close()
