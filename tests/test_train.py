@@ -162,7 +162,8 @@ def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3) -> d
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, prepared, out, strategy, steps, queue), daemon=True) for r in range(2)]
+    args = (port, prepared, out, strategy, steps, queue)
+    procs = [ctx.Process(target=_rank, args=(r, *args), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:
