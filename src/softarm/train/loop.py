@@ -158,12 +158,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # Model: bf16 stores the backbone in bf16 (openpi's way); fp32 and bf16-mixed keep fp32 weights.
     model_config = dataclasses.replace(model_config, dtype="bfloat16" if t.precision == "bf16" else "float32")
-    torch.manual_seed(t.seed)  # the same initial weights on every rank (FSDP shards each rank's own copy)
+    torch.manual_seed(t.seed)  # the same initial weights (and LoRA init) on every rank: FSDP shards each rank's copy
     model = PI0GraphPytorch(model_config)
-    # From here on each rank draws its own stream (openpi's image augmentation, noise and flow-matching time).
-    torch.manual_seed(t.seed + dist.rank)
-    np.random.seed(t.seed + dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
-    random.seed(t.seed + dist.rank)
     if t.init_from:
         log(load_weights(model, t.init_from).summary())
     lora = config.lora
@@ -171,6 +167,10 @@ def train(config: TrainConfig) -> TrainResult:
                              dropout=lora.dropout):  # fmt: skip
         log(f"LoRA on {adapted} Gemma projections (rank {lora.rank} VLM, {lora.expert_rank} action expert)")
     freeze(model, t.freeze)
+    # From here on each rank draws its own stream (openpi's image augmentation, noise and flow-matching time).
+    torch.manual_seed(t.seed + dist.rank)
+    np.random.seed(t.seed + dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
+    random.seed(t.seed + dist.rank)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.to(device).train()
