@@ -31,7 +31,8 @@ class ExpertAgent:
         self.start = spec.initial_command.astype(np.float64)
         self.step = 0
         start_tip, _ = self.static.tip(self.start)
-        if spec.task == "reach":
+        self.moving = not np.allclose(spec.targets[0], spec.targets[-1])
+        if not self.moving:
             self.goal = self._plan(spec.targets[0])
             distance = float(np.linalg.norm(spec.targets[0] - start_tip))
             self.ramp = max(1.2, distance / self.speed)  # s
@@ -53,7 +54,7 @@ class ExpertAgent:
     def act(self, observation: dict) -> np.ndarray:
         t = self.step / self.hz
         self.step += 1
-        if self.spec.task != "reach":
+        if self.moving:
             # aim where the ball will be a little later: the actuators lag and the arm swings
             ahead = min(self.step + round(self.lead * self.hz), len(self.spec.targets) - 1)
             self.goal, _ = self.static.solve(self.spec.targets[ahead], self.goal, iterations=10)
