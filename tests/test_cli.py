@@ -33,7 +33,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
     assert main(args) == 0  # everything is there: nothing is generated, trained or evaluated again
     again = capsys.readouterr().out
     assert "0 episodes written, 4 reused" in again
-    assert again.count("exists, reused") == 1 + 2 + 4  # prepared data, two models, four evaluations
+    assert again.count("exists, reused") == 1 + 2 + 5  # prepared data, two models, five evaluations
 
 
 def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:

@@ -243,3 +243,16 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     # a 2-step model does not solve reach; it must still have run every step of both episodes
     assert [e["steps"] for e in report["episodes"]] == [50, 50]
     assert summary["success_rate_wilson95"][0] == 0.0
+
+
+def test_payload_blind_expert_misses_light_and_heavy_loads(tmp_path: Path) -> None:
+    """Planning for the mean payload is what a controller without shape sensing can do: it misses the extremes."""
+    summary = evaluate(EvalOptions(task="choose", policy="expert-blind", episodes=8, videos=0), tmp_path)
+    episodes = json.loads((tmp_path / "eval.json").read_text())["episodes"]
+    extreme = [e for e in episodes if abs(e["payload_g"] - 25) > 15]
+    assert extreme
+    assert not any(e["success"] for e in extreme)
+    assert all(e["final_error_mm"] > 10 for e in extreme)
+    assert summary["successes"] < 8
+    full = evaluate(EvalOptions(task="choose", policy="expert", episodes=8, videos=0), tmp_path / "full")
+    assert full["successes"] == 8  # the same episodes, solved when the payload is known

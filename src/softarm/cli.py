@@ -172,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")
-    ev.add_argument("--policy", choices=["model", "expert", "random"], default="model")
+    ev.add_argument(
+        "--policy",
+        choices=["model", "expert", "expert-blind", "random"],
+        default="model",
+        help="expert-blind: the expert planning for the mean payload (no shape sensing)",
+    )
     ev.add_argument("--task", default="reach", help="reach | follow | choose")
     ev.add_argument("--episodes", type=int, default=50)
     ev.add_argument("--out", default="eval_out", help="where eval.json, summary.png and rollouts.gif go")

@@ -87,7 +87,8 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict:
     _stage(3, "training the tiny real pi0 with the graph and without it")
     checkpoints = {name: _train(name, fusion, prepared, out, options) for name, fusion in MODELS.items()}
     _stage(4, f"closed-loop evaluation on {options.eval_episodes} held-out episodes")
-    summaries = {name: _evaluate(name, checkpoints.get(name), out, options) for name in ("expert", *MODELS, "random")}
+    policies = ("expert", "expert-blind", *MODELS, "random")
+    summaries = {name: _evaluate(name, checkpoints.get(name), out, options) for name in policies}
     _stage(5, "writing the report")
     write_report(out, summaries, {name: out / "runs" / name for name in MODELS})
     for name in MODELS:  # the graph model's rollouts next to the report

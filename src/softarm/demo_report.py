@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LABELS = {"expert": "scripted expert", "graph": "pi0 + graph", "no_graph": "pi0, no graph", "random": "random"}
-COLORS = {"expert": "tab:gray", "graph": "tab:green", "no_graph": "tab:orange", "random": "tab:red"}
+LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
+          "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
+COLORS = {"expert": "tab:gray", "expert-blind": "silver", "graph": "tab:green", "no_graph": "tab:orange",
+          "random": "tab:red"}  # fmt: skip
 
 
 def _plt():
@@ -127,7 +129,9 @@ def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -
         "on the tip, unknown to the policies: the same pressures then put the tip in a different place. Both models "
         "are the tiny real PI0Pytorch, trained from scratch on the same episodes with the same seed and steps; "
         "'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), 'pi0, no graph' has only the 10 chamber "
-        "pressures in its state slot. Evaluation episodes are held out (seeds from 1,000,000).",
+        "pressures in its state slot. The payload-blind expert plans for a 25 g payload whatever the tip carries: what "
+        "a controller without shape sensing achieves open loop. Evaluation episodes are held out (seeds from "
+        "1,000,000).",
         "",
         "| policy | success | 95 % interval | final tip error, median (mm) | mean (mm) | time to success, median (s) |",
         "|---|---|---|---|---|---|",

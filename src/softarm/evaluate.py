@@ -25,9 +25,9 @@ from softarm.sim.generate import EVAL_SEED
 from softarm.sim.media import save_eval_plot, save_rollout_gif
 from softarm.sim.rollout import Rollout, run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import TASKS, EpisodeSpec
+from softarm.sim.tasks import MAX_PAYLOAD, TASKS, EpisodeSpec
 
-POLICIES = ("model", "expert", "random")
+POLICIES = ("model", "expert", "expert-blind", "random")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -117,6 +117,8 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
 def make_agent(options: EvalOptions, static: StaticArm):
     if options.policy == "expert":
         return ExpertAgent(static)
+    if options.policy == "expert-blind":  # plans for the mean payload: no shape sensing, open loop
+        return ExpertAgent(static, assumed_payload=MAX_PAYLOAD / 2)
     if options.policy == "random":
         return RandomAgent()
     if options.policy != "model":

@@ -7,6 +7,9 @@ every step for where the ball will be a little later.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
+
 import numpy as np
 
 from softarm.sim.statics import StaticArm
@@ -19,25 +22,43 @@ def min_jerk(start: np.ndarray, goal: np.ndarray, fraction: float) -> np.ndarray
 
 
 class ExpertAgent:
-    """Privileged scripted controller: it reads the target from the simulator, not from the cameras."""
+    """Privileged scripted controller: it reads the target (and the payload) from the simulator, not from cameras.
+
+    With `assumed_payload` set it plans as if the tip carried that load whatever it really carries: the best an
+    open-loop controller without shape sensing can do, a baseline for what the graph is worth."""
 
     needs_images = False
 
-    def __init__(self, static: StaticArm, *, speed: float = 0.12, lead: float = 0.25) -> None:
-        self.static, self.speed, self.lead = static, speed, lead
+    def __init__(
+        self, static: StaticArm, *, speed: float = 0.12, lead: float = 0.25, assumed_payload: float | None = None
+    ) -> None:
+        self.static, self.speed, self.lead, self.assumed_payload = static, speed, lead, assumed_payload
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         self.spec, self.hz = spec, control_hz
         self.start = spec.initial_command.astype(np.float64)
         self.step = 0
-        start_tip, _ = self.static.tip(self.start)
         self.moving = not np.allclose(spec.targets[0], spec.targets[-1])
-        if not self.moving:
-            self.goal = self._plan(spec.targets[0])
-            distance = float(np.linalg.norm(spec.targets[0] - start_tip))
-            self.ramp = max(1.2, distance / self.speed)  # s
-        else:
-            self.goal, self.ramp = self.start, 1.5
+        with self._planning_payload():
+            start_tip, _ = self.static.tip(self.start)
+            if not self.moving:
+                self.goal = self._plan(spec.targets[0])
+                distance = float(np.linalg.norm(spec.targets[0] - start_tip))
+                self.ramp = max(1.2, distance / self.speed)  # s
+            else:
+                self.goal, self.ramp = self.start, 1.5
+
+    @contextlib.contextmanager
+    def _planning_payload(self) -> Iterator[None]:
+        """Plan under the assumed payload (if any); the simulated arm keeps carrying the real one."""
+        if self.assumed_payload is None:
+            yield
+            return
+        self.static.env.set_payload(self.assumed_payload)
+        try:
+            yield
+        finally:
+            self.static.env.set_payload(self.spec.payload)
 
     def _plan(self, target: np.ndarray) -> np.ndarray:
         """Pressures for `target`: from the current ones first, from other starts if that lands in a local minimum."""
@@ -57,7 +78,8 @@ class ExpertAgent:
         if self.moving:
             # aim where the ball will be a little later: the actuators lag and the arm swings
             ahead = min(self.step + round(self.lead * self.hz), len(self.spec.targets) - 1)
-            self.goal, _ = self.static.solve(self.spec.targets[ahead], self.goal, iterations=10)
+            with self._planning_payload():
+                self.goal, _ = self.static.solve(self.spec.targets[ahead], self.goal, iterations=10)
         return min_jerk(self.start, self.goal, (t + 1 / self.hz) / self.ramp).astype(np.float32)
 
 
