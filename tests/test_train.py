@@ -108,6 +108,7 @@ def test_lora_trains_adapters_only_and_saves_a_servable_merged_model(prepared: P
     merged = safetensors.torch.load_file(str(checkpoint / "model.safetensors"))
     assert not any(".lora_" in k or ".base_layer." in k for k in merged)
     base = safetensors.torch.load_file(str(init / "model.safetensors"))
+    assert merged.keys() == base.keys()  # the very names a plain checkpoint has, tied weights once
     key = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[key], base[key])  # the adapter is folded in...
     frozen = result.model.get_parameter(key.replace(".weight", ".base_layer.weight"))

@@ -87,13 +87,32 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_
     return report
 
 
-def save_model(model: PI0GraphPytorch, directory: str | Path) -> Path:
-    """Write `model_config.json` and `model.safetensors`: everything `load_model` needs."""
+def save_model(model: PI0GraphPytorch, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `model_config.json` and `model.safetensors`: everything `load_model` needs. `state` replaces the model's
+    own tensors (under the same plain names) when they are not what should be saved: gathered FSDP shards, LoRA
+    adapters merged in."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
+    if state is None:
+        safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE))
+    else:
+        save_state(model, state, directory / WEIGHTS_FILE)
     return directory
+
+
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Names of tied parameters that safetensors' save_model leaves out (it keeps the first name in sorted order)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return {name for names in groups.values() for name in sorted(names)[1:]}
+
+
+def save_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write `state` with the tensor names `safetensors.torch.save_model(model)` would write."""
+    aliases = tied_aliases(model)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items() if k not in aliases}, str(path))
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> PI0GraphPytorch:

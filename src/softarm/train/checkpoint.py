@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
-from softarm.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights, save_model
+from softarm.weights import load_weights, save_model, save_state
 
 ASSET_ID = "softarm"
 EMA_FILE = "ema.safetensors"
@@ -77,20 +77,14 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     if has_lora(model):
-        tmp.mkdir(parents=True)
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        safetensors.torch.save_file(merged_state_dict(model), str(tmp / WEIGHTS_FILE))
+        save_model(model, tmp, merged_state_dict(model))
         trained = trainable_state_dict(model)
         if ema is not None:
-            safetensors.torch.save_file(merged_state_dict(ema), str(tmp / EMA_FILE))
+            save_state(ema, merged_state_dict(ema), tmp / EMA_FILE)
             trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema).items()}
         safetensors.torch.save_file(trained, str(tmp / LORA_FILE))
     elif model_state is not None:
-        tmp.mkdir(parents=True)
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-        aliases = _tied_aliases(model)
-        state = {k: v.contiguous() for k, v in model_state.items() if k not in aliases}
-        safetensors.torch.save_file(state, str(tmp / WEIGHTS_FILE))
+        save_model(model, tmp, model_state)
     else:
         save_model(model, tmp)
         if ema is not None:
@@ -111,14 +105,6 @@ def save_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old)
     return final
-
-
-def _tied_aliases(model: torch.nn.Module) -> set[str]:
-    """Names of tied parameters that safetensors' save_model leaves out (it keeps the first name in sorted order)."""
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
-    return {name for names in groups.values() for name in sorted(names)[1:]}
 
 
 def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:

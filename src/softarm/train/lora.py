@@ -17,6 +17,7 @@ from peft.tuners.lora import LoraLayer
 import torch
 
 from softarm.model import PI0GraphPytorch
+from softarm.weights import tied_aliases
 
 PROJECTIONS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 VLM_LAYERS = r"paligemma_with_expert\.paligemma\.model\.language_model\.layers\.\d+\.(self_attn|mlp)\."
@@ -59,16 +60,14 @@ def has_lora(model: torch.nn.Module) -> bool:
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Adapters folded into their base weights, under plain names, as CPU copies (tied weights stored once)."""
+    """Adapters folded into their base weights, under plain names, as CPU copies (each tied weight once, under the
+    name safetensors keeps)."""
     layers = lora_layers(model)
+    aliases = tied_aliases(model)
     merged: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
     for name, tensor in model.state_dict().items():
-        if ".lora_" in name:
+        if ".lora_" in name or name in aliases:
             continue
-        if tensor.data_ptr() in seen:  # a tied weight: safetensors stores shared storage once
-            continue
-        seen.add(tensor.data_ptr())
         module_name, _, leaf = name.rpartition(".base_layer.")
         value = tensor.detach()
         if module_name in layers and leaf == "weight":
