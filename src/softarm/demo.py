@@ -1,9 +1,9 @@
 """`softarm demo`: the whole system on the built-in simulated arm, on a CPU, in one command.
 
 simulate expert episodes -> convert -> train the tiny real PI0Pytorch twice (with the graph, and without it: same
-data, same seed, same steps) -> closed-loop evaluation of both, of the expert and of random pressures -> report.md
-with plots. Every stage writes into OUT and is skipped when its output is already there, so a re-run only does what
-is missing (an interrupted training resumes from its last checkpoint).
+data, same seed, same steps) -> closed-loop evaluation of both, of the expert, of a payload-blind expert and of
+random pressures -> report.md with plots. Every stage writes into OUT and is skipped when its output is already
+there, so a re-run only does what is missing (an interrupted training resumes from its last checkpoint).
 
 The task is `choose` ("reach the <colour> ball"), under a random payload on the tip: the same pressures then bend
 the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is, while

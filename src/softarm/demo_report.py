@@ -45,7 +45,7 @@ def plot_losses(path: Path, runs: dict[str, Path]) -> Path:
     return path
 
 
-def plot_success(path: Path, summaries: dict[str, dict]) -> Path:
+def plot_success(path: Path, summaries: dict[str, dict], episodes: dict[str, list[dict]]) -> Path:
     plt = _plt()
     names = list(summaries)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -57,10 +57,7 @@ def plot_success(path: Path, summaries: dict[str, dict]) -> Path:
         left.text(i, rate + 2, f"{s['successes']}/{s['episodes']}", ha="center", fontsize=9)
     left.set(xticks=range(len(names)), xticklabels=[LABELS[n] for n in names], ylim=(0, 105),
              ylabel="success (%), 95 % Wilson interval", title="reach the named ball (tip within 10 mm)")  # fmt: skip
-    errors = []
-    for name in names:
-        report = json.loads((Path(summaries[name]["out_dir"]) / "eval.json").read_text())
-        errors.append([e["final_error_mm"] for e in report["episodes"]])
+    errors = [[e["final_error_mm"] for e in episodes[name]] for name in names]
     right.boxplot(errors, tick_labels=[LABELS[n] for n in names])
     right.axhline(10, color="tab:red", ls="--", lw=1)
     right.set(yscale="log", ylabel="final tip error (mm)", title="where the tip ended")
@@ -83,14 +80,13 @@ def _row(name: str, s: dict) -> str:
     )
 
 
-def _by_payload(summaries: dict[str, dict]) -> list[str]:
+def _by_payload(episodes: dict[str, list[dict]]) -> list[str]:
     """Success split by payload: where a policy that cannot sense its shape should lose."""
     lines = ["| policy | success, payload < 25 g | success, payload >= 25 g |", "|---|---|---|"]
-    for name, s in summaries.items():
-        episodes = json.loads((Path(s["out_dir"]) / "eval.json").read_text())["episodes"]
+    for name, rows in episodes.items():
         cells = []
         for light in (True, False):
-            group = [e["success"] for e in episodes if (e["payload_g"] < 25) == light]
+            group = [e["success"] for e in rows if (e["payload_g"] < 25) == light]
             cells.append(f"{sum(group)}/{len(group)}" if group else "-")
         lines.append(f"| {LABELS[name]} | {cells[0]} | {cells[1]} |")
     return lines
@@ -104,22 +100,20 @@ def _verdict(graph: dict, no_graph: dict) -> str:
         return f"The graph model succeeds more often ({g} vs {n}), and the 95 % intervals do not overlap."
     if n_low > g_high:
         return f"The model without the graph succeeds more often ({n} vs {g}), and the 95 % intervals do not overlap."
-    better = "with" if g > n else "without"
+    ahead = "a tie" if g == n else f"the model {'with' if g > n else 'without'} the graph is ahead on this sample"
     return (
         f"Successes: {g} with the graph, {n} without; the 95 % intervals overlap, so this run does not separate "
-        f"them (the model {better} the graph is ahead on this sample). More evaluation episodes narrow the intervals."
+        f"them ({ahead}). More evaluation episodes narrow the intervals."
     )
 
 
 def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -> Path:
-    for name in summaries:
-        summaries[name]["out_dir"] = str(out / "eval" / name)
+    episodes = {name: json.loads((out / "eval" / name / "eval.json").read_text())["episodes"] for name in summaries}
     plot_losses(out / "loss.png", runs)
-    plot_success(out / "success.png", summaries)
-    final = {name: (_metrics(run_dir) or [{}]) for name, run_dir in runs.items()}
+    plot_success(out / "success.png", summaries, episodes)
     val = {
-        name: next((r["val_loss_ema"] for r in reversed(records) if "val_loss_ema" in r), None)
-        for name, records in final.items()
+        name: next((r["val_loss_ema"] for r in reversed(_metrics(run_dir)) if "val_loss_ema" in r), None)
+        for name, run_dir in runs.items()
     }
     lines = [
         "# softarm demo report",
@@ -139,7 +133,7 @@ def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -
         "",
         _verdict(summaries["graph"], summaries["no_graph"]),
         "",
-        *_by_payload(summaries),
+        *_by_payload(episodes),
         "",
         "Validation loss (EMA weights, last evaluation): "
         + ", ".join(f"{LABELS[n]} {v:.4f}" for n, v in val.items() if v is not None)

@@ -42,9 +42,7 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
     stats = {key: stats.get_statistics() for key, stats in running.items()}
     shape = (data.meta["num_nodes"], data.meta["node_features"])
     graph = stats[GRAPH_KEY]
-    stats[GRAPH_KEY] = floor_scale(
-        normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in ("mean", "std", "q01", "q99")})
-    )
+    stats[GRAPH_KEY] = floor_scale(normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in STAT_FIELDS}))
     return stats
 
 
