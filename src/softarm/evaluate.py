@@ -37,7 +37,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 % and 100 % one bound equals the rate exactly; rounding must not leave the rate outside its interval
+    return min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
 
 
 class ModelAgent:
