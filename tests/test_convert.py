@@ -40,9 +40,9 @@ def test_values_round_trip_including_the_padded_chunk_at_the_episode_end(tmp_pat
     np.testing.assert_array_equal(sample.nodes, episode.nodes[3])
     np.testing.assert_array_equal(sample.state[:4], episode.state[3])
     assert not sample.state[4:].any()
-    # frames 3..6 remain: 4 real steps, 12 padded and masked
+    # frames 3..6 remain: 4 real steps, then the last action held for the 12 padded ones
     np.testing.assert_array_equal(sample.actions[:4], episode.actions[3:7])
-    assert not sample.actions[4:].any()
+    np.testing.assert_array_equal(sample.actions[4:], np.tile(episode.actions[6], (12, 1)))
     assert sample.action_is_pad.tolist() == [False] * 4 + [True] * 12
     assert sample.prompt == "reach the red ball"
     # base camera 48x64 resized with padding to 224x224: rows 28..195 hold the image, the rest is black

@@ -51,18 +51,17 @@ def test_batch_values(prepared: Path, pi05: bool) -> None:
         batch.graph[0].numpy(), norm(episode.nodes[3], stats["graph_nodes"]), rtol=1e-4, atol=1e-4
     )
     assert batch.actions.shape == (2, 16, 32)
-    np.testing.assert_allclose(
-        batch.actions[0, :4, :10].numpy(), norm(episode.actions[3:7], stats["actions"]), atol=1e-4
-    )
+    held = np.concatenate([episode.actions[3:7], np.tile(episode.actions[6], (12, 1))])
+    np.testing.assert_allclose(batch.actions[0, :, :10].numpy(), norm(held, stats["actions"]), atol=1e-4)
     assert not batch.actions[0, :, 10:].any()
     assert batch.action_is_pad[0].tolist() == [False] * 4 + [True] * 12
-    mask = batch.loss_mask()
-    assert mask.shape == (2, 16, 32)
+    hold, mask = batch.loss_mask("hold"), batch.loss_mask("mask")
+    assert hold.shape == mask.shape == (2, 16, 32)
+    assert int(hold[0].sum()) == int(hold[1].sum()) == int(mask[1].sum()) == 16 * 10  # held steps are trained
     assert int(mask[0].sum()) == 4 * 10
-    assert int(mask[1].sum()) == 16 * 10
     assert bool(mask[0, 3, 9])
-    assert not bool(mask[0, 3, 10])
-    assert not bool(mask[0, 4, 0])
+    assert not bool(mask[0, 3, 10]) and not bool(hold[0, 3, 10])
+    assert not bool(mask[0, 4, 0]) and bool(hold[0, 4, 0])
     assert not batch.action_is_pad[1].any()
     state = batch.observation.state
     np.testing.assert_allclose(state[0, :4].numpy(), norm(episode.state[3], stats["state"]), atol=1e-4)

@@ -228,6 +228,7 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(prepared: Path, tm
         (["train.strategy=fsdp"], "train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet"),
         (["train.strategy=zero"], "train.strategy: must be one of ['ddp', 'fsdp'], got 'zero'"),
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
+        (["data.action_padding=zero"], "data.action_padding: must be one of ['hold', 'mask'], got 'zero'"),
         (["data.tokenizer=/nowhere/t.model"], "data.tokenizer: no sentencepiece model at /nowhere/t.model"),
     ],
 )

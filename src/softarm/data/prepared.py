@@ -17,7 +17,7 @@ class Sample:
     image_masks: dict[str, bool]
     nodes: np.ndarray  # float32 [N, F]
     state: np.ndarray  # float32 [32], zero-padded
-    actions: np.ndarray  # float32 [H, A]: the chunk starting at this frame, zero past the episode end
+    actions: np.ndarray  # float32 [H, A]: the chunk starting at this frame; past the episode end, its last action
     action_is_pad: np.ndarray  # bool [H]: True for steps past the episode end
     prompt: str
     episode: int
@@ -59,8 +59,10 @@ class PreparedDataset:
         episode = self.episodes[int(self._episode_of_frame[index])]
         end = episode["start"] + episode["length"]
         steps = min(self.horizon, end - frame)
-        actions = np.zeros((self.horizon, self.meta["action_dim"]), np.float32)
+        # past the episode end the arm holds its last command (LeRobot's clamped indices, which openpi trains on)
+        actions = np.empty((self.horizon, self.meta["action_dim"]), np.float32)
         actions[:steps] = self.arrays["actions"][frame : frame + steps]
+        actions[steps:] = actions[steps - 1]
         cameras = self.meta["cameras"]
         return Sample(
             images={slot: np.array(self.arrays[f"image_{slot}"][frame]) for slot in IMAGE_SLOTS},  # copies

@@ -40,6 +40,9 @@ class DataSection:
     batch_size: int = 8  # global: split across ranks
     num_workers: int = 0
     tokenizer: str | None = None  # sentencepiece model; None: the dataset's own tokenizer.model
+    # chunk steps past an episode's end: "hold" trains them as its last action repeated (openpi, LeRobot), so the
+    # policy learns to stay where a demonstration ended; "mask" leaves them out of the loss
+    action_padding: Literal["hold", "mask"] = "hold"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,9 +75,9 @@ def learning_rate(step: int, optim) -> float:
     return optim.end_lr + (optim.lr - optim.end_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def masked_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def masked_loss(model: torch.nn.Module, batch: Batch, action_padding: str) -> torch.Tensor:
     losses = model(batch.observation, batch.actions, graph=batch.graph)
-    mask = batch.loss_mask().to(losses.dtype)
+    mask = batch.loss_mask(action_padding).to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -94,7 +94,9 @@ def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader, device: torch.device, max_batches: int, autocast) -> float:
+def validate(
+    model: torch.nn.Module, loader, device: torch.device, max_batches: int, autocast, action_padding: str
+) -> float:
     """Mean masked loss over the first `max_batches` val batches, with fixed noise so values compare across steps;
     the training RNG stream is left untouched (resume stays exact)."""
     was_training = model.training
@@ -107,7 +109,7 @@ def validate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
             if i >= max_batches:
                 break
             with autocast():
-                losses.append(float(masked_loss(model, to_device(raw, device))))
+                losses.append(float(masked_loss(model, to_device(raw, device), action_padding)))
     model.train(was_training)
     total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():  # every rank saw its own shard: average over all of them
@@ -256,7 +258,7 @@ def train(config: TrainConfig) -> TrainResult:
                 raw = next(batches)
             batch_in_epoch += 1
             with gradient_sync(micro == t.grad_accum - 1), autocast():
-                loss = masked_loss(net, to_device(raw, device)) / t.grad_accum
+                loss = masked_loss(net, to_device(raw, device), config.data.action_padding) / t.grad_accum
             loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.clip_norm)
@@ -278,9 +280,10 @@ def train(config: TrainConfig) -> TrainResult:
                 progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
                 record(last)
         if val_loader is not None and (step % t.val_every == 0 or step == t.steps):
-            val = {"step": step, "val_loss": validate(net, val_loader, device, t.val_batches, autocast)}
+            padding = config.data.action_padding
+            val = {"step": step, "val_loss": validate(net, val_loader, device, t.val_batches, autocast, padding)}
             if ema is not None:
-                val["val_loss_ema"] = validate(ema.module, val_loader, device, t.val_batches, autocast)
+                val["val_loss_ema"] = validate(ema.module, val_loader, device, t.val_batches, autocast, padding)
             last.update(val)
             if dist.main:
                 log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
