@@ -202,7 +202,8 @@ def test_wilson_interval_matches_known_values() -> None:
     np.testing.assert_allclose(wilson_interval(5, 10), (0.2366, 0.7634), atol=1e-4)
     np.testing.assert_allclose(wilson_interval(50, 50), (0.9287, 1.0), atol=1e-4)
     for n in (1, 30, 100, 1000):  # the rate itself is always inside, exactly so at 0 % and 100 %
-        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+        assert wilson_interval(n, n)[1] == 1.0
+        assert wilson_interval(0, n)[0] == 0.0
 
 
 def test_eval_baselines_write_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
