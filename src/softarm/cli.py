@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
     demo.add_argument("--episodes", type=int, default=100, help="simulated expert episodes to train on")
-    demo.add_argument("--eval-episodes", type=int, default=30, help="closed-loop episodes per policy")
+    demo.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per policy")
     demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)

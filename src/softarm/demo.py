@@ -34,7 +34,7 @@ MODELS = {"graph": "state", "no_graph": "none"}
 class DemoOptions:
     episodes: int = 100  # generated demonstrations
     val_episodes: int = 6
-    eval_episodes: int = 30
+    eval_episodes: int = 100  # per policy: enough for intervals that can separate the two models
     config: Path = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
 

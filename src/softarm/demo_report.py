@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from softarm.evaluate import wilson_interval
+
 LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
           "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
+# The payload-blind expert plans for 25 g: close enough in the middle band, a miss at either end, where only a policy
+# that senses its shape can still be right.
+PAYLOAD_BANDS = {
+    "light (< 10 g)": (0.0, 10.0),
+    "middle (10-40 g)": (10.0, 40.0),
+    "heavy (>= 40 g)": (40.0, float("inf")),
+}
 COLORS = {"expert": "tab:gray", "expert-blind": "silver", "graph": "tab:green", "no_graph": "tab:orange",
           "random": "tab:red"}  # fmt: skip
 
@@ -80,31 +89,37 @@ def _row(name: str, s: dict) -> str:
     )
 
 
+def _successes(rows: list[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
+    group = [e["success"] for e in rows if band[0] <= e["payload_g"] < band[1]]
+    return sum(group), len(group)
+
+
 def _by_payload(episodes: dict[str, list[dict]]) -> list[str]:
-    """Success split by payload: where a policy that cannot sense its shape should lose."""
-    lines = ["| policy | success, payload < 25 g | success, payload >= 25 g |", "|---|---|---|"]
+    """Success split by payload band: where a policy that cannot sense its shape should lose."""
+    lines = [f"| policy | {' | '.join(f'success, {band}' for band in PAYLOAD_BANDS)} |", "|---" * 4 + "|"]
     for name, rows in episodes.items():
-        cells = []
-        for light in (True, False):
-            group = [e["success"] for e in rows if (e["payload_g"] < 25) == light]
-            cells.append(f"{sum(group)}/{len(group)}" if group else "-")
-        lines.append(f"| {LABELS[name]} | {cells[0]} | {cells[1]} |")
+        cells = [_successes(rows, band) for band in PAYLOAD_BANDS.values()]
+        lines.append(f"| {LABELS[name]} | {' | '.join(f'{s}/{n}' if n else '-' for s, n in cells)} |")
     return lines
 
 
-def _verdict(graph: dict, no_graph: dict) -> str:
-    g, n = graph["successes"], no_graph["successes"]
-    g_low, g_high = graph["success_rate_wilson95"]
-    n_low, n_high = no_graph["success_rate_wilson95"]
-    if g_low > n_high:
-        return f"The graph model succeeds more often ({g} vs {n}), and the 95 % intervals do not overlap."
-    if n_low > g_high:
-        return f"The model without the graph succeeds more often ({n} vs {g}), and the 95 % intervals do not overlap."
-    ahead = "a tie" if g == n else f"the model {'with' if g > n else 'without'} the graph is ahead on this sample"
-    return (
-        f"Successes: {g} with the graph, {n} without; the 95 % intervals overlap, so this run does not separate "
-        f"them ({ahead}). More evaluation episodes narrow the intervals."
-    )
+def _verdict(graph: tuple[int, int], no_graph: tuple[int, int], where: str) -> str:
+    """Graph vs no graph, (successes, episodes) each: a difference is claimed only where the 95 % intervals part."""
+    (g, g_n), (n, n_n) = graph, no_graph
+    (g_low, g_high), (n_low, n_high) = wilson_interval(g, g_n), wilson_interval(n, n_n)
+    counts = f"{where}: {g}/{g_n} with the graph, {n}/{n_n} without"
+    if g_low > n_high or n_low > g_high:
+        better = "with" if g_low > n_high else "without"
+        return f"{counts}; the model {better} the graph succeeds more often, and the 95 % intervals do not overlap."
+    rate_g, rate_n = g / max(g_n, 1), n / max(n_n, 1)
+    ahead = "a tie" if rate_g == rate_n else f"the model {'with' if rate_g > rate_n else 'without'} the graph is ahead"
+    return f"{counts}; the 95 % intervals overlap, so this run does not separate them ({ahead})."
+
+
+def _extremes(rows: list[dict]) -> tuple[int, int]:
+    """Successes in the light and heavy bands together: the episodes a payload-blind plan misses."""
+    light, heavy = (_successes(rows, PAYLOAD_BANDS[band]) for band in ("light (< 10 g)", "heavy (>= 40 g)"))
+    return light[0] + heavy[0], light[1] + heavy[1]
 
 
 def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -> Path:
@@ -131,9 +146,14 @@ def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -
         "|---|---|---|---|---|---|",
         *(_row(name, s) for name, s in summaries.items()),
         "",
-        _verdict(summaries["graph"], summaries["no_graph"]),
+        _verdict(_successes(episodes["graph"]), _successes(episodes["no_graph"]), "All episodes"),
+        "",
+        "By payload: the payload-blind expert's plan for 25 g is close enough in the middle band and misses at either "
+        "end, where only a policy that senses its shape can still be right.",
         "",
         *_by_payload(episodes),
+        "",
+        _verdict(*(_extremes(episodes[name]) for name in ("graph", "no_graph")), "Light or heavy payload"),
         "",
         "Validation loss (EMA weights, last evaluation): "
         + ", ".join(f"{LABELS[n]} {v:.4f}" for n, v in val.items() if v is not None)
