@@ -55,26 +55,47 @@ def plot_losses(path: Path, runs: dict[str, Path]) -> Path:
 
 
 def plot_success(path: Path, summaries: dict[str, dict], episodes: dict[str, list[dict]]) -> Path:
+    """Success overall and per payload band (95 % Wilson intervals), and where the tip ended."""
     plt = _plt()
     names = list(summaries)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (overall, bands, errors) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [4, 5, 4]})
+    width = 0.8 / len(names)
+
+    def bar(ax, x: float, successes: int, n: int, name: str, **kwargs) -> float:
+        rate, (low, high) = 100 * successes / n, (100 * v for v in wilson_interval(successes, n))
+        ax.bar(x, rate, color=COLORS[name], **kwargs)
+        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], color="k", capsize=3)
+        return rate
+
     for i, name in enumerate(names):
-        s = summaries[name]
-        rate, (low, high) = 100 * s["success_rate"], (100 * v for v in s["success_rate_wilson95"])
-        left.bar(i, rate, color=COLORS[name])
-        left.errorbar(i, rate, yerr=[[rate - low], [high - rate]], color="k", capsize=6)
-        left.text(i, rate + 2, f"{s['successes']}/{s['episodes']}", ha="center", fontsize=9)
-    left.set(xticks=range(len(names)), xticklabels=[LABELS[n] for n in names], ylim=(0, 105),
-             ylabel="success (%), 95 % Wilson interval", title="reach the named ball (tip within 10 mm)")  # fmt: skip
-    errors = [[e["final_error_mm"] for e in episodes[name]] for name in names]
-    right.boxplot(errors, tick_labels=[LABELS[n] for n in names])
-    right.axhline(10, color="tab:red", ls="--", lw=1)
-    right.set(yscale="log", ylabel="final tip error (mm)", title="where the tip ended")
-    for ax in (left, right):
+        successes, n = _successes(episodes[name])
+        rate = bar(overall, i, successes, n, name, width=0.8)
+        overall.text(i, rate + 2, f"{successes}/{n}", ha="center", fontsize=9)
+        offset = (i - (len(names) - 1) / 2) * width
+        for j, band in enumerate(PAYLOAD_BANDS.values()):
+            successes, n = _successes(episodes[name], band)
+            if n:
+                bar(bands, 1 + j + offset, successes, n, name, width=width, label=LABELS[name] if j == 0 else None)
+    overall.set(xticks=range(len(names)), ylim=(0, 110), ylabel="success (%), 95 % Wilson interval",
+                title="reach the named ball (tip within 10 mm)")  # fmt: skip
+    overall.set_xticklabels([LABELS[n] for n in names], rotation=20, ha="right")
+    bands.set(
+        xticks=range(1, len(PAYLOAD_BANDS) + 1),
+        ylim=(0, 130),
+        yticks=range(0, 101, 20),
+        title="by payload: a blind plan misses light and heavy",
+    )
+    bands.set_xticklabels(list(PAYLOAD_BANDS))
+    bands.legend(fontsize=8, loc="upper center", ncol=3)
+    errors.boxplot([[e["final_error_mm"] for e in episodes[name]] for name in names])
+    errors.set_xticklabels([LABELS[n] for n in names], rotation=20, ha="right")
+    errors.axhline(10, color="tab:red", ls="--", lw=1)
+    errors.set(yscale="log", ylabel="final tip error (mm)", title="where the tip ended")
+    for ax in (overall, bands, errors):
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
