@@ -54,10 +54,10 @@ def plot_losses(path: Path, runs: dict[str, Path]) -> Path:
     return path
 
 
-def plot_success(path: Path, summaries: dict[str, dict], episodes: dict[str, list[dict]]) -> Path:
-    """Success overall and per payload band (95 % Wilson intervals), and where the tip ended."""
+def plot_success(path: Path, episodes: dict[str, list[dict]]) -> Path:
+    """Success overall and per payload band (95 % Wilson intervals), and where the tip ended; one policy per entry."""
     plt = _plt()
-    names = list(summaries)
+    names = list(episodes)
     fig, (overall, bands, errors) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [4, 5, 4]})
     width = 0.8 / len(names)
 
@@ -146,7 +146,7 @@ def _extremes(rows: list[dict]) -> tuple[int, int]:
 def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -> Path:
     episodes = {name: json.loads((out / "eval" / name / "eval.json").read_text())["episodes"] for name in summaries}
     plot_losses(out / "loss.png", runs)
-    plot_success(out / "success.png", summaries, episodes)
+    plot_success(out / "success.png", episodes)
     val = {
         name: next((r["val_loss_ema"] for r in reversed(_metrics(run_dir)) if "val_loss_ema" in r), None)
         for name, run_dir in runs.items()
