@@ -124,7 +124,7 @@ class Batch:
     action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
     action_dim_mask: torch.Tensor | None = None  # [B, 32] True for the arm's real action dims
 
-    def loss_mask(self, action_padding: str = "hold") -> torch.Tensor:
+    def loss_mask(self, action_padding: str) -> torch.Tensor:
         """[B, H, 32]: which elements of the model's per-element loss are trained: the arm's real action dims, and
         with `action_padding="mask"` only the steps inside the episode ("hold" trains the held last action too)."""
         mask = self.action_dim_mask[:, None, :].expand(-1, self.action_is_pad.shape[1], -1)

@@ -1,7 +1,8 @@
 """`softarm train`: one readable loop, top to bottom: setup -> data -> model -> optimizer -> loop -> checkpoint.
 
 Run it plainly for one device or under torchrun for many (DDP; ranks share the global batch). The loss is openpi's
-per-element flow-matching loss masked to the arm's real action dims and to steps inside the episode.
+per-element flow-matching loss masked to the arm's real action dims; chunk steps past an episode's end are trained as
+its last action held (`data.action_padding: hold`) or left out (`mask`).
 """
 
 from __future__ import annotations
