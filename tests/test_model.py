@@ -109,7 +109,7 @@ def test_graph_none_is_exactly_the_base_model(pi05: bool, fusion: str) -> None:
     noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
     expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
     got = loss_with_seed(graph_model, obs, actions, graph=None, noise=noise, time=time)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)  # padding dropped: float rounding only
     # ... and with a graph, prefix/suffix modes really change the computation.
     if fusion != "state":
         with_graph = loss_with_seed(graph_model, obs, actions, graph=make_graph(config), noise=noise, time=time)
@@ -194,4 +194,47 @@ def test_fusion_none_is_the_base_model_even_given_a_graph(pi05: bool) -> None:
     noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
     expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
     got = loss_with_seed(model, obs, actions, graph=make_graph(config), noise=noise, time=time)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)  # padding dropped: float rounding only
+
+
+def test_prefix_drops_positions_padded_in_every_sample() -> None:
+    """A camera slot the arm lacks and the prompt's padded tail leave the sequence; the loss does not change."""
+    config = preset("tiny", fusion="none")
+    torch.manual_seed(0)
+    base = build_base_model(config)
+    model = PI0GraphPytorch(config)
+    model.load_state_dict(base.state_dict(), strict=True)
+    obs, actions = make_observation(config), make_actions(config)
+    obs.image_masks["right_wrist_0_rgb"] = torch.zeros(2, dtype=torch.bool)
+    obs.tokenized_prompt_mask[1, :20] = True  # sample 0 has 12 prompt tokens, sample 1 has 20
+    images, masks, tokens, token_masks, _ = model._preprocess_observation(obs, train=False)
+    embs, pad, att = model.embed_prefix(images, masks, tokens, token_masks)
+    assert embs.shape[:2] == (2, 16 + 16 + 20)  # was 3 x 16 image tokens + 48 prompt tokens
+    assert pad.sum(dim=1).tolist() == [16 + 16 + 12, 16 + 16 + 20]
+    assert not att.any()
+    noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
+    expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
+    got = loss_with_seed(model, obs, actions, noise=noise, time=time)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    base.eval(), model.eval()
+    expected = base.sample_actions(CPU, obs, noise=noise, num_steps=3)
+    torch.testing.assert_close(model.sample_actions(CPU, obs, noise=noise, num_steps=3), expected, rtol=0, atol=1e-5)
+
+
+def test_ignored_node_features_do_not_reach_the_model() -> None:
+    config = preset("tiny", fusion="prefix", ignored_features=["vel_x", "last_action"])
+    assert config.ignored_features == ("vel_x", "last_action")
+    assert SoftArmModelConfig.from_dict(config.to_dict()) == config
+    model = as_if_trained(PI0GraphPytorch(config)).eval()
+    obs, noise, graph = make_observation(config), make_actions(config, seed=3), make_graph(config)
+    expected = model.sample_actions(CPU, obs, graph=graph, noise=noise, num_steps=2)
+    moved = graph.clone()
+    moved[:, :, 7] += 5.0  # vel_x
+    moved[:, :, 16] -= 3.0  # last_action
+    torch.testing.assert_close(model.sample_actions(CPU, obs, graph=moved, noise=noise, num_steps=2), expected)
+    moved[:, :, 0] += 1.0  # pos_x is read
+    assert (model.sample_actions(CPU, obs, graph=moved, noise=noise, num_steps=2) - expected).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"ignored_features: unknown node feature 'speed'; the schema has \['pos_x'"):
+        preset("tiny", ignored_features=["speed"])
+    with pytest.raises(ValueError, match="ignored_features names the 19-feature schema; nodes have 7"):
+        preset("tiny", ignored_features=["vel_x"], node_features=7)

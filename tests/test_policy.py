@@ -58,6 +58,7 @@ def test_infer_returns_a_chunk_in_the_arms_units(checkpoint) -> None:
     assert meta["cameras"] == CAMERAS
     assert meta["graph"]["num_nodes"] == 10
     assert meta["graph"]["node_features"][18] == "contact_force [N]"
+    assert meta["graph"]["ignored_features"] == []
     assert meta["graph"]["edges"][0] == [0, 1]
 
 

@@ -50,6 +50,14 @@ NUM_NODE_FEATURES = len(NODE_FEATURES)
 ACTION_DIM = 10  # one bending command per segment, normalised to [-1, 1]
 
 
+def feature_index(name: str) -> int:
+    """Position of a node feature in the schema, by name."""
+    names = [f.name for f in NODE_FEATURES]
+    if name not in names:
+        raise ValueError(f"unknown node feature {name!r}; the schema has {names}")
+    return names.index(name)
+
+
 def chain_edges(num_nodes: int) -> tuple[Edge, ...]:
     """The kinematic chain 0-1-...-(n-1): the default topology of a continuum arm."""
     return tuple((i, i + 1) for i in range(num_nodes - 1))

@@ -55,10 +55,15 @@ class GraphEncoder(nn.Module):
         depth: int = 3,
         num_heads: int = 4,
         embedding_dim: int | None = 32,
+        ignored_features: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.num_nodes = num_nodes
         self.node_features = node_features
+        # Features the encoder does not read are zeroed before it sees them (training and serving alike).
+        mask = torch.ones(node_features)
+        mask[list(ignored_features)] = 0.0
+        self.register_buffer("feature_mask", mask, persistent=False)
         edges = arm.chain_edges(num_nodes) if edges is None else arm.validate_edges(num_nodes, edges)
         hops = torch.as_tensor(arm.hop_distances(num_nodes, edges))
         self.register_buffer("hops", hops, persistent=False)
@@ -91,7 +96,7 @@ class GraphEncoder(nn.Module):
 
     def forward(self, nodes: torch.Tensor) -> GraphEncoding:
         self.check_nodes(nodes)
-        x = self.node_proj(nodes.to(self.node_proj.weight.dtype)) + self.node_embedding
+        x = self.node_proj(nodes.to(self.node_proj.weight.dtype) * self.feature_mask) + self.node_embedding
         for layer, bias in zip(self.layers, self.hop_bias, strict=True):
             x = layer(x, bias[:, self.hops])
         tokens = self.norm(x)

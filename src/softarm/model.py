@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 import contextlib
 import dataclasses
+import math
 from typing import Literal
 
 from openpi.models import pi0_config
@@ -64,6 +65,10 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     edges: tuple[arm.Edge, ...] | None = None  # None: the chain 0-1-...-(num_nodes-1)
     vision: VisionSpec | None = None  # None: the official SigLIP So400m/14 tower
     vocab_size: int = PALIGEMMA_VOCAB_SIZE
+    # Node features (names from softarm.arm) the graph encoder does not read. Velocities and the last command
+    # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking
+    # where to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
+    ignored_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,6 +76,16 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
             object.__setattr__(self, "vision", VisionSpec(**self.vision))
         edges = arm.chain_edges(self.num_nodes) if self.edges is None else self.edges
         object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, edges))
+        object.__setattr__(self, "ignored_features", tuple(self.ignored_features))
+        for name in self.ignored_features:
+            try:
+                arm.feature_index(name)
+            except ValueError as e:
+                raise ValueError(f"ignored_features: {e}") from None
+        if self.ignored_features and self.node_features != arm.NUM_NODE_FEATURES:
+            raise ValueError(
+                f"ignored_features names the {arm.NUM_NODE_FEATURES}-feature schema; nodes have {self.node_features}"
+            )
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.fusion == "state" and self.pi05:
@@ -89,6 +104,7 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         """Plain types only (lists, dicts, numbers), for JSON/YAML."""
         out = dataclasses.asdict(self)
         out["edges"] = [list(e) for e in self.edges]
+        out["ignored_features"] = list(self.ignored_features)
         return out
 
     @classmethod
@@ -146,7 +162,10 @@ def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
             config.text_config.num_image_tokens = (vc.image_size // vc.patch_size) ** 2
         config.text_config.vocab_size = vocab_size
         config._vocab_size = vocab_size
-        return paligemma_cls(config=config)
+        paligemma = paligemma_cls(config=config)
+        if vision is not None:  # a tower trained from scratch: start its patch positions on a 2-D grid
+            init_grid_positions(paligemma.model.vision_tower.vision_model.embeddings.position_embedding.weight)
+        return paligemma
 
     def small_gemma(config):
         config.vocab_size = vocab_size
@@ -159,6 +178,24 @@ def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
     finally:
         gemma_pytorch.PaliGemmaForConditionalGeneration = paligemma_cls
         gemma_pytorch.GemmaForCausalLM = gemma_cls
+
+
+@torch.no_grad()
+def init_grid_positions(weight: torch.Tensor) -> None:
+    """2-D sine-cosine patch position embedding (as MAE initialises ViTs) instead of random vectors, scaled to the
+    random init's spread. A small tower trained from scratch on a few hundred episodes then knows from the first
+    step which patches are neighbours, which is what locating a target in the image needs."""
+    num_patches, width = weight.shape
+    side = math.isqrt(num_patches)
+    if side * side != num_patches or width % 4:
+        return  # not a square grid of patches: keep the random init
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    # wavelengths from 2 patches (fine position) to twice the grid (unambiguous over the whole image)
+    steps = width // 4
+    frequencies = math.pi / float(side) ** (torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1))
+    parts = [f(axis.reshape(-1, 1).double() * frequencies) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    grid = torch.cat(parts, dim=1)
+    weight.copy_((grid / grid.std() * weight.std()).to(weight.dtype))
 
 
 def build_base_model(config: pi0_config.Pi0Config) -> PI0Pytorch:
@@ -180,6 +217,9 @@ class PI0GraphPytorch(PI0Pytorch):
         # Eager sampling: the per-instance torch.compile wrapper costs minutes on CPU before the first action.
         del self.sample_actions
         self._graph: GraphEncoding | None = None
+        # openpi's training-time image augmentation (crop, rotation, colour jitter); off for fixed cameras whose
+        # pixel positions carry the answer, e.g. where a target sits in a simulated scene.
+        self.augment_images = True
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
@@ -190,6 +230,7 @@ class PI0GraphPytorch(PI0Pytorch):
             depth=config.graph_depth,
             num_heads=config.graph_heads,
             embedding_dim=config.action_dim if config.fusion == "state" else None,
+            ignored_features=[arm.feature_index(name) for name in config.ignored_features],
         )
         if config.fusion == "state":
             self.graph_state_gate = nn.Parameter(torch.zeros(config.action_dim))
@@ -209,7 +250,9 @@ class PI0GraphPytorch(PI0Pytorch):
             self._graph = None
 
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
-        embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        embs, pad_masks, att_masks = drop_shared_padding(
+            *super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        )
         if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
         graph_embs = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)
@@ -243,6 +286,9 @@ class PI0GraphPytorch(PI0Pytorch):
             adarms_cond,
         )
 
+    def _preprocess_observation(self, observation, *, train=True):
+        return super()._preprocess_observation(observation, train=train and self.augment_images)
+
     def forward(self, observation, actions, graph=None, noise=None, time=None) -> torch.Tensor:
         """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in."""
         with self._graph_inputs(graph):
@@ -270,6 +316,19 @@ class PI0GraphPytorch(PI0Pytorch):
 
     def graph_parameter_names(self) -> list[str]:
         return [name for name, _ in self.named_parameters() if is_graph_key(name)]
+
+
+def drop_shared_padding(
+    embs: torch.Tensor, pad_masks: torch.Tensor, att_masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Remove prefix positions that are padding in every sample: a camera slot the arm does not have (its image is
+    masked) and the prompt's padded tail. Exact: padding is neither attended to nor counted in position ids, and
+    only positions whose attention-block flag is 0 are removed, so the block structure is unchanged. It saves a
+    third of the prefix for a two-camera arm."""
+    keep = pad_masks.any(dim=0) | att_masks.any(dim=0)
+    if bool(keep.all()):
+        return embs, pad_masks, att_masks
+    return embs[:, keep], pad_masks[:, keep], att_masks[:, keep]
 
 
 def is_graph_key(name: str) -> bool:

@@ -66,6 +66,7 @@ class SoftArmPolicy:
                 "num_nodes": config.num_nodes,
                 "node_features": [f"{f.name} [{f.unit}]" for f in arm.NODE_FEATURES][: config.node_features],
                 "edges": [list(e) for e in config.edges],
+                "ignored_features": list(config.ignored_features),  # accepted in requests, not read
             },
             "fusion": config.fusion,
             "pi05": config.pi05,

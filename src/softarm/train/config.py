@@ -79,6 +79,7 @@ class TrainSection:
     init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
     freeze: tuple[Literal["vision", "vlm"], ...] = ()
+    image_augmentation: bool = True  # openpi's random crop, rotation and colour jitter of the training images
     log_every: int = 10
     val_every: int = 50
     val_batches: int = 8

@@ -170,6 +170,7 @@ def train(config: TrainConfig) -> TrainResult:
                              dropout=lora.dropout):  # fmt: skip
         log(f"LoRA on {adapted} Gemma projections (rank {lora.rank} VLM, {lora.expert_rank} action expert)")
     freeze(model, t.freeze)
+    model.augment_images = t.image_augmentation
     # From here on each rank draws its own stream (openpi's image augmentation, noise and flow-matching time).
     torch.manual_seed(t.seed + dist.rank)
     np.random.seed(t.seed + dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
