@@ -106,7 +106,7 @@ def test_cameras_see_the_arm_and_the_target(env) -> None:
     env.reset()
     env.place_balls({"red": [0.1, 0.0, -0.45]})
     images = env.render()
-    assert set(images) == {"base", "tip"}
+    assert set(images) == {"base", "side", "tip"}
     for image in images.values():
         assert image.shape == (224, 224, 3)
         assert image.dtype == np.uint8
@@ -117,10 +117,31 @@ def test_cameras_see_the_arm_and_the_target(env) -> None:
         return int(((r > 120) & (g < 60) & (b < 60)).sum())
 
     assert red_pixels(images["base"]) > 30
+    assert red_pixels(images["side"]) > 30
     env.place_balls({})  # parked out of view
     assert red_pixels(env.render()["base"]) == 0
     env.place_balls({"red": [0.0, 0.0, -0.6]})  # straight below the tip: the wrist camera looks at it
     assert red_pixels(env.render()["tip"]) > 500
+
+
+def test_the_side_camera_sees_depth_the_base_camera_cannot(env) -> None:
+    """Two balls on one ray of the base camera: the same pixel there, 8 cm apart in the side view."""
+    from softarm.sim.arm_model import BASE_CAMERA_POS
+
+    def red_centroid(image: np.ndarray) -> np.ndarray:
+        r, g, b = (image[..., k].astype(int) for k in range(3))
+        return np.argwhere((r > 120) & (g < 60) & (b < 60)).mean(axis=0)
+
+    env.reset()
+    near = np.array([0.1, 0.05, -0.42])
+    ray = near + env.mount_pos - np.array(BASE_CAMERA_POS)
+    far = near + 0.08 * ray / np.linalg.norm(ray)
+    views = []
+    for ball in (near, far):
+        env.place_balls({"red": ball})
+        views.append({camera: red_centroid(image) for camera, image in env.render().items() if camera != "tip"})
+    assert np.linalg.norm(views[0]["base"] - views[1]["base"]) < 1.0  # pixels
+    assert np.linalg.norm(views[0]["side"] - views[1]["side"]) > 8.0
 
 
 def test_expert_solves_seeded_episodes(env) -> None:
@@ -191,8 +212,11 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
     again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
     assert (again.written, again.reused) == (1, 3)
-    with pytest.raises(ValueError, match="holds episodes of task 'reach' seed 7"):
-        generate("follow", 2, raw, seed=7)
+    with pytest.raises(ValueError, match=r"task 'reach' seed 7 noise 0\.0; choose another --out for seed 8"):
+        generate("reach", 2, raw, seed=8)
+    mixed = generate("choose", 1, raw, seed=7)  # another task may join the directory: a multi-task dataset
+    assert (mixed.written, mixed.reused) == (1, 0)
+    assert sorted(p.name for p in raw.glob("generate_*.json")) == ["generate_choose.json", "generate_reach.json"]
     with pytest.raises(ValueError, match="unknown task 'push'"):
         generate("push", 2, tmp_path / "other")
 
@@ -259,3 +283,71 @@ def test_payload_blind_expert_misses_light_and_heavy_loads(tmp_path: Path) -> No
     assert summary["successes"] < 8
     full = evaluate(EvalOptions(task="choose", policy="expert", episodes=8, videos=0), tmp_path / "full")
     assert full["successes"] == 8  # the same episodes, solved when the payload is known
+
+
+def test_noisy_demonstrations_label_the_experts_command_not_the_executed_one(env) -> None:
+    """DART: the arm executes command + noise and strays; the recorded action is still the expert's command."""
+    static, task = StaticArm(env), TASKS["reach"]
+    spec = task.sample(5, static, env.control_hz)
+    clean = run_episode(env, static, task, spec, ExpertAgent(static), stop_on_success=False)
+    noisy = run_episode(env, static, task, spec, ExpertAgent(static), stop_on_success=False, action_noise=0.1)
+    again = run_episode(env, static, task, spec, ExpertAgent(static), stop_on_success=False, action_noise=0.1)
+    # reach's expert plans once: its command depends on time only, so the labels are the clean run's
+    np.testing.assert_allclose(noisy.actions, clean.actions, atol=1e-6)
+    executed = noisy.nodes[1:, :, 16]  # node feature 16 = the command the arm last received
+    deviation = executed - noisy.actions[:-1]
+    assert deviation.std() == pytest.approx(0.1, rel=0.15)
+    assert abs(deviation.mean()) < 0.02
+    assert np.abs(noisy.nodes[:, :, 0:3] - clean.nodes[:, :, 0:3]).max() > 0.005  # the arm really strayed (m)
+    np.testing.assert_array_equal(again.nodes, noisy.nodes)  # the noise is seeded by the episode
+    with pytest.raises(ValueError, match=r"action noise must be >= 0, got -0\.1"):
+        run_episode(env, static, task, spec, ExpertAgent(static), action_noise=-0.1)
+
+
+def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    result = generate("choose", 3, raw, seed=0, noise=0.2, workers=2)
+    assert result.written == 3
+    assert result.failed == []
+    assert result.missed_under_noise  # at this noise the tip does not hold within 10 mm, yet the labels are right
+    manifest = json.loads((raw / "generate_choose.json").read_text())
+    assert manifest["noise"] == 0.2
+    assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
+    episode = read_episode(raw / "choose_000000.hdf5")
+    assert np.abs(episode.nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.1  # executed != recorded
+    converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert (len(converted.kept), converted.skipped) == (3, [])
+    with pytest.raises(ValueError, match=r"seed 0 noise 0\.2; choose another --out for seed 0 noise 0\.0"):
+        generate("choose", 3, raw, seed=0)
+    serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process
+    assert serial.missed_under_noise == result.missed_under_noise
+    for name in ("choose_000000.hdf5", "choose_000002.hdf5"):
+        a, b = read_episode(raw / name), read_episode(tmp_path / "serial" / name)
+        np.testing.assert_array_equal(a.nodes, b.nodes)
+        np.testing.assert_array_equal(a.images["side"], b.images["side"])
+    with pytest.raises(ValueError, match="--noise must be >= 0"):
+        generate("choose", 3, tmp_path / "other", noise=-1.0)
+
+
+def test_training_and_evaluation_repeat_exactly(tmp_path: Path) -> None:
+    """The same data, config and seed give the same weights and the same closed-loop episodes, bit for bit."""
+    from softarm.train.config import load_config
+    from softarm.train.loop import train
+
+    generate("reach", 3, tmp_path / "raw")
+    convert(tmp_path / "raw", tmp_path / "prep", ConvertOptions(val_episodes=1))
+    config = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    reports = []
+    for run in ("a", "b"):
+        overrides = [f"data.path={tmp_path / 'prep'}", f"train.out_dir={tmp_path / run}", "train.steps=3",
+                     "train.save_every=3", "train.val_every=3", "data.batch_size=4"]  # fmt: skip
+        train(load_config(config, overrides))
+        options = EvalOptions(policy="model", checkpoint=str(tmp_path / run / "checkpoints" / "3"), episodes=2,
+                              videos=0)  # fmt: skip
+        evaluate(options, tmp_path / f"eval_{run}")
+        reports.append(json.loads((tmp_path / f"eval_{run}" / "eval.json").read_text()))
+        assert (tmp_path / run / "checkpoints" / "3" / "model.safetensors").is_file()
+    a, b = ((tmp_path / run / "checkpoints" / "3" / "model.safetensors").read_bytes() for run in ("a", "b"))
+    assert a == b
+    assert reports[0]["episodes"] == reports[1]["episodes"]
+    assert reports[0]["episodes"][0]["final_error_mm"] > 0

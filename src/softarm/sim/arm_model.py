@@ -44,6 +44,7 @@ _AXES = ("1 0 0", "0 1 0", "0 0 1")
 BALL_COLORS = {"red": "0.9 0.1 0.1", "green": "0.1 0.75 0.2", "blue": "0.15 0.3 0.95"}
 PARKED = (0.0, 0.0, -5.0)  # where an unused ball waits: under the floor, out of every view
 BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
+SIDE_CAMERA_POS = (0.52, 0.42, 0.58)  # a second one a quarter turn around the arm: together they give depth
 BASE_CAMERA_AIM = (0.0, 0.0, 0.28)
 
 
@@ -134,6 +135,7 @@ def build_xml(spec: ArmSpec) -> str:
     </body>
     {balls}
     <camera name="base" pos="{_vec(BASE_CAMERA_POS)}" xyaxes="{_look_at(BASE_CAMERA_POS, BASE_CAMERA_AIM)}" fovy="58"/>
+    <camera name="side" pos="{_vec(SIDE_CAMERA_POS)}" xyaxes="{_look_at(SIDE_CAMERA_POS, BASE_CAMERA_AIM)}" fovy="58"/>
   </worldbody>
   <actuator>{actuators}</actuator>
 </mujoco>

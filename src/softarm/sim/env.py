@@ -12,7 +12,7 @@ import numpy as np
 from softarm import arm
 from softarm.sim.arm_model import BALL_COLORS, PARKED, ArmSpec, build_xml
 
-CAMERAS = ("base", "tip")
+CAMERAS = ("base", "side", "tip")
 IMAGE_SIZE = 224
 
 

@@ -1,14 +1,23 @@
 """`softarm sim generate`: expert demonstrations in the raw HDF5 format a lab's own recorder would write.
 
 Episode i of a run with seed s is the task's episode `s + i`, so a run is reproducible and an interrupted one
-resumes: finished files are kept, a file is written under a temporary name and renamed when complete.
+resumes: finished files are kept, a file is written under a temporary name and renamed when complete. Several
+tasks may share a directory (file names and `generate_<task>.json` carry the task), which converts into one
+multi-task dataset.
 Evaluation draws its episodes from `EVAL_SEED` upward, far from any generated range.
+
+`noise` > 0 records demonstrations with corrections (DART, Laskey et al. 2017): the expert's commands are executed
+with Gaussian noise, so the arm strays from the expert's own path, and each step is labelled with the command the
+expert gives for the state it is really in. A policy trained on them has seen how to get back onto the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import multiprocessing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,7 +29,7 @@ from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import TASKS
 
-MANIFEST = "generate.json"
+MANIFEST = "generate_{task}.json"
 EVAL_SEED = 1_000_000
 HOLD_STEPS = 3  # steps recorded after success (the tip held on the target), so demonstrations show stopping
 
@@ -31,56 +40,88 @@ class GenerateResult:
     written: int
     reused: int
     failed: list[int]  # episode seeds the expert did not solve (not written)
+    missed_under_noise: list[int] = dataclasses.field(default_factory=list)  # written: the noise made them miss
 
 
-def generate(task_name: str, episodes: int, out_dir: str | Path, *, seed: int = 0) -> GenerateResult:
+def _episode_path(out_dir: Path, task_name: str, episode_seed: int) -> Path:
+    return out_dir / f"{task_name}_{episode_seed:06d}.hdf5"
+
+
+_WORKER: dict = {}  # per process: the simulator, its static model and the expert, opened once
+
+
+def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> tuple[int, bool]:
+    """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success)."""
+    if not _WORKER:
+        env = SoftArmEnv()
+        static = StaticArm(env)
+        _WORKER.update(env=env, static=static, expert=ExpertAgent(static))
+    env, static, expert = _WORKER["env"], _WORKER["static"], _WORKER["expert"]
+    task = TASKS[task_name]
+    spec = task.sample(episode_seed, static, env.control_hz)
+    rollout = run_episode(
+        env, static, task, spec, expert, record_images=True, hold_steps=HOLD_STEPS, action_noise=noise
+    )
+    if rollout.success or noise:
+        path = _episode_path(out_dir, task_name, episode_seed)
+        episode = RawEpisode(
+            path=path, images=rollout.images, nodes=rollout.nodes, actions=rollout.actions, prompt=spec.prompt,
+            fps=env.control_hz, state=rollout.state,
+        )  # fmt: skip
+        partial = path.with_name(f".{path.name}.partial")
+        write_episode(partial, episode)
+        partial.rename(path)
+    return episode_seed, rollout.success
+
+
+def generate(
+    task_name: str, episodes: int, out_dir: str | Path, *, seed: int = 0, noise: float = 0.0, workers: int = 1
+) -> GenerateResult:
+    """Record `episodes` expert episodes of `task_name` (seeds `seed`...) into `out_dir`, in `workers` processes."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {sorted(TASKS)}")
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    if noise < 0:
+        raise ValueError(f"--noise must be >= 0 (standard deviation of the executed command), got {noise}")
     if seed + episodes > EVAL_SEED:
         raise ValueError(f"seeds {seed}..{seed + episodes - 1} would overlap the evaluation seeds (>= {EVAL_SEED})")
     out_dir = Path(out_dir)
-    manifest = {"task": task_name, "seed": seed}
-    if (out_dir / MANIFEST).is_file():
-        previous = json.loads((out_dir / MANIFEST).read_text())
+    manifest = {"task": task_name, "seed": seed, "noise": noise}
+    manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
+    if manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
         if {k: previous.get(k) for k in manifest} != manifest:
             raise ValueError(
-                f"{out_dir} holds episodes of task {previous.get('task')!r} seed {previous.get('seed')}; "
-                f"choose another --out for task {task_name!r} seed {seed}"
+                f"{out_dir} holds episodes of task {task_name!r} seed {previous.get('seed')} noise "
+                f"{previous.get('noise')}; choose another --out for seed {seed} noise {noise}"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = TASKS[task_name]
     result = GenerateResult(out_dir, 0, 0, [])
-    with SoftArmEnv() as env:
-        static = StaticArm(env)
-        expert = ExpertAgent(static)
-        progress = tqdm(range(seed, seed + episodes), desc=f"generate {task_name}", unit="episode")
-        for episode_seed in progress:
-            path = out_dir / f"{task_name}_{episode_seed:06d}.hdf5"
-            if path.is_file():
-                result.reused += 1
-                continue
-            spec = task.sample(episode_seed, static, env.control_hz)
-            rollout = run_episode(env, static, task, spec, expert, record_images=True, hold_steps=HOLD_STEPS)
-            if not rollout.success:
-                result.failed.append(episode_seed)
-                continue
-            episode = RawEpisode(
-                path=path,
-                images=rollout.images,
-                nodes=rollout.nodes,
-                actions=rollout.actions,
-                prompt=spec.prompt,
-                fps=env.control_hz,
-                state=rollout.state,
-            )
-            partial = path.with_name(f".{path.name}.partial")
-            write_episode(partial, episode)
-            partial.rename(path)
-            result.written += 1
-            progress.set_postfix(failed=len(result.failed))
+    todo = []
+    for episode_seed in range(seed, seed + episodes):
+        if _episode_path(out_dir, task_name, episode_seed).is_file():
+            result.reused += 1
+        else:
+            todo.append(episode_seed)
+    progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
+    job = functools.partial(_record, task_name, out_dir, noise)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(todo) > 1:
+            # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(min(workers, len(todo))))
+            outcomes = pool.imap(job, todo)
+        else:
+            outcomes = map(job, todo)
+        for episode_seed, success in outcomes:
+            if not success:
+                # Under noise a miss is the noise's doing and the labels are still the expert's: the episode is kept.
+                (result.missed_under_noise if noise else result.failed).append(episode_seed)
+            result.written += success or bool(noise)
+            progress.update()
+            progress.set_postfix(failed=len(result.failed), missed_under_noise=len(result.missed_under_noise))
+    progress.close()
     summary = {**manifest, "episodes": episodes, "written": result.written, "reused": result.reused,
-               "expert_failed_seeds": result.failed}  # fmt: skip
-    (out_dir / MANIFEST).write_text(json.dumps(summary, indent=2))
+               "expert_failed_seeds": result.failed, "missed_under_noise_seeds": result.missed_under_noise}  # fmt: skip
+    manifest_path.write_text(json.dumps(summary, indent=2))
     return result

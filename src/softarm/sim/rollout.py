@@ -26,7 +26,7 @@ class Rollout:
     spec: EpisodeSpec
     nodes: np.ndarray  # [T, 10, 19] what the agent saw at each step
     state: np.ndarray  # [T, 10]
-    actions: np.ndarray  # [T, 10] what it commanded
+    actions: np.ndarray  # [T, 10] what it commanded (before any execution noise)
     errors: np.ndarray  # [T] tip-target distance (m) after each action
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3] (empty unless recorded)
     success: bool
@@ -47,8 +47,16 @@ def run_episode(
     record_images: bool = False,
     stop_on_success: bool = True,
     hold_steps: int = 0,
+    action_noise: float = 0.0,
 ) -> Rollout:
-    """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success."""
+    """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success.
+
+    `action_noise` > 0 executes the agent's command plus Gaussian noise of that standard deviation (seeded by the
+    episode) while `actions` records the command itself: DART-style demonstrations, whose states stray from the
+    agent's own path and whose labels say how to get back."""
+    if action_noise < 0:
+        raise ValueError(f"action noise must be >= 0, got {action_noise}")
+    noise = np.random.default_rng([spec.seed, 4])
     hz = env.control_hz
     env.set_payload(spec.payload)
     env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
@@ -63,11 +71,11 @@ def run_episode(
             observation["images"] = env.render()
             for camera, frames in images.items():
                 frames.append(observation["images"][camera])
-        action = np.asarray(agent.act(observation), np.float32)
+        action = np.clip(np.asarray(agent.act(observation), np.float32), -1, 1)
         nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
-        actions.append(np.clip(action, -1, 1))
-        env.step(action)
+        actions.append(action)
+        env.step(action + noise.normal(0.0, action_noise, action.shape) if action_noise else action)
         env.place_balls(spec.balls(k + 1))
         errors.append(float(np.linalg.norm(env.tip_position() - spec.targets[k + 1])))
         if stop_on_success and stop_at == len(spec.targets) - 1 and task.done(np.asarray(errors)):
