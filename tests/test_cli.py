@@ -15,25 +15,34 @@ def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["demo", "--out", str(tmp_path), "--episodes", "4", "--eval-episodes", "2",
-            "train.steps=3", "train.save_every=3", "train.val_every=3", "data.num_workers=0"]  # fmt: skip
+    args = ["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--episodes", "choose=2", "--episodes",
+            "follow=0", "--eval-episodes", "2", "train.steps=3", "train.save_every=3", "train.val_every=3",
+            "data.num_workers=0", "data.batch_size=4"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert [f"[{i}/5]" in out for i in range(1, 6)] == [True] * 5
     report = (tmp_path / "report.md").read_text()
-    assert "| scripted expert | 2/2 (100 %) |" in report
-    assert "| random | 0/2 (0 %) |" in report
-    assert "pi0 + graph" in report
-    assert "pi0, no graph" in report
-    for name in ("success.png", "loss.png", "rollouts_graph.gif"):
+    assert "## reach" in report
+    assert "## choose" in report
+    assert "## follow" not in report  # COUNT 0 leaves a task out
+    assert report.count("| scripted expert | 2/2 (100 %) |") == 2
+    assert report.count("| random | 0/2 (0 %) |") == 2
+    assert "Light or heavy payload, reach, choose:" in report
+    for name in ("success.png", "loss.png", "rollouts_reach.gif", "rollouts_choose.gif"):
         assert (tmp_path / name).stat().st_size > 1000
     fusion = json.loads((tmp_path / "runs" / "no_graph" / "checkpoints" / "3" / "model_config.json").read_text())
     assert fusion["fusion"] == "none"
+    meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
+    assert meta["cameras"] == {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}
+    assert json.loads((tmp_path / "eval" / "choose" / "graph" / "eval.json").read_text())["summary"]["task"] == "choose"
 
     assert main(args) == 0  # everything is there: nothing is generated, trained or evaluated again
     again = capsys.readouterr().out
-    assert "0 episodes written, 4 reused" in again
-    assert again.count("exists, reused") == 1 + 2 + 5  # prepared data, two models, five evaluations
+    assert "reach: 0 episodes written, 3 reused" in again
+    assert "choose: 0 episodes written, 2 reused" in again
+    assert again.count("exists, reused") == 1 + 2 + 2 * 5  # prepared data, two models, five evaluations per task
+    with pytest.raises(SystemExit, match="--episodes takes TASK=COUNT"):
+        main(["demo", "--out", str(tmp_path), "--episodes", "reach"])
 
 
 def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:

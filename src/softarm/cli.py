@@ -31,15 +31,23 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.demo import DEFAULT_CONFIG, DemoOptions, run_demo
 
+    episodes = dict(DemoOptions().episodes)
+    for item in args.episodes or ():
+        task, sep, count = item.partition("=")
+        if not sep or not count.isdigit():
+            raise SystemExit(f"--episodes takes TASK=COUNT (e.g. reach=600; COUNT 0 leaves the task out), got {item!r}")
+        episodes[task] = int(count)
     options = DemoOptions(
-        episodes=args.episodes, eval_episodes=args.eval_episodes, config=args.config or DEFAULT_CONFIG,
-        overrides=tuple(args.overrides),
+        episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, seeds=args.seeds,
+        eval_episodes=args.eval_episodes, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides),
     )  # fmt: skip
-    summaries = run_demo(args.out, options)
-    for name, s in summaries.items():
-        low, high = s["success_rate_wilson95"]
-        print(f"  {name:<9} success {s['successes']}/{s['episodes']} (95 % CI {100 * low:.0f}-{100 * high:.0f} %), "
-              f"final tip error median {s['final_error_mm_median']:.1f} mm")  # fmt: skip
+    results = run_demo(args.out, options)
+    for task, summaries in results.items():
+        for name, s in summaries.items():
+            low, high = s["success_rate_wilson95"]
+            print(f"  {task:<6} {name:<12} success {s['successes']}/{s['episodes']} "
+                  f"(95 % CI {100 * low:.0f}-{100 * high:.0f} %), final tip error median "
+                  f"{s['final_error_mm_median']:.1f} mm")  # fmt: skip
     print(f"wrote {args.out}/report.md")
     return 0
 
@@ -108,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sim_generate(args: argparse.Namespace) -> int:
     from softarm.sim.generate import generate
 
-    result = generate(args.task, args.episodes, args.out, seed=args.seed)
+    result = generate(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers)
     failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
     print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}; raw episodes in {args.out}")
     return 0
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--episodes", type=int, default=126)
     gen.add_argument("--out", required=True, help="directory of raw episodes (an interrupted run resumes)")
     gen.add_argument("--seed", type=int, default=0, help="episode i uses task seed SEED + i")
+    gen.add_argument(
+        "--noise", type=float, default=0.0,
+        help="std of Gaussian noise added to the executed commands; the recorded label stays the expert's (DART)",
+    )  # fmt: skip
+    gen.add_argument("--workers", type=int, default=1, help="simulator processes recording episodes in parallel")
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")
@@ -188,8 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
-    demo.add_argument("--episodes", type=int, default=100, help="simulated expert episodes to train on")
-    demo.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per policy")
+    demo.add_argument(
+        "--episodes", action="append", metavar="TASK=COUNT",
+        help="expert episodes of a task to train on (repeatable; default reach=200 choose=100 follow=60)",
+    )  # fmt: skip
+    demo.add_argument("--noise", type=float, default=0.05, help="DART noise on the executed commands while recording")
+    demo.add_argument("--seeds", type=int, default=1, help="training seeds per model, pooled in the report")
+    demo.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and policy")
     demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)

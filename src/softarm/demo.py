@@ -1,19 +1,23 @@
 """`softarm demo`: the whole system on the built-in simulated arm, on a CPU, in one command.
 
-simulate expert episodes -> convert -> train the tiny real PI0Pytorch twice (with the graph, and without it: same
-data, same seed, same steps) -> closed-loop evaluation of both, of the expert, of a payload-blind expert and of
-random pressures -> report.md with plots. Every stage writes into OUT and is skipped when its output is already
-there, so a re-run only does what is missing (an interrupted training resumes from its last checkpoint).
+simulate expert episodes of three tasks -> convert them into one dataset -> train the small real PI0Pytorch on the
+mixture twice (with the graph, and without it: same data, same seed, same steps) -> closed-loop evaluation of both
+on every task, next to the expert, a payload-blind expert and random pressures -> report.md with plots. Every stage
+writes into OUT and is skipped when its output is already there, so a re-run only does what is missing (an
+interrupted training resumes from its last checkpoint).
 
-The task is `choose` ("reach the <colour> ball"), under a random payload on the tip: the same pressures then bend
-the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is, while
-the graph says it.
+The tasks ask for different things of a policy: `reach` to find a ball anywhere in the images, `choose` to read
+the prompt, `follow` to keep correcting. Every episode carries a random payload on the tip: the same pressures then
+bend the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is,
+while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import json
+import os
 from pathlib import Path
 import shutil
 
@@ -24,17 +28,23 @@ from softarm.sim.generate import generate
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
-TASK = "choose"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
 MODELS = {"graph": "state", "no_graph": "none"}
+BASELINES = ("expert", "expert-blind", "random")
+# openpi's image slots <- the simulator's cameras: two fixed views that together give depth, and the wrist camera
+CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    episodes: int = 100  # generated demonstrations
-    val_episodes: int = 6
-    eval_episodes: int = 100  # per policy: enough for intervals that can separate the two models
+    # generated demonstrations per task: reach must learn to find the ball anywhere, so it needs the most
+    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 200, "choose": 100,
+                                                                             "follow": 60})  # fmt: skip
+    noise: float = 0.05  # DART: std of the noise on the executed commands while recording
+    val_episodes: int = 20
+    eval_episodes: int = 100  # per policy and task: enough for intervals that can separate the two models
+    seeds: int = 1  # training seeds per model; the report pools their evaluations
     config: Path = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
 
@@ -43,56 +53,84 @@ def _stage(number: int, text: str) -> None:
     print(f"[{number}/5] {text}", flush=True)
 
 
-def _train(name: str, fusion: str, prepared: Path, out: Path, options: DemoOptions) -> Path:
-    run_dir = out / "runs" / name
-    overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={fusion}"]
+def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoOptions) -> Path:
+    overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={fusion}",
+                 f"train.seed={seed}"]  # fmt: skip
     config = load_config(options.config, [*overrides, *options.overrides])
     final = run_dir / "checkpoints" / str(config.train.steps)
     if final.is_dir():
-        print(f"  {name}: {final} exists, reused")
+        print(f"  {run_dir.name}: {final} exists, reused")
     else:
         train(config)
     return final
 
 
-def _evaluate(name: str, checkpoint: Path | None, out: Path, options: DemoOptions) -> dict:
-    eval_dir = out / "eval" / name
+def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, options: DemoOptions) -> Path:
     report = eval_dir / "eval.json"
     if report.is_file():
         summary = json.loads(report.read_text())["summary"]
         if summary["episodes"] == options.eval_episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
-            print(f"  {name}: {report} exists, reused")
-            return summary
-    policy = "model" if checkpoint else name
-    videos = 2 if checkpoint else 1
-    eval_options = EvalOptions(task=TASK, episodes=options.eval_episodes, policy=policy,
-                               checkpoint=checkpoint and str(checkpoint), videos=videos)  # fmt: skip
-    return evaluate(eval_options, eval_dir)
+            print(f"  {task} / {eval_dir.name}: {report} exists, reused")
+            return report
+    eval_options = EvalOptions(task=task, episodes=options.eval_episodes, policy="model" if checkpoint else policy,
+                               checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
+    evaluate(eval_options, eval_dir)
+    return report
 
 
-def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict:
-    """Run (or finish) the demo in `out`; returns {policy name: evaluation summary}."""
+def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str, dict[str, dict]]:
+    """Run (or finish) the demo in `out`; returns {task: {policy: evaluation summary}} (first seed of a model)."""
     out = Path(out)
     if not Path(options.config).is_file():
         raise FileNotFoundError(f"demo config {options.config} not found; pass --config configs/demo.yaml")
-    _stage(1, f"simulating {options.episodes} expert episodes of '{TASK}' (MuJoCo)")
-    generated = generate(TASK, options.episodes, out / "raw", seed=0)
-    print(f"  {generated.written} episodes written, {generated.reused} reused, expert failed on {generated.failed}")
+    if options.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {options.seeds}")
+    tasks = list(options.episodes)
+    _stage(1, f"simulating expert episodes ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}), "
+              f"commands executed with noise {options.noise} (MuJoCo)")  # fmt: skip
+    for task, count in options.episodes.items():
+        generated = generate(task, count, out / "raw", seed=0, noise=options.noise, workers=min(4, os.cpu_count() or 1))
+        print(f"  {task}: {generated.written} episodes written, {generated.reused} reused")
     prepared = out / "prepared"
-    _stage(2, "converting them to the training format")
+    _stage(2, "converting them into one training dataset")
     if (prepared / "meta.json").is_file():
         print(f"  {prepared} exists, reused")
     else:
-        convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes))
-    _stage(3, "training the tiny real pi0 with the graph and without it")
-    checkpoints = {name: _train(name, fusion, prepared, out, options) for name, fusion in MODELS.items()}
-    _stage(4, f"closed-loop evaluation on {options.eval_episodes} held-out episodes")
-    policies = ("expert", "expert-blind", *MODELS, "random")
-    summaries = {name: _evaluate(name, checkpoints.get(name), out, options) for name in policies}
+        convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=CAMERAS))
+    _stage(3, f"training the small real pi0 on the mixture, with the graph and without it ({options.seeds} seed(s))")
+    runs = {name: [out / "runs" / (name if seed == 0 else f"{name}_seed{seed}") for seed in range(options.seeds)]
+            for name in MODELS}  # fmt: skip
+    checkpoints = {
+        name: [_train(run_dir, MODELS[name], seed, prepared, options) for seed, run_dir in enumerate(run_dirs)]
+        for name, run_dirs in runs.items()
+    }
+    _stage(4, f"closed-loop evaluation on {options.eval_episodes} held-out episodes per task and policy")
+    evaluations: dict[str, dict[str, list[Path]]] = {}
+    for task in tasks:
+        evaluations[task] = {}
+        for policy in ("expert", "expert-blind", *MODELS, "random"):
+            targets = [(None, out / "eval" / task / policy)] if policy in BASELINES else [
+                (checkpoint, out / "eval" / task / run.name) for checkpoint, run in
+                zip(checkpoints[policy], runs[policy], strict=True)
+            ]  # fmt: skip
+            evaluations[task][policy] = [_evaluate(task, policy, ck, d, options) for ck, d in targets]
     _stage(5, "writing the report")
-    write_report(out, summaries, {name: out / "runs" / name for name in MODELS})
-    for name in MODELS:  # the graph model's rollouts next to the report
-        gif = out / "eval" / name / "rollouts.gif"
+    intro = (
+        f"Demonstrations: {', '.join(f'{n} {t}' for t, n in options.episodes.items())} episodes of the scripted "
+        f"expert, its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
+        "are the labels (DART). Every episode carries a random 0-50 g payload on the tip, unknown to the policies. "
+        "Both models are the same small real PI0Pytorch (configs/demo.yaml), trained from scratch on the same "
+        "mixture with the same seed and steps; 'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), "
+        "'pi0, no graph' has only the 10 chamber pressures in its state slot. Cameras: base and side (fixed), tip "
+        "(wrist). The payload-blind expert plans for 25 g whatever the tip carries: what a controller without shape "
+        "sensing achieves. Evaluation episodes are held out (seeds from 1,000,000)."
+    )
+    for task in tasks:  # the graph model's rollouts next to the report
+        gif = out / "eval" / task / "graph" / "rollouts.gif"
         if gif.is_file():
-            shutil.copyfile(gif, out / f"rollouts_{name}.gif")
-    return summaries
+            shutil.copyfile(gif, out / f"rollouts_{task}.gif")
+    write_report(out, evaluations, runs, intro=intro)
+    return {
+        task: {policy: json.loads(files[0].read_text())["summary"] for policy, files in policies.items()}
+        for task, policies in evaluations.items()
+    }

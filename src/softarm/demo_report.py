@@ -1,7 +1,13 @@
-"""The demo's report: loss curves and success rates as PNGs, and report.md that states what the numbers say."""
+"""The demo's report: loss curves and success rates as PNGs, and report.md that states what the numbers say.
+
+Evaluations are pooled before anything is claimed: the episodes of every training seed of a model, and, for the
+graph-vs-no-graph verdicts, the episodes of every task. A difference is claimed only where the 95 % Wilson
+intervals of the pooled counts part.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import json
 from pathlib import Path
 
@@ -9,6 +15,7 @@ from softarm.evaluate import wilson_interval
 
 LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
           "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
+MODELS = ("graph", "no_graph")
 # The payload-blind expert plans for 25 g: close enough in the middle band, a miss at either end, where only a policy
 # that senses its shape can still be right.
 PAYLOAD_BANDS = {
@@ -16,8 +23,17 @@ PAYLOAD_BANDS = {
     "middle (10-40 g)": (10.0, 40.0),
     "heavy (>= 40 g)": (40.0, float("inf")),
 }
+EXTREMES = ("light (< 10 g)", "heavy (>= 40 g)")
 COLORS = {"expert": "tab:gray", "expert-blind": "silver", "graph": "tab:green", "no_graph": "tab:orange",
           "random": "tab:red"}  # fmt: skip
+TASK_TEXT = {
+    "reach": "`reach` (vision): one red ball anywhere in the workspace; success = the tip stays within 10 mm of it "
+    "for 0.3 s within 5 s",
+    "choose": "`choose` (language): three balls at fixed places, the prompt names one; success as for reach",
+    "follow": "`follow` (feedback): a ball circling at 4 cm radius; success = tracking RMSE below 15 mm after 2 s",
+}
+
+Episodes = dict[str, dict[str, list[dict]]]  # task -> policy -> episode rows, pooled over seeds
 
 
 def _plt():
@@ -34,17 +50,51 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def plot_losses(path: Path, runs: dict[str, Path]) -> Path:
+def successes(rows: Sequence[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
+    group = [e["success"] for e in rows if band[0] <= e["payload_g"] < band[1]]
+    return sum(group), len(group)
+
+
+def extremes(rows: Sequence[dict]) -> tuple[int, int]:
+    """Successes in the light and heavy bands together: the episodes a payload-blind plan misses."""
+    light, heavy = (successes(rows, PAYLOAD_BANDS[band]) for band in EXTREMES)
+    return light[0] + heavy[0], light[1] + heavy[1]
+
+
+def pooled(episodes: Episodes, policy: str, tasks: Sequence[str]) -> list[dict]:
+    return [row for task in tasks for row in episodes[task].get(policy, [])]
+
+
+def verdict(graph: tuple[int, int], no_graph: tuple[int, int], where: str) -> str:
+    """Graph vs no graph, (successes, episodes) each: a difference is claimed only where the 95 % intervals part."""
+    (g, g_n), (n, n_n) = graph, no_graph
+    (g_low, g_high), (n_low, n_high) = wilson_interval(g, g_n), wilson_interval(n, n_n)
+    rate_g, rate_n = g / max(g_n, 1), n / max(n_n, 1)
+    counts = (
+        f"{where}: {g}/{g_n} ({100 * rate_g:.0f} %, {100 * g_low:.0f}-{100 * g_high:.0f}) with the graph, "
+        f"{n}/{n_n} ({100 * rate_n:.0f} %, {100 * n_low:.0f}-{100 * n_high:.0f}) without, "
+        f"a difference of {100 * (rate_g - rate_n):+.0f} points"
+    )
+    if g_low > n_high or n_low > g_high:
+        better = "with" if g_low > n_high else "without"
+        return f"{counts}; the model {better} the graph succeeds more often, and the 95 % intervals do not overlap."
+    ahead = "a tie" if rate_g == rate_n else f"the model {'with' if rate_g > rate_n else 'without'} the graph is ahead"
+    return f"{counts}; the 95 % intervals overlap, so these episodes do not separate them ({ahead})."
+
+
+def plot_losses(path: Path, runs: Mapping[str, Sequence[Path]]) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, run_dir in runs.items():
-        records = _metrics(run_dir)
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        val = [(r["step"], r["val_loss_ema"]) for r in records if "val_loss_ema" in r]
-        if train:
-            ax.plot(*zip(*train, strict=True), color=COLORS[name], alpha=0.5, label=f"{LABELS[name]}: train")
-        if val:
-            ax.plot(*zip(*val, strict=True), color=COLORS[name], marker="o", label=f"{LABELS[name]}: validation (EMA)")
+    for name, run_dirs in runs.items():
+        for k, run_dir in enumerate(run_dirs):
+            records = _metrics(run_dir)
+            train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+            val = [(r["step"], r["val_loss_ema"]) for r in records if "val_loss_ema" in r]
+            label = LABELS[name] + (f" (seed {k})" if len(run_dirs) > 1 else "")
+            if train:
+                ax.plot(*zip(*train, strict=True), color=COLORS[name], alpha=0.4, label=f"{label}: train")
+            if val:
+                ax.plot(*zip(*val, strict=True), color=COLORS[name], marker="o", label=f"{label}: validation (EMA)")
     ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -54,45 +104,43 @@ def plot_losses(path: Path, runs: dict[str, Path]) -> Path:
     return path
 
 
-def plot_success(path: Path, episodes: dict[str, list[dict]]) -> Path:
-    """Success overall and per payload band (95 % Wilson intervals), and where the tip ended; one policy per entry."""
+def _bar(ax, x: float, counts: tuple[int, int], name: str, **kwargs) -> float:
+    hits, n = counts
+    rate, (low, high) = 100 * hits / n, (100 * v for v in wilson_interval(hits, n))
+    ax.bar(x, rate, color=COLORS[name], **kwargs)
+    ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], color="k", capsize=3)
+    return rate
+
+
+def plot_success(path: Path, episodes: Episodes) -> Path:
+    """One panel per task (success with 95 % Wilson intervals), and the payload bands pooled over the tasks."""
     plt = _plt()
-    names = list(episodes)
-    fig, (overall, bands, errors) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [4, 5, 4]})
+    tasks = list(episodes)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 4.6))
+    for ax, task in zip(axes, tasks, strict=False):
+        names = list(episodes[task])
+        for i, name in enumerate(names):
+            counts = successes(episodes[task][name])
+            rate = _bar(ax, i, counts, name, width=0.8)
+            ax.text(i, rate + 2, f"{counts[0]}/{counts[1]}", ha="center", fontsize=8)
+        ax.set(xticks=range(len(names)), ylim=(0, 112), title=task)
+        ax.set_xticklabels([LABELS[n] for n in names], rotation=25, ha="right", fontsize=8)
+    axes[0].set_ylabel("success (%), 95 % Wilson interval")
+    bands = axes[-1]
+    names = [n for n in LABELS if any(n in episodes[t] for t in tasks)]
     width = 0.8 / len(names)
-
-    def bar(ax, x: float, successes: int, n: int, name: str, **kwargs) -> float:
-        rate, (low, high) = 100 * successes / n, (100 * v for v in wilson_interval(successes, n))
-        ax.bar(x, rate, color=COLORS[name], **kwargs)
-        ax.errorbar(x, rate, yerr=[[rate - low], [high - rate]], color="k", capsize=3)
-        return rate
-
     for i, name in enumerate(names):
-        successes, n = _successes(episodes[name])
-        rate = bar(overall, i, successes, n, name, width=0.8)
-        overall.text(i, rate + 2, f"{successes}/{n}", ha="center", fontsize=9)
+        rows = pooled(episodes, name, tasks)
         offset = (i - (len(names) - 1) / 2) * width
         for j, band in enumerate(PAYLOAD_BANDS.values()):
-            successes, n = _successes(episodes[name], band)
-            if n:
-                bar(bands, 1 + j + offset, successes, n, name, width=width, label=LABELS[name] if j == 0 else None)
-    overall.set(xticks=range(len(names)), ylim=(0, 110), ylabel="success (%), 95 % Wilson interval",
-                title="reach the named ball (tip within 10 mm)")  # fmt: skip
-    overall.set_xticklabels([LABELS[n] for n in names], rotation=20, ha="right")
-    bands.set(
-        xticks=range(1, len(PAYLOAD_BANDS) + 1),
-        ylim=(0, 130),
-        yticks=range(0, 101, 20),
-        title="by payload: a blind plan misses light and heavy",
-    )
-    bands.set_xticklabels(list(PAYLOAD_BANDS))
-    bands.legend(fontsize=8, loc="upper center", ncol=3)
-    errors.boxplot([[e["final_error_mm"] for e in episodes[name]] for name in names])
-    errors.set_xticklabels([LABELS[n] for n in names], rotation=20, ha="right")
-    errors.axhline(10, color="tab:red", ls="--", lw=1)
-    errors.set(yscale="log", ylabel="final tip error (mm)", title="where the tip ended")
-    for ax in (overall, bands, errors):
-        ax.tick_params(axis="x", labelsize=8)
+            counts = successes(rows, band)
+            if counts[1]:
+                _bar(bands, j + offset, counts, name, width=width, label=LABELS[name] if j == 0 else None)
+    bands.set(xticks=range(len(PAYLOAD_BANDS)), ylim=(0, 135), yticks=range(0, 101, 20),
+              title="all tasks, by payload (blind plans miss light, heavy)")  # fmt: skip
+    bands.set_xticklabels(list(PAYLOAD_BANDS), fontsize=8)
+    bands.legend(fontsize=7, loc="upper center", ncol=3)
+    for ax in axes:
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -100,93 +148,99 @@ def plot_success(path: Path, episodes: dict[str, list[dict]]) -> Path:
     return path
 
 
-def _row(name: str, s: dict) -> str:
-    low, high = s["success_rate_wilson95"]
-    tts = s["time_to_success_s_median"]
+def _row(name: str, rows: Sequence[dict], evaluations: int) -> str:
+    hits, n = successes(rows)
+    low, high = wilson_interval(hits, n)
+    errors = sorted(r["final_error_mm"] for r in rows)
+    times = sorted(r["time_to_success_s"] for r in rows if r["time_to_success_s"] is not None)
+    rmse = sorted(r["tracking_rmse_mm"] for r in rows if "tracking_rmse_mm" in r)
+    median = lambda values: f"{values[len(values) // 2]:.1f}" if values else "-"  # noqa: E731
+    seeds = f" ({evaluations} seeds)" if evaluations > 1 else ""
     return (
-        f"| {LABELS[name]} | {s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f} %) | "
-        f"{100 * low:.0f}-{100 * high:.0f} % | {s['final_error_mm_median']:.1f} | {s['final_error_mm_mean']:.1f} | "
-        f"{'-' if tts is None else f'{tts:.1f}'} |"
+        f"| {LABELS[name]}{seeds} | {hits}/{n} ({100 * hits / n:.0f} %) | {100 * low:.0f}-{100 * high:.0f} % | "
+        f"{median(errors)} | {median(rmse)} | {median(times)} |"
     )
 
 
-def _successes(rows: list[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
-    group = [e["success"] for e in rows if band[0] <= e["payload_g"] < band[1]]
-    return sum(group), len(group)
-
-
-def _by_payload(episodes: dict[str, list[dict]]) -> list[str]:
-    """Success split by payload band: where a policy that cannot sense its shape should lose."""
+def _by_payload(episodes: Mapping[str, Sequence[dict]]) -> list[str]:
     lines = [f"| policy | {' | '.join(f'success, {band}' for band in PAYLOAD_BANDS)} |", "|---" * 4 + "|"]
     for name, rows in episodes.items():
-        cells = [_successes(rows, band) for band in PAYLOAD_BANDS.values()]
+        cells = [successes(rows, band) for band in PAYLOAD_BANDS.values()]
         lines.append(f"| {LABELS[name]} | {' | '.join(f'{s}/{n}' if n else '-' for s, n in cells)} |")
     return lines
 
 
-def _verdict(graph: tuple[int, int], no_graph: tuple[int, int], where: str) -> str:
-    """Graph vs no graph, (successes, episodes) each: a difference is claimed only where the 95 % intervals part."""
-    (g, g_n), (n, n_n) = graph, no_graph
-    (g_low, g_high), (n_low, n_high) = wilson_interval(g, g_n), wilson_interval(n, n_n)
-    counts = f"{where}: {g}/{g_n} with the graph, {n}/{n_n} without"
-    if g_low > n_high or n_low > g_high:
-        better = "with" if g_low > n_high else "without"
-        return f"{counts}; the model {better} the graph succeeds more often, and the 95 % intervals do not overlap."
-    rate_g, rate_n = g / max(g_n, 1), n / max(n_n, 1)
-    ahead = "a tie" if rate_g == rate_n else f"the model {'with' if rate_g > rate_n else 'without'} the graph is ahead"
-    return f"{counts}; the 95 % intervals overlap, so this run does not separate them ({ahead})."
+def load_evaluations(paths: Mapping[str, Mapping[str, Sequence[Path]]]) -> tuple[Episodes, dict]:
+    """task -> policy -> eval.json paths (one per training seed for a model) -> pooled rows and the count of each."""
+    episodes: Episodes = {}
+    counts: dict[tuple[str, str], int] = {}
+    for task, policies in paths.items():
+        episodes[task] = {}
+        for policy, files in policies.items():
+            episodes[task][policy] = [row for f in files for row in json.loads(Path(f).read_text())["episodes"]]
+            counts[task, policy] = len(files)
+    return episodes, counts
 
 
-def _extremes(rows: list[dict]) -> tuple[int, int]:
-    """Successes in the light and heavy bands together: the episodes a payload-blind plan misses."""
-    light, heavy = (_successes(rows, PAYLOAD_BANDS[band]) for band in ("light (< 10 g)", "heavy (>= 40 g)"))
-    return light[0] + heavy[0], light[1] + heavy[1]
-
-
-def write_report(out: Path, summaries: dict[str, dict], runs: dict[str, Path]) -> Path:
-    episodes = {name: json.loads((out / "eval" / name / "eval.json").read_text())["episodes"] for name in summaries}
+def write_report(
+    out: Path, evaluations: Mapping[str, Mapping[str, Sequence[Path]]], runs: Mapping[str, Sequence[Path]],
+    *, intro: str = "",
+) -> Path:  # fmt: skip
+    """report.md, success.png and loss.png in `out` from the evaluations and the training runs."""
+    episodes, counts = load_evaluations(evaluations)
+    tasks = list(episodes)
     plot_losses(out / "loss.png", runs)
     plot_success(out / "success.png", episodes)
-    val = {
-        name: next((r["val_loss_ema"] for r in reversed(_metrics(run_dir)) if "val_loss_ema" in r), None)
-        for name, run_dir in runs.items()
-    }
-    lines = [
-        "# softarm demo report",
-        "",
-        'Task `choose`: the prompt names one of three balls ("reach the blue ball"); success = the tip stays within '
-        "10 mm of it for 0.3 s within 5 s. Each episode starts from a random pose and carries a random 0-50 g payload "
-        "on the tip, unknown to the policies: the same pressures then put the tip in a different place. Both models "
-        "are the tiny real PI0Pytorch, trained from scratch on the same episodes with the same seed and steps; "
-        "'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), 'pi0, no graph' has only the 10 chamber "
-        "pressures in its state slot. The payload-blind expert plans for a 25 g payload whatever the tip carries: what "
-        "a controller without shape sensing achieves open loop. Evaluation episodes are held out (seeds from "
-        "1,000,000).",
-        "",
-        "| policy | success | 95 % interval | final tip error, median (mm) | mean (mm) | time to success, median (s) |",
-        "|---|---|---|---|---|---|",
-        *(_row(name, s) for name, s in summaries.items()),
-        "",
-        _verdict(_successes(episodes["graph"]), _successes(episodes["no_graph"]), "All episodes"),
-        "",
-        "By payload: the payload-blind expert's plan for 25 g is close enough in the middle band and misses at either "
-        "end, where only a policy that senses its shape can still be right.",
-        "",
-        *_by_payload(episodes),
-        "",
-        _verdict(*(_extremes(episodes[name]) for name in ("graph", "no_graph")), "Light or heavy payload"),
-        "",
+    lines = ["# softarm demo report", "", intro, ""] if intro else ["# softarm demo report", ""]
+    for task in tasks:
+        lines += [
+            f"## {task}",
+            "",
+            TASK_TEXT.get(task, f"`{task}`") + ".",
+            "",
+            "| policy | success | 95 % interval | final tip error, median (mm) | tracking RMSE, median (mm) | "
+            "time to success, median (s) |",
+            "|---|---|---|---|---|---|",
+            *(_row(name, rows, counts[task, name]) for name, rows in episodes[task].items()),
+            "",
+            *_by_payload(episodes[task]),
+            "",
+        ]
+        if all(m in episodes[task] for m in MODELS):
+            graph, no_graph = (episodes[task][m] for m in MODELS)
+            lines += [verdict(successes(graph), successes(no_graph), "All episodes"), ""]
+        if (out / f"rollouts_{task}.gif").is_file():
+            lines += [f"Rollouts of the graph model (base | side | tip camera): ![{task}](rollouts_{task}.gif)", ""]
+    present = [t for t in tasks if all(m in episodes[t] for m in MODELS)]
+    if present:
+        graph, no_graph = (pooled(episodes, m, present) for m in MODELS)
+        lines += [
+            "## Graph vs no graph, pooled over the tasks",
+            "",
+            "Where the payload matters (light or heavy: a plan that ignores the payload misses there, and only a "
+            "policy that senses its shape can still be right):",
+            "",
+            verdict(extremes(graph), extremes(no_graph), "Light or heavy payload, " + ", ".join(present)),
+            "",
+            verdict(successes(graph), successes(no_graph), "All episodes, " + ", ".join(present)),
+            "",
+        ]
+    val = {}
+    for name, run_dirs in runs.items():
+        values = [
+            next((r["val_loss_ema"] for r in reversed(_metrics(d)) if "val_loss_ema" in r), None) for d in run_dirs
+        ]
+        val[name] = [v for v in values if v is not None]
+    lines += [
         "Validation loss (EMA weights, last evaluation): "
-        + ", ".join(f"{LABELS[n]} {v:.4f}" for n, v in val.items() if v is not None)
+        + ", ".join(f"{LABELS[n]} {' / '.join(f'{v:.4f}' for v in vs)}" for n, vs in val.items() if vs)
         + ".",
         "",
         "![success](success.png)",
         "",
         "![loss](loss.png)",
         "",
-        "Rollouts of the graph model (base camera | tip camera): ![rollouts](rollouts_graph.gif)",
-        "",
-        "Each policy's episodes, plots and GIF are in `eval/<policy>/`; the training runs (metrics.jsonl, "
+        "Each policy's episodes, plots and GIF are in `eval/<task>/<policy>/`; the training runs (metrics.jsonl, "
         "TensorBoard, checkpoints) in `runs/<model>/`.",
         "",
     ]
