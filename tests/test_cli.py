@@ -15,18 +15,21 @@ def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--episodes", "choose=2", "--episodes",
-            "follow=0", "--eval-episodes", "2", "train.steps=3", "train.save_every=3", "train.val_every=3",
-            "data.num_workers=0", "data.batch_size=4"]  # fmt: skip
+    flags = ["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--episodes", "choose=2", "--eval-episodes", "2",
+             "--eval-episodes", "follow=0"]  # fmt: skip
+    overrides = ["train.steps=3", "train.save_every=3", "train.val_every=3", "data.num_workers=0", "data.batch_size=4"]
+    args = [*flags, *overrides]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert [f"[{i}/5]" in out for i in range(1, 6)] == [True] * 5
+    assert "training the small real pi0 on choose + reach" in out
     report = (tmp_path / "report.md").read_text()
     assert "## reach" in report
     assert "## choose" in report
     assert "## follow" not in report  # COUNT 0 leaves a task out
     assert report.count("| scripted expert | 2/2 (100 %) |") == 2
     assert report.count("| random | 0/2 (0 %) |") == 2
+    assert report.count("| pi0 + graph | ") == 2 * 2  # two tasks, success and payload-band tables
     assert "Light or heavy payload, reach, choose:" in report
     for name in ("success.png", "loss.png", "rollouts_reach.gif", "rollouts_choose.gif"):
         assert (tmp_path / name).stat().st_size > 1000
@@ -41,8 +44,21 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
     assert "reach: 0 episodes written, 3 reused" in again
     assert "choose: 0 episodes written, 2 reused" in again
     assert again.count("exists, reused") == 1 + 2 + 2 * 5  # prepared data, two models, five evaluations per task
+
+    # a task scored but not trained: its baselines only, said so in the report
+    assert main([*flags, "--eval-episodes", "follow=1", *overrides]) == 0
+    report = (tmp_path / "report.md").read_text()
+    follow = report[report.index("## follow") :]
+    assert "| scripted expert | 1/1 (100 %) |" in follow
+    assert "pi0 + graph |" not in follow.split("## Graph vs no graph")[0]
+    assert "No model was trained on this task in this run." in follow
+    assert "No model was trained on follow in this run" in report
     with pytest.raises(SystemExit, match="--episodes takes TASK=COUNT"):
         main(["demo", "--out", str(tmp_path), "--episodes", "reach"])
+    with pytest.raises(SystemExit, match=r"--eval-episodes takes TASK=COUNT or COUNT \(e\.g\. follow=50\), got '=3'"):
+        main(["demo", "--out", str(tmp_path), "--eval-episodes", "=3"])
+    with pytest.raises(ValueError, match="no evaluation episodes for reach: give --eval-episodes TASK=COUNT >= 1"):
+        main(["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes", "reach=0"])
 
 
 def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:

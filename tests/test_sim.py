@@ -200,7 +200,7 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
     result = generate("reach", 3, raw, seed=7)
     assert (result.written, result.reused, result.failed) == (3, 0, [])
     episode = read_episode(raw / "reach_000007.hdf5")
-    assert episode.prompt == "reach the red ball"
+    assert episode.prompt == "reach the ball"
     assert episode.fps == 10.0
     assert episode.images["base"].shape == (episode.length, 224, 224, 3)
     assert episode.nodes.shape == (episode.length, 10, 19)
@@ -317,6 +317,10 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert np.abs(episode.nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.1  # executed != recorded
     converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     assert (len(converted.kept), converted.skipped) == (3, [])
+    again = generate("choose", 3, raw, seed=0, noise=0.2)  # all reused: the misses stay listed
+    assert (again.written, again.reused, again.missed_under_noise) == (0, 3, result.missed_under_noise)
+    manifest = json.loads((raw / "generate_choose.json").read_text())
+    assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
     with pytest.raises(ValueError, match=r"seed 0 noise 0\.2; choose another --out for seed 0 noise 0\.0"):
         generate("choose", 3, raw, seed=0)
     serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process

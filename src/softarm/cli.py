@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import sys
 
 
@@ -28,18 +28,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str, example: str) -> dict[str, int]:
+    """TASK=COUNT items over the defaults; a bare COUNT sets every task."""
+    counts = dict(defaults)
+    for item in items or ():
+        task, sep, count = item.rpartition("=")
+        if not count.isdigit() or (sep and not task):
+            raise SystemExit(f"{flag} takes TASK=COUNT or COUNT (e.g. {example}), got {item!r}")
+        counts.update({task: int(count)} if sep else dict.fromkeys(counts, int(count)))
+    return counts
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.demo import DEFAULT_CONFIG, DemoOptions, run_demo
 
-    episodes = dict(DemoOptions().episodes)
-    for item in args.episodes or ():
-        task, sep, count = item.partition("=")
-        if not sep or not count.isdigit():
-            raise SystemExit(f"--episodes takes TASK=COUNT (e.g. reach=600; COUNT 0 leaves the task out), got {item!r}")
-        episodes[task] = int(count)
+    defaults = DemoOptions()
+    episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
+    evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
     options = DemoOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, seeds=args.seeds,
-        eval_episodes=args.eval_episodes, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides),
+        eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides),
     )  # fmt: skip
     results = run_demo(args.out, options)
     for task, summaries in results.items():
@@ -203,11 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
     demo.add_argument(
         "--episodes", action="append", metavar="TASK=COUNT",
-        help="expert episodes of a task to train on (repeatable; default reach=200 choose=100 follow=60)",
+        help="expert episodes of a task to train on, 0 leaves it out (repeatable; default choose=150)",
     )  # fmt: skip
     demo.add_argument("--noise", type=float, default=0.05, help="DART noise on the executed commands while recording")
     demo.add_argument("--seeds", type=int, default=1, help="training seeds per model, pooled in the report")
-    demo.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and policy")
+    demo.add_argument(
+        "--eval-episodes", action="append", metavar="[TASK=]COUNT",
+        help="closed-loop episodes per policy, per task or all; 0 skips a task (default reach=50 choose=100 follow=30)",
+    )  # fmt: skip
     demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)

@@ -1,15 +1,18 @@
 """`softarm demo`: the whole system on the built-in simulated arm, on a CPU, in one command.
 
-simulate expert episodes of three tasks -> convert them into one dataset -> train the small real PI0Pytorch on the
-mixture twice (with the graph, and without it: same data, same seed, same steps) -> closed-loop evaluation of both
-on every task, next to the expert, a payload-blind expert and random pressures -> report.md with plots. Every stage
-writes into OUT and is skipped when its output is already there, so a re-run only does what is missing (an
-interrupted training resumes from its last checkpoint).
+simulate expert episodes -> convert them into one dataset -> train the small real PI0Pytorch twice (with the graph,
+and without it: same data, same seed, same steps) -> closed-loop evaluation of both next to the expert, a
+payload-blind expert and random pressures -> report.md with plots. Every stage writes into OUT and is skipped when
+its output is already there, so a re-run only does what is missing (an interrupted training resumes from its last
+checkpoint).
 
 The tasks ask for different things of a policy: `reach` to find a ball anywhere in the images, `choose` to read
 the prompt, `follow` to keep correcting. Every episode carries a random payload on the tip: the same pressures then
 bend the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is,
-while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover.
+while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover. By
+default the models learn `choose` and the baselines show all three tasks: on 2 CPU cores the small model does not
+learn to find a ball in the images (docs/cpu_model_search.md), and training on a mixture with `reach` and `follow`
+costs `choose` most of its success; `--episodes reach=100` adds a task to the training mixture.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb":
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    # generated demonstrations per task: reach must learn to find the ball anywhere, so it needs the most
-    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 200, "choose": 100,
-                                                                             "follow": 60})  # fmt: skip
+    # demonstrations per task; the models train on all of them (a mixture if several tasks)
+    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"choose": 150})
     noise: float = 0.05  # DART: std of the noise on the executed commands while recording
     val_episodes: int = 20
-    eval_episodes: int = 100  # per policy and task: enough for intervals that can separate the two models
+    # closed-loop episodes per policy and task (0 leaves a task out): 100 on choose, for intervals that can separate
+    # the two models; fewer on follow, whose expert re-plans every step (about 1.4 s per episode). The models are
+    # scored on the tasks they learned, the baselines on all.
+    eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 50, "choose": 100,
+                                                                                  "follow": 30})  # fmt: skip
     seeds: int = 1  # training seeds per model; the report pools their evaluations
     config: Path = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
@@ -65,14 +71,14 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
     return final
 
 
-def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, options: DemoOptions) -> Path:
+def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int) -> Path:
     report = eval_dir / "eval.json"
     if report.is_file():
         summary = json.loads(report.read_text())["summary"]
-        if summary["episodes"] == options.eval_episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
+        if summary["episodes"] == episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
             print(f"  {task} / {eval_dir.name}: {report} exists, reused")
             return report
-    eval_options = EvalOptions(task=task, episodes=options.eval_episodes, policy="model" if checkpoint else policy,
+    eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
     evaluate(eval_options, eval_dir)
     return report
@@ -85,9 +91,14 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         raise FileNotFoundError(f"demo config {options.config} not found; pass --config configs/demo.yaml")
     if options.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {options.seeds}")
-    tasks = list(options.episodes)
-    _stage(1, f"simulating expert episodes ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}), "
-              f"commands executed with noise {options.noise} (MuJoCo)")  # fmt: skip
+    trained = list(options.episodes)
+    missing = [task for task in trained if options.eval_episodes.get(task, 0) < 1]
+    if missing:
+        raise ValueError(f"no evaluation episodes for {', '.join(missing)}: give --eval-episodes TASK=COUNT >= 1")
+    tasks = [task for task, count in options.eval_episodes.items() if count > 0]
+    noise = f", commands executed with noise {options.noise}" if options.noise else ""
+    _stage(1, f"simulating expert episodes ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}){noise} "
+              "(MuJoCo)")  # fmt: skip
     for task, count in options.episodes.items():
         generated = generate(task, count, out / "raw", seed=0, noise=options.noise, workers=min(4, os.cpu_count() or 1))
         print(f"  {task}: {generated.written} episodes written, {generated.reused} reused")
@@ -97,36 +108,46 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         print(f"  {prepared} exists, reused")
     else:
         convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=CAMERAS))
-    _stage(3, f"training the small real pi0 on the mixture, with the graph and without it ({options.seeds} seed(s))")
+    _stage(3, f"training the small real pi0 on {' + '.join(trained)}, with the graph and without it "
+              f"({options.seeds} seed(s))")  # fmt: skip
     runs = {name: [out / "runs" / (name if seed == 0 else f"{name}_seed{seed}") for seed in range(options.seeds)]
             for name in MODELS}  # fmt: skip
     checkpoints = {
         name: [_train(run_dir, MODELS[name], seed, prepared, options) for seed, run_dir in enumerate(run_dirs)]
         for name, run_dirs in runs.items()
     }
-    _stage(4, f"closed-loop evaluation on {options.eval_episodes} held-out episodes per task and policy")
+    counts = ", ".join(f"{task} {options.eval_episodes[task]}" for task in tasks)
+    _stage(4, f"closed-loop evaluation on held-out episodes, per policy: {counts}")
     evaluations: dict[str, dict[str, list[Path]]] = {}
     for task in tasks:
         evaluations[task] = {}
-        for policy in ("expert", "expert-blind", *MODELS, "random"):
+        for policy in ("expert", "expert-blind", *(MODELS if task in trained else ()), "random"):
             targets = [(None, out / "eval" / task / policy)] if policy in BASELINES else [
                 (checkpoint, out / "eval" / task / run.name) for checkpoint, run in
                 zip(checkpoints[policy], runs[policy], strict=True)
             ]  # fmt: skip
-            evaluations[task][policy] = [_evaluate(task, policy, ck, d, options) for ck, d in targets]
+            count = options.eval_episodes[task]
+            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count) for ck, d in targets]
     _stage(5, "writing the report")
+    untrained = [task for task in tasks if task not in trained]
+    dart = (f", its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
+            "are the labels (DART)") if options.noise else ""  # fmt: skip
     intro = (
         f"Demonstrations: {', '.join(f'{n} {t}' for t, n in options.episodes.items())} episodes of the scripted "
-        f"expert, its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
-        "are the labels (DART). Every episode carries a random 0-50 g payload on the tip, unknown to the policies. "
+        f"expert{dart}. Every episode carries a random 0-50 g payload on the tip, unknown to the policies. "
         "Both models are the same small real PI0Pytorch (configs/demo.yaml), trained from scratch on the same "
-        "mixture with the same seed and steps; 'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), "
+        "episodes with the same seed and steps; 'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), "
         "'pi0, no graph' has only the 10 chamber pressures in its state slot. Cameras: base and side (fixed), tip "
         "(wrist). The payload-blind expert plans for 25 g whatever the tip carries: what a controller without shape "
         "sensing achieves. Evaluation episodes are held out (seeds from 1,000,000)."
     )
-    for task in tasks:  # the graph model's rollouts next to the report
-        gif = out / "eval" / task / "graph" / "rollouts.gif"
+    if untrained:
+        intro += (
+            f" No model was trained on {' or '.join(untrained)} in this run; `--episodes TASK=COUNT` adds a task to "
+            "the training mixture, and docs/cpu_model_search.md says why the default trains on choose alone."
+        )
+    for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was trained)
+        gif = out / "eval" / task / ("graph" if task in trained else "expert") / "rollouts.gif"
         if gif.is_file():
             shutil.copyfile(gif, out / f"rollouts_{task}.gif")
     write_report(out, evaluations, runs, intro=intro)

@@ -27,10 +27,11 @@ EXTREMES = ("light (< 10 g)", "heavy (>= 40 g)")
 COLORS = {"expert": "tab:gray", "expert-blind": "silver", "graph": "tab:green", "no_graph": "tab:orange",
           "random": "tab:red"}  # fmt: skip
 TASK_TEXT = {
-    "reach": "`reach` (vision): one red ball anywhere in the workspace; success = the tip stays within 10 mm of it "
+    "reach": "`reach` (vision): one ball anywhere in the workspace; success = the tip stays within 10 mm of it "
     "for 0.3 s within 5 s",
     "choose": "`choose` (language): three balls at fixed places, the prompt names one; success as for reach",
-    "follow": "`follow` (feedback): a ball circling at 4 cm radius; success = tracking RMSE below 15 mm after 2 s",
+    "follow": "`follow` (feedback): a ball circling at 4 cm radius around a random centre; success = tracking RMSE "
+    "below 15 mm after 2 s",
 }
 
 Episodes = dict[str, dict[str, list[dict]]]  # task -> policy -> episode rows, pooled over seeds
@@ -113,9 +114,11 @@ def _bar(ax, x: float, counts: tuple[int, int], name: str, **kwargs) -> float:
 
 
 def plot_success(path: Path, episodes: Episodes) -> Path:
-    """One panel per task (success with 95 % Wilson intervals), and the payload bands pooled over the tasks."""
+    """One panel per task (success with 95 % Wilson intervals), and the payload bands pooled over the tasks the
+    models were scored on (all tasks if none)."""
     plt = _plt()
     tasks = list(episodes)
+    scored = [t for t in tasks if any(m in episodes[t] for m in MODELS)] or tasks
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 4.6))
     for ax, task in zip(axes, tasks, strict=False):
         names = list(episodes[task])
@@ -127,17 +130,17 @@ def plot_success(path: Path, episodes: Episodes) -> Path:
         ax.set_xticklabels([LABELS[n] for n in names], rotation=25, ha="right", fontsize=8)
     axes[0].set_ylabel("success (%), 95 % Wilson interval")
     bands = axes[-1]
-    names = [n for n in LABELS if any(n in episodes[t] for t in tasks)]
+    names = [n for n in LABELS if any(n in episodes[t] for t in scored)]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        rows = pooled(episodes, name, tasks)
+        rows = pooled(episodes, name, scored)
         offset = (i - (len(names) - 1) / 2) * width
         for j, band in enumerate(PAYLOAD_BANDS.values()):
             counts = successes(rows, band)
             if counts[1]:
                 _bar(bands, j + offset, counts, name, width=width, label=LABELS[name] if j == 0 else None)
     bands.set(xticks=range(len(PAYLOAD_BANDS)), ylim=(0, 135), yticks=range(0, 101, 20),
-              title="all tasks, by payload (blind plans miss light, heavy)")  # fmt: skip
+              title=f"{', '.join(scored)}, by payload (blind plans miss light, heavy)")  # fmt: skip
     bands.set_xticklabels(list(PAYLOAD_BANDS), fontsize=8)
     bands.legend(fontsize=7, loc="upper center", ncol=3)
     for ax in axes:
@@ -209,8 +212,11 @@ def write_report(
         if all(m in episodes[task] for m in MODELS):
             graph, no_graph = (episodes[task][m] for m in MODELS)
             lines += [verdict(successes(graph), successes(no_graph), "All episodes"), ""]
+        else:
+            lines += ["No model was trained on this task in this run.", ""]
         if (out / f"rollouts_{task}.gif").is_file():
-            lines += [f"Rollouts of the graph model (base | side | tip camera): ![{task}](rollouts_{task}.gif)", ""]
+            whose = "graph model" if "graph" in episodes[task] else "scripted expert"
+            lines += [f"Rollouts of the {whose} (base | side | tip camera): ![{task}](rollouts_{task}.gif)", ""]
     present = [t for t in tasks if all(m in episodes[t] for m in MODELS)]
     if present:
         graph, no_graph = (pooled(episodes, m, present) for m in MODELS)

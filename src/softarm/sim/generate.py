@@ -89,13 +89,12 @@ def generate(
     out_dir = Path(out_dir)
     manifest = {"task": task_name, "seed": seed, "noise": noise}
     manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        if {k: previous.get(k) for k in manifest} != manifest:
-            raise ValueError(
-                f"{out_dir} holds episodes of task {task_name!r} seed {previous.get('seed')} noise "
-                f"{previous.get('noise')}; choose another --out for seed {seed} noise {noise}"
-            )
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if previous and {k: previous.get(k) for k in manifest} != manifest:
+        raise ValueError(
+            f"{out_dir} holds episodes of task {task_name!r} seed {previous.get('seed')} noise "
+            f"{previous.get('noise')}; choose another --out for seed {seed} noise {noise}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     result = GenerateResult(out_dir, 0, 0, [])
     todo = []
@@ -104,6 +103,10 @@ def generate(
             result.reused += 1
         else:
             todo.append(episode_seed)
+    # misses under noise among the episodes kept from an earlier run stay listed
+    result.missed_under_noise = [
+        s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
+    ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
     job = functools.partial(_record, task_name, out_dir, noise)
     with contextlib.ExitStack() as stack:

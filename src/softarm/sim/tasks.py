@@ -57,7 +57,7 @@ def _random_shape(rng: np.random.Generator, scale: float) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class ReachTask:
     name: str = "reach"
-    prompt: str = "reach the red ball"
+    prompt: str = "reach the ball"  # one ball: no colour to name (choose names one of three)
     time_limit: float = 5.0
     min_distance: float = 0.06  # m between the initial tip and the target
     dwell: int = 3  # control steps the tip must stay within SUCCESS_RADIUS
