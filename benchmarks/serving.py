@@ -23,13 +23,12 @@ import tempfile
 import time
 import urllib.request
 
+import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-ROOT = Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.test_raw import make_episode  # noqa: E402
+from softarm.data.raw import RawEpisode, write_episode  # numpy and h5py only
 
-from softarm.data.raw import write_episode  # noqa: E402 - numpy and h5py only
+ROOT = Path(__file__).parents[1]
 
 SOFTARM = [sys.executable, "-m", "softarm.cli"]
 
@@ -41,6 +40,16 @@ def time_direct(checkpoint: str, repeats: int) -> list[float]:
     policy = SoftArmPolicy.from_checkpoint(checkpoint)
     obs = observation()
     return timed(lambda: policy.infer(obs), repeats)
+
+
+def make_episode(length: int, seed: int) -> RawEpisode:
+    """A random episode of the 10-segment arm with a base and a tip camera (small images, 4-D state)."""
+    rng = np.random.default_rng(seed)
+    images = {"base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
+              "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8)}  # fmt: skip
+    return RawEpisode(path=Path("unused"), images=images, nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+                      actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32), prompt="reach the red ball",
+                      fps=10.0, state=rng.normal(size=(length, 4)).astype(np.float32))  # fmt: skip
 
 
 def observation() -> dict:

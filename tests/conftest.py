@@ -1,13 +1,69 @@
-"""Shared builders: tiny configs of the real PI0Pytorch and synthetic batches."""
+"""Shared builders and fixtures: synthetic raw episodes, batches for the tiny real PI0Pytorch, a trained policy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 from openpi.models.model import Observation
 import pytest
 import torch
 
-from softarm.data.convert import IMAGE_SLOTS
+from softarm.data.convert import IMAGE_SLOTS, ConvertOptions, convert
+from softarm.data.raw import RawEpisode, write_episode
 from softarm.model import SoftArmModelConfig
+
+DEBUG_CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
+POLICY_CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip"}
+
+
+def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> RawEpisode:
+    rng = np.random.default_rng(seed)
+    return RawEpisode(
+        path=Path("unused"),
+        images={
+            "base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
+            "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8),
+        },
+        nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
+        prompt="reach the red ball",
+        fps=10.0,
+        state=None if state_dim is None else rng.normal(size=(length, state_dim)).astype(np.float32),
+        edges=np.array([[i, i + 1] for i in range(9)]),
+    )
+
+
+def raw_dir(tmp_path: Path, lengths=(20, 7, 12, 9)) -> Path:
+    directory = tmp_path / "raw"
+    for i, length in enumerate(lengths):
+        write_episode(directory / f"ep_{i:03d}.h5", make_episode(length=length, seed=i))
+    return directory
+
+
+def observation(episode_seed: int, length: int, t: int) -> dict:
+    """A policy request: frame `t` of the synthetic episode `episode_seed`."""
+    episode = make_episode(length=length, seed=episode_seed)
+    return {
+        "images": {camera: episode.images[camera][t] for camera in ("base", "tip")},
+        "graph_nodes": episode.nodes[t],
+        "state": episode.state[t],
+        "prompt": episode.prompt,
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny policy trained 3 steps (suffix fusion) on synthetic episodes: (checkpoint dir, prepared dir)."""
+    from softarm.train.config import load_config
+    from softarm.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("policy")
+    convert(raw_dir(tmp, lengths=(20, 12, 16)), tmp / "prep", ConvertOptions(val_episodes=1, cameras=POLICY_CAMERAS))
+    overrides = [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'run'}", "train.steps=3", "train.save_every=3",
+                 "train.val_every=100", "model.overrides.fusion=suffix"]  # fmt: skip
+    train(load_config(DEBUG_CONFIG, overrides))
+    return tmp / "run" / "checkpoints" / "3", tmp / "prep"
 
 
 def make_observation(config: SoftArmModelConfig, batch: int = 2, seed: int = 0) -> Observation:

@@ -14,14 +14,7 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.prepared import PreparedDataset
 from softarm.data.raw import write_episode
-from tests.test_raw import make_episode
-
-
-def raw_dir(tmp_path: Path, lengths=(20, 7, 12, 9)) -> Path:
-    directory = tmp_path / "raw"
-    for i, length in enumerate(lengths):
-        write_episode(directory / f"ep_{i:03d}.h5", make_episode(length=length, seed=i))
-    return directory
+from tests.conftest import make_episode, raw_dir
 
 
 def digests(directory: Path) -> dict[str, str]:

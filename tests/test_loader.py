@@ -15,8 +15,7 @@ from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
 from softarm.data.transforms import SoftArmInputs, input_transform, output_transform
 from softarm.model import PI0GraphPytorch, preset
-from tests.test_convert import raw_dir
-from tests.test_raw import make_episode
+from tests.conftest import make_episode, raw_dir
 
 
 @pytest.fixture(scope="module")

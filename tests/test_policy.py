@@ -12,39 +12,12 @@ import safetensors.torch
 import torch
 from torch.utils.data import default_collate
 
-from softarm.data.convert import ConvertOptions, convert
 from softarm.data.loader import SoftArmDataset, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
 from softarm.policy import SoftArmPolicy
-from softarm.train.config import load_config
-from softarm.train.loop import train
-from tests.test_convert import raw_dir
-from tests.test_raw import make_episode
-
-CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
-CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("policy")
-    convert(raw_dir(tmp, lengths=(20, 12, 16)), tmp / "prep", ConvertOptions(val_episodes=1, cameras=CAMERAS))
-    overrides = [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'run'}", "train.steps=3", "train.save_every=3",
-                 "train.val_every=100", "model.overrides.fusion=suffix"]  # fmt: skip
-    train(load_config(CONFIG, overrides))
-    return tmp / "run" / "checkpoints" / "3", tmp / "prep"
-
-
-def observation(episode_seed: int, length: int, t: int) -> dict:
-    episode = make_episode(length=length, seed=episode_seed)
-    return {
-        "images": {camera: episode.images[camera][t] for camera in ("base", "tip")},
-        "graph_nodes": episode.nodes[t],
-        "state": episode.state[t],
-        "prompt": episode.prompt,
-    }
+from tests.conftest import POLICY_CAMERAS, observation
 
 
 def test_infer_returns_a_chunk_in_the_arms_units(checkpoint) -> None:
@@ -55,7 +28,7 @@ def test_infer_returns_a_chunk_in_the_arms_units(checkpoint) -> None:
     assert result["policy_timing"]["infer_ms"] > 0
     meta = policy.metadata
     assert (meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == (16, 10, 4)
-    assert meta["cameras"] == CAMERAS
+    assert meta["cameras"] == POLICY_CAMERAS
     assert meta["graph"]["num_nodes"] == 10
     assert meta["graph"]["node_features"][18] == "contact_force [N]"
     assert meta["graph"]["ignored_features"] == []

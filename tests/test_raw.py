@@ -10,24 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from softarm.data.raw import EpisodeError, RawEpisode, read_episode, write_episode
-
-
-def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> RawEpisode:
-    rng = np.random.default_rng(seed)
-    return RawEpisode(
-        path=Path("unused"),
-        images={
-            "base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
-            "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8),
-        },
-        nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
-        prompt="reach the red ball",
-        fps=10.0,
-        state=None if state_dim is None else rng.normal(size=(length, state_dim)).astype(np.float32),
-        edges=np.array([[i, i + 1] for i in range(9)]),
-    )
+from softarm.data.raw import EpisodeError, read_episode, write_episode
+from tests.conftest import make_episode
 
 
 def test_round_trip(tmp_path: Path) -> None:

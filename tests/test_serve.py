@@ -17,13 +17,13 @@ import websockets.sync.client
 
 from softarm.policy import SoftArmPolicy
 from softarm.serve import SoftArmPolicyServer
-from tests.test_policy import checkpoint, observation  # noqa: F401 - the module fixture
+from tests.conftest import observation
 
 TIP = {"tip": np.zeros((8, 8, 3), np.uint8)}
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[int]:  # noqa: F811
+def server(checkpoint) -> Iterator[int]:
     policy = SoftArmPolicy.from_checkpoint(checkpoint[0])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,7 +103,7 @@ def test_example_robot_loop(server: int, tmp_path: Path) -> None:
     import importlib.util
 
     from softarm.data.raw import write_episode
-    from tests.test_raw import make_episode
+    from tests.conftest import make_episode
 
     spec = importlib.util.spec_from_file_location(
         "robot_loop", Path(__file__).parents[1] / "examples" / "robot_loop.py"

@@ -11,8 +11,7 @@ import pytest
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.prepared import PreparedDataset
-from tests.test_convert import raw_dir
-from tests.test_raw import make_episode
+from tests.conftest import make_episode, raw_dir
 
 
 def test_norm_stats_match_numpy_on_the_train_split(tmp_path: Path) -> None:

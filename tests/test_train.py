@@ -18,7 +18,7 @@ from softarm.data.convert import ConvertOptions, convert
 from softarm.train.config import ConfigError, load_config
 from softarm.train.loop import train
 from softarm.weights import load_model
-from tests.test_convert import raw_dir
+from tests.conftest import raw_dir
 
 CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
 
@@ -90,7 +90,7 @@ LORA = ("lora.rank=4", "lora.expert_rank=8")
 def test_lora_trains_adapters_only_and_saves_a_servable_merged_model(prepared: Path, tmp_path: Path) -> None:
     from softarm.model import PI0GraphPytorch
     from softarm.policy import SoftArmPolicy
-    from tests.test_policy import observation
+    from tests.conftest import observation
 
     common = ("train.save_every=2", "train.val_every=100", "data.batch_size=4", "optim.warmup_steps=1", *LORA)
     train(config(prepared, tmp_path / "init", "train.steps=1", "train.save_every=1"))  # an init_from checkpoint

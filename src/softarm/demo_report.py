@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 from softarm.evaluate import wilson_interval
+from softarm.plotting import pyplot
+from softarm.train.plots import read_metrics
 
 LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
           "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
@@ -37,18 +39,8 @@ TASK_TEXT = {
 Episodes = dict[str, dict[str, list[dict]]]  # task -> policy -> episode rows, pooled over seeds
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_metrics(run_dir / "metrics.jsonl")
 
 
 def successes(rows: Sequence[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
@@ -84,7 +76,7 @@ def verdict(graph: tuple[int, int], no_graph: tuple[int, int], where: str) -> st
 
 
 def plot_losses(path: Path, runs: Mapping[str, Sequence[Path]]) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, run_dirs in runs.items():
         for k, run_dir in enumerate(run_dirs):
@@ -116,7 +108,7 @@ def _bar(ax, x: float, counts: tuple[int, int], name: str, **kwargs) -> float:
 def plot_success(path: Path, episodes: Episodes) -> Path:
     """One panel per task (success with 95 % Wilson intervals), and the payload bands pooled over the tasks the
     models were scored on (all tasks if none)."""
-    plt = _plt()
+    plt = pyplot()
     tasks = list(episodes)
     scored = [t for t in tasks if any(m in episodes[t] for m in MODELS)] or tasks
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 4.6))

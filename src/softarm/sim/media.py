@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from softarm.plotting import pyplot
 from softarm.sim.tasks import SUCCESS_RADIUS
 
 
 def save_eval_plot(path: Path, summary: dict, error_curves: Sequence[np.ndarray], control_hz: float) -> Path:
     """Left: success rate with its 95 % Wilson interval. Right: tip error over time, one line per episode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 3]})
     rate, (low, high) = summary["success_rate"], summary["success_rate_wilson95"]

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from softarm.plotting import pyplot
+
+
+def read_metrics(metrics_path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (one JSON object per line); none if the file is not there."""
+    if not metrics_path.is_file():
+        return []
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
 
 def plot_metrics(metrics_path: Path, out_path: Path) -> Path | None:
     if not metrics_path.is_file():
         return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    records = read_metrics(metrics_path)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "train"), ("val_loss", "validation"), ("val_loss_ema", "validation (EMA)")):
         points = [(r["step"], r[key]) for r in records if key in r]
