@@ -25,7 +25,7 @@ import time
 from openpi.models.model import Observation
 import torch
 
-from softarm.data.convert import IMAGE_SLOTS
+from softarm.layout import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, VisionSpec, build_base_model, preset
 
 MODES = {"pi0": ("state", "prefix", "suffix"), "pi05": ("prefix", "suffix")}

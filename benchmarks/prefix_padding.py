@@ -19,7 +19,7 @@ from openpi.models.model import Observation
 import torch
 
 from softarm import model as model_module
-from softarm.data.convert import IMAGE_SLOTS
+from softarm.layout import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, VisionSpec, preset
 
 

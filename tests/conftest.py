@@ -9,8 +9,9 @@ from openpi.models.model import Observation
 import pytest
 import torch
 
-from softarm.data.convert import IMAGE_SLOTS, ConvertOptions, convert
+from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import RawEpisode, write_episode
+from softarm.layout import IMAGE_SLOTS
 from softarm.model import SoftArmModelConfig
 
 DEBUG_CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"

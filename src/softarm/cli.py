@@ -86,13 +86,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from softarm.data.stats import write_norm_stats
+    from softarm.layout import NORM_STATS_FILE
 
     stats = write_norm_stats(args.dataset)
     for key, value in stats.items():
         mean, std = abs(value.mean).max(), value.std.min()
         dims = "x".join(map(str, value.mean.shape))
         print(f"{key:<12} {dims:>6} dims  |mean| max {mean:.3g}  std min {std:.3g}")
-    print(f"wrote {args.dataset}/norm_stats.json")
+    print(f"wrote {args.dataset}/{NORM_STATS_FILE}")
     return 0
 
 

@@ -27,6 +27,7 @@ import shutil
 from softarm.data.convert import ConvertOptions, convert
 from softarm.demo_report import write_report
 from softarm.evaluate import EvalOptions, evaluate
+from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
 from softarm.sim.generate import generate
 from softarm.train.config import load_config
 from softarm.train.loop import train
@@ -63,7 +64,7 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
     overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={fusion}",
                  f"train.seed={seed}"]  # fmt: skip
     config = load_config(options.config, [*overrides, *options.overrides])
-    final = run_dir / "checkpoints" / str(config.train.steps)
+    final = run_dir / CHECKPOINTS_DIR / str(config.train.steps)
     if final.is_dir():
         print(f"  {run_dir.name}: {final} exists, reused")
     else:
@@ -72,7 +73,7 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
 
 
 def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int) -> Path:
-    report = eval_dir / "eval.json"
+    report = eval_dir / EVAL_FILE
     if report.is_file():
         summary = json.loads(report.read_text())["summary"]
         if summary["episodes"] == episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
@@ -104,7 +105,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         print(f"  {task}: {generated.written} episodes written, {generated.reused} reused")
     prepared = out / "prepared"
     _stage(2, "converting them into one training dataset")
-    if (prepared / "meta.json").is_file():
+    if (prepared / META_FILE).is_file():
         print(f"  {prepared} exists, reused")
     else:
         convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=CAMERAS))

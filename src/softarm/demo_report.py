@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from softarm.evaluate import wilson_interval
+from softarm.layout import LOSS_PLOT, METRICS_FILE
 from softarm.plotting import pyplot
 from softarm.train.plots import read_metrics
 
@@ -40,7 +41,7 @@ Episodes = dict[str, dict[str, list[dict]]]  # task -> policy -> episode rows, p
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return read_metrics(run_dir / "metrics.jsonl")
+    return read_metrics(run_dir / METRICS_FILE)
 
 
 def successes(rows: Sequence[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
@@ -184,7 +185,7 @@ def write_report(
     """report.md, success.png and loss.png in `out` from the evaluations and the training runs."""
     episodes, counts = load_evaluations(evaluations)
     tasks = list(episodes)
-    plot_losses(out / "loss.png", runs)
+    plot_losses(out / LOSS_PLOT, runs)
     plot_success(out / "success.png", episodes)
     lines = ["# softarm demo report", "", intro, ""] if intro else ["# softarm demo report", ""]
     for task in tasks:

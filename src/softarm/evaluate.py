@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from softarm.layout import EVAL_FILE
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.env import CAMERAS, SoftArmEnv
 from softarm.sim.generate import EVAL_SEED
@@ -156,7 +157,7 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     summary = _summary(rows, options) | {"wall_s": time.monotonic() - start}
     if isinstance(agent, ModelAgent) and agent.infer_ms:
         summary["infer_ms_median"] = float(np.median(agent.infer_ms))
-    (out_dir / "eval.json").write_text(json.dumps({"summary": summary, "episodes": rows}, indent=2))
+    (out_dir / EVAL_FILE).write_text(json.dumps({"summary": summary, "episodes": rows}, indent=2))
     save_eval_plot(out_dir / "summary.png", summary, curves, env.control_hz)
     if videos:
         save_rollout_gif(out_dir / "rollouts.gif", videos, CAMERAS)

@@ -18,9 +18,9 @@ from softarm import arm
 from softarm.data.loader import to_device
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
+from softarm.layout import ASSET_ID, ASSETS_DIR, CONFIG_FILE, DATA_SPEC_FILE, EMA_FILE, NORM_STATS_FILE, TOKENIZER_FILE
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig
-from softarm.train.checkpoint import ASSET_ID, DATA_SPEC_FILE, EMA_FILE
-from softarm.weights import CONFIG_FILE, load_weights
+from softarm.weights import load_weights
 
 
 class SoftArmPolicy:
@@ -38,7 +38,7 @@ class SoftArmPolicy:
         cls, directory: str | Path, *, device: str = "auto", use_ema: bool = True, num_steps: int = 10
     ) -> SoftArmPolicy:
         directory = Path(directory)
-        for name in (CONFIG_FILE, DATA_SPEC_FILE, "tokenizer.model", f"assets/{ASSET_ID}/norm_stats.json"):
+        for name in (CONFIG_FILE, DATA_SPEC_FILE, TOKENIZER_FILE, f"{ASSETS_DIR}/{ASSET_ID}/{NORM_STATS_FILE}"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
         if device == "auto":
@@ -49,8 +49,8 @@ class SoftArmPolicy:
         load_weights(model, weights, allow_fresh_graph=False)
         model.to(device).eval()
         spec = json.loads((directory / DATA_SPEC_FILE).read_text())
-        norm_stats = normalize.load(directory / "assets" / ASSET_ID)
-        tokenizer = SentencePieceTokenizer(directory / "tokenizer.model", max_len=config.max_token_len)
+        norm_stats = normalize.load(directory / ASSETS_DIR / ASSET_ID)
+        tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=config.max_token_len)
         return cls(model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps)
 
     @property

@@ -16,12 +16,10 @@ import safetensors
 import safetensors.torch
 import torch
 
+from softarm.layout import CONFIG_FILE, WEIGHTS_FILE
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig, is_graph_key
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
 
 
 @dataclasses.dataclass

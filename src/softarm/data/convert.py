@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from softarm import arm
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
+from softarm.data.stats import write_norm_stats
+from softarm.data.tokenizer import train_prompt_tokenizer
+from softarm.layout import FORMAT_VERSION, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
-IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-FORMAT_VERSION = 1
 RAW_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -37,7 +38,7 @@ class ConvertOptions:
     action_horizon: int = 16
     # openpi image slot -> the lab's camera name; None maps the raw cameras, sorted by name, to the slots in order.
     cameras: dict[str, str] | None = None
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     seed: int = 0
     overwrite: bool = False
     num_nodes: int = arm.NUM_NODES
@@ -190,13 +191,10 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
         "episodes": episodes,
         "samples": samples,
     }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     result = ConvertResult(out_dir=directory, kept=[ep["file"] for ep in episodes], skipped=skipped, samples=samples)
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
-    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from softarm.data.stats import write_norm_stats  # stats reads the prepared layout written above
-    from softarm.data.tokenizer import TOKENIZER_FILE, train_prompt_tokenizer
-
+    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     write_norm_stats(directory)
     train_prompt_tokenizer([ep["prompt"] for ep in episodes], directory / TOKENIZER_FILE)
     return result

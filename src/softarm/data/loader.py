@@ -14,8 +14,8 @@ from openpi.models.model import Observation
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from softarm.data.convert import IMAGE_SLOTS
 from softarm.data.prepared import PreparedDataset
+from softarm.layout import IMAGE_SLOTS
 
 
 class SoftArmDataset(Dataset):

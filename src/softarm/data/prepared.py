@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softarm.data.convert import FORMAT_VERSION, IMAGE_SLOTS
+from softarm.layout import FORMAT_VERSION, IMAGE_SLOTS, META_FILE
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class PreparedDataset:
 
     def __init__(self, directory: str | Path, split: str = "train") -> None:
         self.directory = Path(directory)
-        meta_path = self.directory / "meta.json"
+        meta_path = self.directory / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: not a dataset written by `softarm convert`")
         self.meta = json.loads(meta_path.read_text())

@@ -14,13 +14,14 @@ import h5py
 import numpy as np
 
 from softarm import arm
+from softarm.layout import MODEL_DIM
 
 IMAGES = "observations/images"
 NODES = "observations/graph/nodes"
 STATE = "observations/state"
 ACTION = "action"
 EDGES = "graph/edges"
-MAX_STATE_DIM = 32  # openpi's state slot
+MAX_STATE_DIM = MODEL_DIM  # openpi's state slot
 
 
 class EpisodeError(ValueError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from openpi.models.tokenizer import PaligemmaTokenizer
 import sentencepiece
 
-TOKENIZER_FILE = "tokenizer.model"
+from softarm.layout import TOKENIZER_FILE
 
 
 def paligemma_tokenizer_path() -> Path:

@@ -16,10 +16,8 @@ from openpi.models.tokenizer import PaligemmaTokenizer
 from openpi.shared import normalize
 
 from softarm import arm
-from softarm.data.convert import IMAGE_SLOTS
+from softarm.layout import IMAGE_SIZE, IMAGE_SLOTS, MODEL_DIM
 
-MODEL_ACTION_DIM = 32
-IMAGE_SIZE = 224
 MAX_IMAGE_SIDE = 4096  # a camera frame larger than this is a mistake, not a photo to downsample
 
 
@@ -80,7 +78,7 @@ class SoftArmInputs(_transforms.DataTransformFn):
             actions = np.asarray(data["actions"], dtype=np.float32)
             inputs["actions"] = actions
             inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
-            inputs["action_dim_mask"] = np.arange(MODEL_ACTION_DIM) < self.action_dim  # real dims of the padded 32
+            inputs["action_dim_mask"] = np.arange(MODEL_DIM) < self.action_dim  # real dims of the padded 32
         return inputs
 
 
@@ -127,7 +125,7 @@ def input_transform(
         steps.append(_transforms.ResizeImages(IMAGE_SIZE, IMAGE_SIZE))
     steps += [
         _transforms.TokenizePrompt(tokenizer, discrete_state_input=pi05),
-        _transforms.PadStatesAndActions(MODEL_ACTION_DIM),
+        _transforms.PadStatesAndActions(MODEL_DIM),
     ]
     return _transforms.compose(steps)
 

@@ -20,18 +20,26 @@ import safetensors.torch
 import torch
 import yaml
 
+from softarm.layout import (
+    ASSET_ID,
+    ASSETS_DIR,
+    CHECKPOINTS_DIR,
+    DATA_SPEC_FILE,
+    EMA_FILE,
+    LORA_FILE,
+    META_FILE,
+    NORM_STATS_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    TOKENIZER_FILE,
+    TRAIN_CONFIG_FILE,
+)
 from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
 from softarm.weights import load_weights, save_model, save_state
 
-ASSET_ID = "softarm"
-EMA_FILE = "ema.safetensors"
-STATE_FILE = "trainer_state.pt"
-DATA_SPEC_FILE = "data_spec.json"  # what the policy needs of the dataset: camera slots, state/action sizes
-LORA_FILE = "lora.safetensors"
-
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -89,14 +97,14 @@ def save_checkpoint(
         save_model(model, tmp)
         if ema is not None:
             safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
     torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
-    (tmp / "train_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assets = tmp / "assets" / ASSET_ID
+    (tmp / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    assets = tmp / ASSETS_DIR / ASSET_ID
     assets.mkdir(parents=True)
-    shutil.copy2(dataset_dir / "norm_stats.json", assets / "norm_stats.json")
-    shutil.copy2(tokenizer_path, tmp / "tokenizer.model")
-    meta = json.loads((dataset_dir / "meta.json").read_text())
+    shutil.copy2(dataset_dir / NORM_STATS_FILE, assets / NORM_STATS_FILE)
+    shutil.copy2(tokenizer_path, tmp / TOKENIZER_FILE)
+    meta = json.loads((dataset_dir / META_FILE).read_text())
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
     (tmp / DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     if final.exists():
@@ -117,7 +125,7 @@ def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> No
 
 def load_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
     """(optimizer state in torch.distributed.checkpoint's full, name-keyed form; trainer state with RNG states)."""
-    optimizer = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
     return optimizer, torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
 
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from softarm.layout import META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from softarm.model import SoftArmModelConfig, preset
 
 
@@ -103,13 +104,11 @@ class TrainConfig:
         """Everything that can be checked before building anything; returns the model config."""
         model = self.model.build()
         if check_data:
-            meta = Path(self.data.path) / "meta.json"
+            meta = Path(self.data.path) / META_FILE
             if not self.data.path or not meta.is_file():
                 raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
             tokenizer = (
-                Path(self.data.tokenizer).expanduser()
-                if self.data.tokenizer
-                else Path(self.data.path) / "tokenizer.model"
+                Path(self.data.tokenizer).expanduser() if self.data.tokenizer else Path(self.data.path) / TOKENIZER_FILE
             )
             if not tokenizer.is_file():
                 raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
@@ -133,7 +132,7 @@ class TrainConfig:
             raise ConfigError("train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet; use ddp for them")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
-        if self.train.init_from and not (Path(self.train.init_from) / "model.safetensors").is_file():
+        if self.train.init_from and not (Path(self.train.init_from) / WEIGHTS_FILE).is_file():
             raise ConfigError(f"train.init_from: no model.safetensors in {self.train.init_from}")
         return model
 

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset
-from softarm.data.tokenizer import TOKENIZER_FILE, SentencePieceTokenizer
+from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
+from softarm.layout import LOSS_PLOT, METRICS_FILE, TENSORBOARD_DIR, TOKENIZER_FILE
 from softarm.model import PI0GraphPytorch, count_parameters
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
@@ -225,12 +226,12 @@ def train(config: TrainConfig) -> TrainResult:
 
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS_FILE
     writer = None
     if dist.main and t.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(run_dir / "tensorboard")
+        writer = SummaryWriter(run_dir / TENSORBOARD_DIR)
 
     def record(values: dict) -> None:
         with metrics_path.open("a") as f:
@@ -310,7 +311,7 @@ def train(config: TrainConfig) -> TrainResult:
     if dist.main:
         from softarm.train.plots import plot_metrics
 
-        plot_metrics(metrics_path, run_dir / "loss.png")
+        plot_metrics(metrics_path, run_dir / LOSS_PLOT)
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return TrainResult(metrics=last, model=model)
