@@ -25,8 +25,6 @@ from tqdm import tqdm
 
 from softarm import arm
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
-from softarm.data.stats import write_norm_stats
-from softarm.data.tokenizer import train_prompt_tokenizer
 from softarm.layout import FORMAT_VERSION, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
 RAW_SUFFIXES = (".h5", ".hdf5")
@@ -195,6 +193,10 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
     result = ConvertResult(out_dir=directory, kept=[ep["file"] for ep in episodes], skipped=skipped, samples=samples)
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    # imported here: they bring openpi (and with it torch and jax), which reading and checking episodes do not need
+    from softarm.data.stats import write_norm_stats
+    from softarm.data.tokenizer import train_prompt_tokenizer
+
     write_norm_stats(directory)
     train_prompt_tokenizer([ep["prompt"] for ep in episodes], directory / TOKENIZER_FILE)
     return result
