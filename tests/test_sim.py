@@ -14,6 +14,7 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
 from softarm.evaluate import EvalOptions, evaluate, wilson_interval
+from softarm.sim import generate as generate_module
 from softarm.sim.agents import ExpertAgent
 from softarm.sim.arm_model import ArmSpec
 from softarm.sim.env import SoftArmEnv
@@ -325,6 +326,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
         generate("choose", 3, raw, seed=0)
     serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process
     assert serial.missed_under_noise == result.missed_under_noise
+    assert generate_module._WORKER == {}  # the serial run closed its simulator and renderer
     for name in ("choose_000000.hdf5", "choose_000002.hdf5"):
         a, b = read_episode(raw / name), read_episode(tmp_path / "serial" / name)
         np.testing.assert_array_equal(a.nodes, b.nodes)

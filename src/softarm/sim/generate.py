@@ -50,6 +50,13 @@ def _episode_path(out_dir: Path, task_name: str, episode_seed: int) -> Path:
 _WORKER: dict = {}  # per process: the simulator, its static model and the expert, opened once
 
 
+def _close_worker() -> None:
+    """Close this process's simulator (and its renderer); a pool's processes end with theirs."""
+    if _WORKER:
+        _WORKER.pop("env").close()
+        _WORKER.clear()
+
+
 def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> tuple[int, bool]:
     """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success)."""
     if not _WORKER:
@@ -115,6 +122,7 @@ def generate(
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(min(workers, len(todo))))
             outcomes = pool.imap(job, todo)
         else:
+            stack.callback(_close_worker)  # in this process: do not keep a renderer open after generating
             outcomes = map(job, todo)
         for episode_seed, success in outcomes:
             if not success:
