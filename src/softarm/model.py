@@ -21,12 +21,11 @@ import math
 from typing import Literal
 
 from openpi.models import pi0_config
-from openpi.models_pytorch import gemma_pytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import torch
 from torch import nn
 
-from softarm import arm
+from softarm import arm, openpi_compat
 from softarm.graph_encoder import GraphEncoder, GraphEncoding
 
 FusionMode = Literal["state", "prefix", "suffix", "none"]
@@ -35,6 +34,7 @@ PALIGEMMA_VOCAB_SIZE = 257_152
 # Every parameter the graph extension adds lives under one of these names; nothing else may be missing when
 # official base weights are loaded.
 GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.")
+openpi_compat.check_pi0_hooks()  # the methods PI0GraphPytorch overrides below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +150,8 @@ def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
     if vision is None and vocab_size == PALIGEMMA_VOCAB_SIZE:
         yield
         return
-    paligemma_cls = gemma_pytorch.PaliGemmaForConditionalGeneration
-    gemma_cls = gemma_pytorch.GemmaForCausalLM
 
-    def small_paligemma(config):
+    def small_paligemma(paligemma_cls, config):
         if vision is not None:
             vc = config.vision_config
             vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size = vision.width, vision.depth, vision.mlp_dim
@@ -167,17 +165,12 @@ def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
             init_grid_positions(paligemma.model.vision_tower.vision_model.embeddings.position_embedding.weight)
         return paligemma
 
-    def small_gemma(config):
+    def small_gemma(gemma_cls, config):
         config.vocab_size = vocab_size
         return gemma_cls(config=config)
 
-    gemma_pytorch.PaliGemmaForConditionalGeneration = small_paligemma
-    gemma_pytorch.GemmaForCausalLM = small_gemma
-    try:
+    with openpi_compat.backbone_factories(small_paligemma, small_gemma):
         yield
-    finally:
-        gemma_pytorch.PaliGemmaForConditionalGeneration = paligemma_cls
-        gemma_pytorch.GemmaForCausalLM = gemma_cls
 
 
 @torch.no_grad()
@@ -202,7 +195,7 @@ def build_base_model(config: pi0_config.Pi0Config) -> PI0Pytorch:
     """The official PI0Pytorch for `config` (honouring a small vision tower / vocab), with eager sampling."""
     with backbone_overrides(config):
         model = PI0Pytorch(config)
-    del model.sample_actions  # PI0Pytorch wraps it in torch.compile per instance; eager is the class method
+    openpi_compat.eager_sampling(model)
     return model
 
 
@@ -214,8 +207,7 @@ class PI0GraphPytorch(PI0Pytorch):
     def __init__(self, config: SoftArmModelConfig) -> None:
         with backbone_overrides(config):
             super().__init__(config)
-        # Eager sampling: the per-instance torch.compile wrapper costs minutes on CPU before the first action.
-        del self.sample_actions
+        openpi_compat.eager_sampling(self)
         self._graph: GraphEncoding | None = None
         # openpi's training-time image augmentation (crop, rotation, colour jitter); off for fixed cameras whose
         # pixel positions carry the answer, e.g. where a target sits in a simulated scene.

@@ -1,6 +1,8 @@
-"""`softarm serve`: SoftArmPolicy behind openpi's own websocket server and protocol (openpi-client talks to it).
+"""`softarm serve`: SoftArmPolicy over openpi's websocket protocol, so openpi-client talks to it unchanged.
 
-openpi's server answers any error with the full traceback and closes the connection. A robot needs less and more:
+The protocol is openpi's: the metadata as the first frame, then one msgpack-numpy observation in, one action chunk
+out (with `server_timing`), and GET /healthz answered with 200. openpi's own server answers any error with the full
+traceback and closes the connection. A robot needs less and more:
 a bad request (missing key, wrong shape or dtype, NaN, oversized image, bytes that are not msgpack) gets one text
 frame that says what is wrong, and the connection stays open; an internal error is logged here and the client only
 learns that it happened. Every connection is its own task, so one client's trouble never stops the others.
@@ -10,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import time
 
-from openpi.serving import websocket_policy_server as _openpi_server
-from openpi_client import msgpack_numpy
+from openpi_client import base_policy, msgpack_numpy
 import websockets
 import websockets.asyncio.server as _server
 import websockets.frames
@@ -24,15 +26,24 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 2**20  # three full-HD frames fit; a runaway client does not
 
 
-class SoftArmPolicyServer(_openpi_server.WebsocketPolicyServer):
+class SoftArmPolicyServer:
+    def __init__(
+        self, policy: base_policy.BasePolicy, host: str = "0.0.0.0", port: int = 8000, metadata: dict | None = None
+    ) -> None:
+        self.policy, self.host, self.port, self.metadata = policy, host, port, metadata or {}
+        self.server: _server.Server | None = None
+
+    def serve_forever(self) -> None:
+        asyncio.run(self.run())
+
     async def run(self, ready: asyncio.Event | None = None) -> None:
         async with _server.serve(
             self._handler,
-            self._host,
-            self._port,
+            self.host,
+            self.port,
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
-            process_request=_openpi_server._health_check,
+            process_request=_health_check,
         ) as server:
             self.server = server
             if ready is not None:
@@ -41,7 +52,7 @@ class SoftArmPolicyServer(_openpi_server.WebsocketPolicyServer):
 
     async def _handler(self, websocket: _server.ServerConnection) -> None:
         packer = msgpack_numpy.Packer()
-        await websocket.send(packer.pack(self._metadata))
+        await websocket.send(packer.pack(self.metadata))
         prev_total_time = None
         while True:
             try:
@@ -58,7 +69,7 @@ class SoftArmPolicyServer(_openpi_server.WebsocketPolicyServer):
                 continue
             try:
                 infer_start = time.monotonic()
-                result = self._policy.infer(obs)
+                result = self.policy.infer(obs)
                 result["server_timing"] = {"infer_ms": 1000 * (time.monotonic() - infer_start)}
             except ValueError as e:
                 await _send_error(websocket, f"bad request: {e}")
@@ -75,6 +86,11 @@ class SoftArmPolicyServer(_openpi_server.WebsocketPolicyServer):
             except websockets.ConnectionClosed:  # the client left mid-request: nothing to do
                 return
             prev_total_time = time.monotonic() - start
+
+
+def _health_check(connection: _server.ServerConnection, request: _server.Request) -> _server.Response | None:
+    """GET /healthz: 200 without a websocket upgrade (load balancers, the robot's watchdog); anything else goes on."""
+    return connection.respond(http.HTTPStatus.OK, "OK\n") if request.path == "/healthz" else None
 
 
 async def _send_error(websocket: _server.ServerConnection, text: str) -> None:

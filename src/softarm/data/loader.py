@@ -14,6 +14,7 @@ from openpi.models.model import Observation
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from softarm import openpi_compat
 from softarm.data.prepared import PreparedDataset
 from softarm.layout import IMAGE_SLOTS
 
@@ -134,26 +135,19 @@ class Batch:
 
 
 def observation_from_batch(batch: dict) -> Observation:
-    """openpi's Observation.from_dict, minus its runtime type check.
-
-    openpi wraps that check in inspect.stack() on every construction: ~2 ms per batch, and ~20 ms when the process
-    was started with `-m` or `-c` (torchrun -m, runpy), whose frames send inspect searching every loaded module.
-    SoftArmInputs has validated every field already. The images get from_dict's own uint8 -> [-1, 1] conversion.
-    """
+    """openpi's Observation.from_dict (its own uint8 -> [-1, 1] image conversion) without the runtime type check:
+    SoftArmInputs has validated every field already."""
     images = {
         k: v.to(torch.float32).permute(0, 3, 1, 2) / 255.0 * 2.0 - 1.0 if v.dtype == torch.uint8 else v
         for k, v in batch["image"].items()
     }
-    observation = object.__new__(Observation)
-    Observation.__init__.__wrapped__(  # the dataclass __init__ inside jaxtyping's checking wrapper
-        observation,
+    return openpi_compat.unchecked_observation(
         images=images,
         image_masks=batch["image_mask"],
         state=batch["state"],
         tokenized_prompt=batch.get("tokenized_prompt"),
         tokenized_prompt_mask=batch.get("tokenized_prompt_mask"),
     )
-    return observation
 
 
 def to_device(batch: dict, device: torch.device | str) -> Batch:

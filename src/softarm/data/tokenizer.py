@@ -16,6 +16,7 @@ from pathlib import Path
 from openpi.models.tokenizer import PaligemmaTokenizer
 import sentencepiece
 
+from softarm import openpi_compat
 from softarm.layout import TOKENIZER_FILE
 
 
@@ -33,13 +34,13 @@ class SentencePieceTokenizer(PaligemmaTokenizer):
                 f"tokenizer model {path} not found (the PaliGemma tokenizer is cached by openpi at "
                 f"{paligemma_tokenizer_path()}; datasets converted by softarm carry their own {TOKENIZER_FILE})"
             )
-        self._max_len = max_len
-        self._tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.path = path
+        openpi_compat.init_paligemma_tokenizer(self, self.processor, max_len)
 
     @property
     def vocab_size(self) -> int:
-        return self._tokenizer.get_piece_size()
+        return self.processor.get_piece_size()
 
 
 def train_prompt_tokenizer(prompts: Iterable[str], path: str | Path, vocab_size: int = 512) -> Path:

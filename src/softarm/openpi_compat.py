@@ -1,0 +1,80 @@
+"""Every place softarm relies on openpi below its public API, in one module, so an openpi upgrade breaks here, loudly.
+
+Each function says why it is needed; tests/test_openpi_compat.py checks every assumption against the installed
+openpi, and `check_pi0_hooks` also runs when softarm.model is imported (a changed hook would otherwise fuse the
+graph silently wrong).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import contextlib
+import functools
+import inspect
+
+from openpi.models.model import Observation
+from openpi.models.tokenizer import PaligemmaTokenizer
+from openpi.models_pytorch import gemma_pytorch
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+import sentencepiece
+
+# The PI0Pytorch methods PI0GraphPytorch overrides, with the parameters it relies on. `_preprocess_observation` is
+# private: it is the only place that decides whether training images are augmented.
+PI0_HOOKS: dict[str, tuple[str, ...]] = {
+    "embed_prefix": ("self", "images", "img_masks", "lang_tokens", "lang_masks"),
+    "embed_suffix": ("self", "state", "noisy_actions", "timestep"),
+    "_preprocess_observation": ("self", "observation", "train"),
+    "forward": ("self", "observation", "actions", "noise", "time"),
+    "sample_actions": ("self", "device", "observation", "noise", "num_steps"),
+}
+
+
+def check_pi0_hooks() -> None:
+    for name, expected in PI0_HOOKS.items():
+        method = getattr(PI0Pytorch, name, None)
+        found = tuple(inspect.signature(method).parameters) if callable(method) else None
+        if found != expected:
+            raise ImportError(
+                f"the installed openpi's PI0Pytorch.{name} has parameters {found}; softarm's graph fusion overrides "
+                f"it expecting {expected} (install the openpi revision pinned in pyproject.toml)"
+            )
+
+
+@contextlib.contextmanager
+def backbone_factories(paligemma: Callable[..., object], gemma: Callable[..., object]) -> Iterator[None]:
+    """While in the block, PaliGemmaWithExpertModel builds its towers with `paligemma(cls, config=...)` and
+    `gemma(cls, config=...)` (`cls` the official class). It looks both classes up in gemma_pytorch's namespace at
+    construction, and that is the only way to give the official code a smaller vision tower or vocabulary."""
+    originals = gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM
+    gemma_pytorch.PaliGemmaForConditionalGeneration = functools.partial(paligemma, originals[0])
+    gemma_pytorch.GemmaForCausalLM = functools.partial(gemma, originals[1])
+    try:
+        yield
+    finally:
+        gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM = originals
+
+
+def eager_sampling(model: PI0Pytorch) -> None:
+    """PI0Pytorch.__init__ wraps sample_actions in torch.compile per instance (minutes on a CPU before the first
+    action); removing the instance attribute restores the eager class method."""
+    vars(model).pop("sample_actions", None)
+
+
+def unchecked_observation(**fields) -> Observation:
+    """Observation(**fields) without jaxtyping's runtime check, which calls inspect.stack() on every construction:
+    ~2 ms per batch, ~20 ms in a process started with `-m` (torchrun -m). Callers have validated every field."""
+    init = getattr(Observation.__init__, "__wrapped__", None)
+    if init is None:  # no checking wrapper any more: the plain constructor is as fast
+        return Observation(**fields)
+    observation = object.__new__(Observation)
+    init(observation, **fields)
+    return observation
+
+
+def init_paligemma_tokenizer(
+    tokenizer: PaligemmaTokenizer, processor: sentencepiece.SentencePieceProcessor, max_len: int
+) -> None:
+    """Set up `tokenizer` without PaligemmaTokenizer.__init__, which downloads the PaliGemma model; its tokenize()
+    (the π0 / π0.5 prompt formats, kept as they are) reads only these two fields."""
+    tokenizer._max_len = max_len
+    tokenizer._tokenizer = processor

@@ -1,0 +1,80 @@
+"""Each assumption softarm.openpi_compat makes about openpi's internals, checked against the installed openpi."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from openpi.models.model import Observation
+from openpi.models_pytorch import gemma_pytorch
+from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+import pytest
+import torch
+
+from softarm import openpi_compat
+from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
+from softarm.model import backbone_overrides, build_base_model, preset
+from tests.conftest import make_observation
+
+
+def test_pi0_hooks_match_and_a_changed_one_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    openpi_compat.check_pi0_hooks()
+    monkeypatch.setattr(PI0Pytorch, "embed_suffix", lambda self, state, noisy_actions, timestep, cond: None)
+    with pytest.raises(ImportError, match=r"PI0Pytorch.embed_suffix has parameters .*'cond'.*expecting"):
+        openpi_compat.check_pi0_hooks()
+
+
+def test_backbone_factories_reach_the_official_construction_and_are_restored() -> None:
+    originals = gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM
+    config = preset("tiny")
+    model = build_base_model(config)
+    paligemma = model.paligemma_with_expert.paligemma
+    vision = paligemma.config.vision_config
+    assert (vision.hidden_size, vision.patch_size, vision.num_hidden_layers) == (32, 56, 1)
+    assert paligemma.model.language_model.embed_tokens.num_embeddings == config.vocab_size == 1024
+    assert model.paligemma_with_expert.gemma_expert.config.vocab_size == 1024
+    assert (gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM) == originals
+    with pytest.raises(RuntimeError), openpi_compat.backbone_factories(print, print):
+        raise RuntimeError
+    assert (gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM) == originals
+
+
+def test_pi0_compiles_sampling_per_instance_and_eager_sampling_undoes_it() -> None:
+    config = preset("tiny")
+    with backbone_overrides(config):
+        model = PI0Pytorch(config)
+    assert "sample_actions" in vars(model)  # openpi's torch.compile wrapper: if this fails, eager_sampling is moot
+    openpi_compat.eager_sampling(model)
+    assert model.sample_actions.__func__ is PI0Pytorch.sample_actions
+
+
+def test_unchecked_observation_equals_the_checked_one() -> None:
+    assert hasattr(Observation.__init__, "__wrapped__")  # jaxtyping's checker: the wrapper this module bypasses
+    checked = make_observation(preset("tiny"))
+    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(Observation)}
+    unchecked = openpi_compat.unchecked_observation(**fields)
+    assert type(unchecked) is Observation
+    for name, value in fields.items():
+        got = getattr(unchecked, name)
+        if isinstance(value, dict):
+            assert got.keys() == value.keys()
+            assert all(torch.equal(got[k], value[k]) for k in value)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(got, value)
+        else:
+            assert got == value
+
+
+def test_tokenizer_without_download_formats_pi0_and_pi05_prompts(tmp_path: Path) -> None:
+    tokenizer = SentencePieceTokenizer(train_prompt_tokenizer(["reach the red ball"], tmp_path / "t.model"), max_len=40)
+    sp = tokenizer.processor
+    tokens, mask = tokenizer.tokenize("reach_the red ball\n")
+    expected = sp.encode("reach the red ball", add_bos=True) + sp.encode("\n")
+    np.testing.assert_array_equal(tokens[: len(expected)], expected)
+    assert mask.sum() == len(expected)
+    assert tokens.shape == mask.shape == (40,)
+    tokens, mask = tokenizer.tokenize("reach", state=np.array([-1.0, 0.0, 0.999]))
+    expected = sp.encode("Task: reach, State: 0 128 255;\nAction: ", add_bos=True)
+    np.testing.assert_array_equal(tokens[: len(expected)], expected)
+    assert mask.sum() == len(expected)
