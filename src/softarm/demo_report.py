@@ -14,7 +14,7 @@ from pathlib import Path
 from softarm.evaluate import wilson_interval
 from softarm.layout import LOSS_PLOT, METRICS_FILE
 from softarm.plotting import pyplot
-from softarm.train.plots import read_metrics
+from softarm.train.metrics import read_metrics
 
 LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
           "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip

@@ -10,6 +10,7 @@ the trained tensors under the training model's names, which resume loads on top 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 import random
@@ -18,6 +19,7 @@ import shutil
 import numpy as np
 import safetensors.torch
 import torch
+from torch.optim.swa_utils import AveragedModel
 import yaml
 
 from softarm.layout import (
@@ -65,23 +67,42 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclasses.dataclass
+class TrainState:
+    """What training changes step by step; a checkpoint saves it and resume restores it."""
+
+    model: torch.nn.Module  # this rank's model (sharded under FSDP)
+    net: torch.nn.Module  # what the step calls: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+    ema: AveragedModel | None = None
+    step: int = 0
+    epoch: int = 0  # the position in the data: the next batch is batch `batch_in_epoch` of `epoch`
+    batch_in_epoch: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """What a checkpoint copies beside the weights, so that it trains on and serves on its own."""
+
+    config: dict  # the training config, as written to train_config.yaml
+    dataset_dir: Path  # its norm stats and data spec
+    tokenizer_path: Path
+
+
 def save_checkpoint(
     run_dir: str | Path,
-    step: int,
+    state: TrainState,
+    sources: Sources,
     *,
-    model: torch.nn.Module,
-    ema: torch.nn.Module | None,
     optimizer_state: dict,
-    trainer_state: dict,
-    config: dict,
-    dataset_dir: Path,
-    tokenizer_path: Path,
     keep_last: int,
     model_state: dict | None = None,
 ) -> Path:
-    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from `model`."""
+    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model."""
+    model, ema = state.model, state.ema.module if state.ema is not None else None
     root = checkpoint_root(run_dir)
-    final, tmp = root / str(step), root / f"tmp_{step}"
+    final, tmp = root / str(state.step), root / f"tmp_{state.step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     if has_lora(model):
@@ -98,13 +119,15 @@ def save_checkpoint(
         if ema is not None:
             safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
     torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+    trainer_state = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
+                     "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0}  # fmt: skip
     torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
-    (tmp / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    (tmp / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(sources.config, sort_keys=False))
     assets = tmp / ASSETS_DIR / ASSET_ID
     assets.mkdir(parents=True)
-    shutil.copy2(dataset_dir / NORM_STATS_FILE, assets / NORM_STATS_FILE)
-    shutil.copy2(tokenizer_path, tmp / TOKENIZER_FILE)
-    meta = json.loads((dataset_dir / META_FILE).read_text())
+    shutil.copy2(sources.dataset_dir / NORM_STATS_FILE, assets / NORM_STATS_FILE)
+    shutil.copy2(sources.tokenizer_path, tmp / TOKENIZER_FILE)
+    meta = json.loads((sources.dataset_dir / META_FILE).read_text())
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
     (tmp / DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     if final.exists():
@@ -123,10 +146,15 @@ def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> No
         _load_full(checkpoint, model, ema)
 
 
-def load_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
-    """(optimizer state in torch.distributed.checkpoint's full, name-keyed form; trainer state with RNG states)."""
-    optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
-    return optimizer, torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+def load_trainer_state(checkpoint: Path, state: TrainState) -> dict:
+    """Restore the step, the position in the data, the EMA count and the RNG streams into `state`; returns the
+    optimizer state in torch.distributed.checkpoint's full, name-keyed form (to load once the model is sharded)."""
+    saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    state.step, state.epoch, state.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
+    if state.ema is not None:
+        state.ema.n_averaged.fill_(saved["ema_n_averaged"])
+    set_rng_state(saved["rng"])
+    return torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
 
 
 def _load_lora(checkpoint: Path, model, ema: bool) -> None:
