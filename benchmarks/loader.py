@@ -36,7 +36,7 @@ def build_dataset(root: Path, episodes: int, length: int) -> Path:
                 images={
                     c: rng.integers(0, 256, (length, 240, 320, 3), dtype=np.uint8) for c in ("base", "tip", "side")
                 },
-                nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+                graph_nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
                 actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
                 prompt=f"reach the red ball {i % 3}",
                 fps=10.0,

@@ -34,7 +34,7 @@ def load(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
                 grams = 1000 * TASKS[task].sample(int(seed), static, env.control_hz).payload
                 frames = np.arange(ep["start"], ep["start"] + ep["length"])
                 pressures.append(np.asarray(data.arrays["state"][frames]))
-                graph.append(np.asarray(data.arrays["nodes"][frames]).reshape(len(frames), -1))
+                graph.append(np.asarray(data.arrays["graph_nodes"][frames]).reshape(len(frames), -1))
                 payload.append(np.full(len(frames), grams))
                 episode.append(np.full(len(frames), len(episode)))
     return np.concatenate(pressures), np.concatenate(graph), np.concatenate(payload), np.concatenate(episode)

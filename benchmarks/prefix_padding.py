@@ -48,7 +48,7 @@ def step(model, obs, actions, graph, drop: bool) -> tuple[float, float]:
         model.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         start = time.perf_counter()
-        loss = model(obs, actions, graph=graph).mean()
+        loss = model(obs, actions, graph_nodes=graph).mean()
         loss.backward()
         return time.perf_counter() - start, float(loss)
     finally:

@@ -47,14 +47,15 @@ def make_episode(length: int, seed: int) -> RawEpisode:
     rng = np.random.default_rng(seed)
     images = {"base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
               "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8)}  # fmt: skip
-    return RawEpisode(path=Path("unused"), images=images, nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+    return RawEpisode(path=Path("unused"), images=images,
+                      graph_nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
                       actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32), prompt="reach the red ball",
                       fps=10.0, state=rng.normal(size=(length, 4)).astype(np.float32))  # fmt: skip
 
 
 def observation() -> dict:
     ep, t = make_episode(length=20, seed=0), 3
-    return {"images": {c: f[t] for c, f in ep.images.items()}, "graph_nodes": ep.nodes[t], "state": ep.state[t],
+    return {"images": {c: f[t] for c, f in ep.images.items()}, "graph_nodes": ep.graph_nodes[t], "state": ep.state[t],
             "prompt": ep.prompt}  # fmt: skip
 
 

@@ -30,7 +30,7 @@ class EpisodeReplay:
 
     def observation(self) -> dict:
         ep, t = self.episode, self.t
-        obs = {"images": {cam: frames[t] for cam, frames in ep.images.items()}, "graph_nodes": ep.nodes[t]}
+        obs = {"images": {cam: frames[t] for cam, frames in ep.images.items()}, "graph_nodes": ep.graph_nodes[t]}
         if ep.state is not None:
             obs["state"] = ep.state[t]
         obs["prompt"] = ep.prompt

@@ -26,7 +26,7 @@ def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> R
             "base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
             "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8),
         },
-        nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
+        graph_nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
         actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
         prompt="reach the red ball",
         fps=10.0,
@@ -47,7 +47,7 @@ def observation(episode_seed: int, length: int, t: int) -> dict:
     episode = make_episode(length=length, seed=episode_seed)
     return {
         "images": {camera: episode.images[camera][t] for camera in ("base", "tip")},
-        "graph_nodes": episode.nodes[t],
+        "graph_nodes": episode.graph_nodes[t],
         "state": episode.state[t],
         "prompt": episode.prompt,
     }

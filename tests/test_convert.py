@@ -30,7 +30,7 @@ def test_values_round_trip_including_the_padded_chunk_at_the_episode_end(tmp_pat
     assert len(data) == 48
     episode = make_episode(length=7, seed=1)  # ep_001, frames 20..26
     sample = data[20 + 3]
-    np.testing.assert_array_equal(sample.nodes, episode.nodes[3])
+    np.testing.assert_array_equal(sample.graph_nodes, episode.graph_nodes[3])
     np.testing.assert_array_equal(sample.state[:4], episode.state[3])
     assert not sample.state[4:].any()
     # frames 3..6 remain: 4 real steps, then the last action held for the 12 padded ones
@@ -67,7 +67,7 @@ def test_bad_episodes_are_reported_and_good_ones_convert(tmp_path: Path) -> None
     with h5py.File(write_episode(raw / "ep_901.h5", make_episode(seed=9)), "a") as f:
         del f["action"]
     bad = make_episode(seed=10)
-    bad.nodes[2, 0, 0] = np.nan
+    bad.graph_nodes[2, 0, 0] = np.nan
     write_episode(raw / "ep_902.h5", bad)
     (raw / "notes.txt").write_text("not an episode")
     before = digests(raw)

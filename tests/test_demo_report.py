@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from softarm.demo_report import write_report
-from softarm.evaluate import EvalOptions, _summary
+from softarm.apps.demo_report import write_report
+from softarm.apps.evaluate import EvalOptions, _summary
 
 PAYLOADS = [5.0] * 20 + [25.0] * 20 + [45.0] * 20  # light, middle, heavy
 BLIND = [False] * 20 + [True] * 20 + [False] * 20  # a plan for 25 g: right only in the middle band

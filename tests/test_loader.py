@@ -44,10 +44,10 @@ def test_batch_values(prepared: Path, pi05: bool) -> None:
             return (x - s.q01[: x.shape[-1]]) / (s.q99[: x.shape[-1]] - s.q01[: x.shape[-1]] + 1e-6) * 2 - 1
         return (x - s.mean[: x.shape[-1]]) / (s.std[: x.shape[-1]] + 1e-6)
 
-    assert batch.graph.shape == (2, 10, 19)
-    assert batch.graph.dtype == torch.float32
+    assert batch.graph_nodes.shape == (2, 10, 19)
+    assert batch.graph_nodes.dtype == torch.float32
     np.testing.assert_allclose(
-        batch.graph[0].numpy(), norm(episode.nodes[3], stats["graph_nodes"]), rtol=1e-4, atol=1e-4
+        batch.graph_nodes[0].numpy(), norm(episode.graph_nodes[3], stats["graph_nodes"]), rtol=1e-4, atol=1e-4
     )
     assert batch.actions.shape == (2, 16, 32)
     held = np.concatenate([episode.actions[3:7], np.tile(episode.actions[6], (12, 1))])
@@ -82,7 +82,7 @@ def test_batch_values(prepared: Path, pi05: bool) -> None:
     np.testing.assert_array_equal(batch.observation.tokenized_prompt[0].numpy(), expected_tokens)
     # and the real model takes it
     config = preset("tiny", pi05=pi05, fusion="suffix")
-    loss = PI0GraphPytorch(config)(batch.observation, batch.actions, graph=batch.graph)
+    loss = PI0GraphPytorch(config)(batch.observation, batch.actions, graph_nodes=batch.graph_nodes)
     assert torch.isfinite(loss).all()
 
 

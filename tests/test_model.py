@@ -45,7 +45,7 @@ def test_forward_backward_each_fusion_mode(pi05: bool, fusion: str) -> None:
     model = PI0GraphPytorch(config)
     obs, actions, graph = make_observation(config), make_actions(config), make_graph(config)
 
-    loss = model(obs, actions, graph=graph)
+    loss = model(obs, actions, graph_nodes=graph)
     assert loss.shape == (2, config.action_horizon, 32)
     assert torch.isfinite(loss).all()
     loss.mean().backward()
@@ -64,7 +64,7 @@ def test_forward_backward_each_fusion_mode(pi05: bool, fusion: str) -> None:
         with torch.no_grad():
             model.graph_state_gate -= 0.1 * model.graph_state_gate.grad
         model.zero_grad()
-        model(obs, actions, graph=graph).mean().backward()
+        model(obs, actions, graph_nodes=graph).mean().backward()
         encoder_grads = [p.grad for n, p in model.named_parameters() if n.startswith("graph_encoder.")]
     assert sum(float(g.abs().sum()) for g in encoder_grads if g is not None) > 0
 
@@ -74,12 +74,12 @@ def test_sample_actions_uses_the_graph(pi05: bool, fusion: str) -> None:
     config = preset("tiny", pi05=pi05, fusion=fusion)
     model = as_if_trained(PI0GraphPytorch(config)).eval()
     obs, noise = make_observation(config), make_actions(config, seed=3)
-    a = model.sample_actions(CPU, obs, graph=make_graph(config, seed=1), noise=noise, num_steps=3)
-    b = model.sample_actions(CPU, obs, graph=make_graph(config, seed=5), noise=noise, num_steps=3)
+    a = model.sample_actions(CPU, obs, graph_nodes=make_graph(config, seed=1), noise=noise, num_steps=3)
+    b = model.sample_actions(CPU, obs, graph_nodes=make_graph(config, seed=5), noise=noise, num_steps=3)
     assert a.shape == (2, config.action_horizon, 32)
     assert torch.isfinite(a).all()
     assert (a - b).abs().max() > 1e-3
-    again = model.sample_actions(CPU, obs, graph=make_graph(config, seed=1), noise=noise, num_steps=3)
+    again = model.sample_actions(CPU, obs, graph_nodes=make_graph(config, seed=1), noise=noise, num_steps=3)
     torch.testing.assert_close(a, again)
     assert model._graph is None  # nothing of the call leaks into the next one
 
@@ -91,12 +91,12 @@ def test_state_mode_starts_as_base_pi0() -> None:
     noise, time = make_actions(config, seed=9), torch.tensor([0.3, 0.8])
 
     expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
-    got = loss_with_seed(graph_model, obs, actions, graph=graph, noise=noise, time=time)
+    got = loss_with_seed(graph_model, obs, actions, graph_nodes=graph, noise=noise, time=time)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
     base.eval(), graph_model.eval()
     expected = base.sample_actions(CPU, obs, noise=noise, num_steps=4)
-    got = graph_model.sample_actions(CPU, obs, graph=graph, noise=noise, num_steps=4)
+    got = graph_model.sample_actions(CPU, obs, graph_nodes=graph, noise=noise, num_steps=4)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert expected.abs().mean() > 0.1  # a real chunk, not zeros
 
@@ -108,11 +108,11 @@ def test_graph_none_is_exactly_the_base_model(pi05: bool, fusion: str) -> None:
     obs, actions = make_observation(config), make_actions(config)
     noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
     expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
-    got = loss_with_seed(graph_model, obs, actions, graph=None, noise=noise, time=time)
+    got = loss_with_seed(graph_model, obs, actions, graph_nodes=None, noise=noise, time=time)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)  # padding dropped: float rounding only
     # ... and with a graph, prefix/suffix modes really change the computation.
     if fusion != "state":
-        with_graph = loss_with_seed(graph_model, obs, actions, graph=make_graph(config), noise=noise, time=time)
+        with_graph = loss_with_seed(graph_model, obs, actions, graph_nodes=make_graph(config), noise=noise, time=time)
         assert (with_graph - expected).abs().max() > 1e-5
 
 
@@ -121,11 +121,11 @@ def test_bad_graph_input_reaches_the_user_as_value_error() -> None:
     model = PI0GraphPytorch(config)
     obs, actions = make_observation(config), make_actions(config)
     with pytest.raises(ValueError, match=r"graph nodes must have shape \[batch, 10 nodes, 19 features\]"):
-        model(obs, actions, graph=torch.zeros(2, 10, 3))
+        model(obs, actions, graph_nodes=torch.zeros(2, 10, 3))
     graph = make_graph(config)
     graph[0, 2, 5] = float("nan")
     with pytest.raises(ValueError, match=r"first at batch 0, node 2, feature 5"):
-        model.sample_actions(CPU, obs, graph=graph)
+        model.sample_actions(CPU, obs, graph_nodes=graph)
 
 
 def test_config_extends_pi0config_with_graph_settings() -> None:
@@ -193,7 +193,7 @@ def test_fusion_none_is_the_base_model_even_given_a_graph(pi05: bool) -> None:
     obs, actions = make_observation(config), make_actions(config)
     noise, time = make_actions(config, seed=9), torch.tensor([0.5, 0.1])
     expected = loss_with_seed(base, obs, actions, noise=noise, time=time)
-    got = loss_with_seed(model, obs, actions, graph=make_graph(config), noise=noise, time=time)
+    got = loss_with_seed(model, obs, actions, graph_nodes=make_graph(config), noise=noise, time=time)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)  # padding dropped: float rounding only
 
 
@@ -227,13 +227,13 @@ def test_ignored_node_features_do_not_reach_the_model() -> None:
     assert SoftArmModelConfig.from_dict(config.to_dict()) == config
     model = as_if_trained(PI0GraphPytorch(config)).eval()
     obs, noise, graph = make_observation(config), make_actions(config, seed=3), make_graph(config)
-    expected = model.sample_actions(CPU, obs, graph=graph, noise=noise, num_steps=2)
+    expected = model.sample_actions(CPU, obs, graph_nodes=graph, noise=noise, num_steps=2)
     moved = graph.clone()
     moved[:, :, 7] += 5.0  # vel_x
     moved[:, :, 16] -= 3.0  # last_action
-    torch.testing.assert_close(model.sample_actions(CPU, obs, graph=moved, noise=noise, num_steps=2), expected)
+    torch.testing.assert_close(model.sample_actions(CPU, obs, graph_nodes=moved, noise=noise, num_steps=2), expected)
     moved[:, :, 0] += 1.0  # pos_x is read
-    assert (model.sample_actions(CPU, obs, graph=moved, noise=noise, num_steps=2) - expected).abs().max() > 1e-4
+    assert (model.sample_actions(CPU, obs, graph_nodes=moved, noise=noise, num_steps=2) - expected).abs().max() > 1e-4
     with pytest.raises(ValueError, match=r"ignored_features: unknown node feature 'speed'; the schema has \['pos_x'"):
         preset("tiny", ignored_features=["speed"])
     with pytest.raises(ValueError, match="ignored_features names the 19-feature schema; nodes have 7"):

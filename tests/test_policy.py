@@ -45,7 +45,7 @@ def test_inference_preprocessing_is_the_training_preprocessing(checkpoint) -> No
     frame = 20 + 7  # episode 1 (12 steps), step 7
     batch = to_device(default_collate([SoftArmDataset(prepared, transform)[frame]]), "cpu")
     torch.manual_seed(0)
-    chunk = policy.model.sample_actions(torch.device("cpu"), batch.observation, graph=batch.graph)
+    chunk = policy.model.sample_actions(torch.device("cpu"), batch.observation, graph_nodes=batch.graph_nodes)
     expected = output_transform(norm_stats, pi05=False)({"actions": chunk[0].numpy()})["actions"]
 
     torch.manual_seed(0)

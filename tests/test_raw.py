@@ -23,7 +23,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert back.fps == 10.0
     for camera in ("base", "tip"):
         np.testing.assert_array_equal(back.images[camera], episode.images[camera])
-    np.testing.assert_array_equal(back.nodes, episode.nodes)
+    np.testing.assert_array_equal(back.graph_nodes, episode.graph_nodes)
     np.testing.assert_array_equal(back.actions, episode.actions)
     np.testing.assert_array_equal(back.state, episode.state)
     np.testing.assert_array_equal(back.edges, episode.edges)
@@ -145,10 +145,10 @@ def test_empty_episode(tmp_path: Path) -> None:
 
 def test_custom_arm_sizes(tmp_path: Path) -> None:
     episode = make_episode()
-    episode.nodes = np.zeros((5, 6, 4), np.float32)
+    episode.graph_nodes = np.zeros((5, 6, 4), np.float32)
     episode.actions = np.zeros((5, 6), np.float32)
     episode.edges = None
     path = write_episode(tmp_path / "six.h5", episode)
-    assert read_episode(path, num_nodes=6, node_features=4, action_dim=6).nodes.shape == (5, 6, 4)
+    assert read_episode(path, num_nodes=6, node_features=4, action_dim=6).graph_nodes.shape == (5, 6, 4)
     with pytest.raises(EpisodeError, match=r"expected \[T, 10, 19\]"):
         read_episode(path)

@@ -10,10 +10,10 @@ from PIL import Image
 import pytest
 
 from softarm import arm
+from softarm.apps.evaluate import EvalOptions, evaluate, wilson_interval
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
-from softarm.evaluate import EvalOptions, evaluate, wilson_interval
 from softarm.sim import generate as generate_module
 from softarm.sim.agents import ExpertAgent
 from softarm.sim.arm_model import ArmSpec
@@ -204,9 +204,9 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
     assert episode.prompt == "reach the ball"
     assert episode.fps == 10.0
     assert episode.images["base"].shape == (episode.length, 224, 224, 3)
-    assert episode.nodes.shape == (episode.length, 10, 19)
+    assert episode.graph_nodes.shape == (episode.length, 10, 19)
     assert episode.state.shape == (episode.length, 10)
-    np.testing.assert_array_equal(episode.nodes[1:, :, 16], episode.actions[:-1])  # node 16 = previous command
+    np.testing.assert_array_equal(episode.graph_nodes[1:, :, 16], episode.actions[:-1])  # node 16 = previous command
     converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     assert len(converted.kept) == 3
     assert converted.skipped == []
@@ -295,12 +295,13 @@ def test_noisy_demonstrations_label_the_experts_command_not_the_executed_one(env
     again = run_episode(env, static, task, spec, ExpertAgent(static), stop_on_success=False, action_noise=0.1)
     # reach's expert plans once: its command depends on time only, so the labels are the clean run's
     np.testing.assert_allclose(noisy.actions, clean.actions, atol=1e-6)
-    executed = noisy.nodes[1:, :, 16]  # node feature 16 = the command the arm last received
+    executed = noisy.graph_nodes[1:, :, 16]  # node feature 16 = the command the arm last received
     deviation = executed - noisy.actions[:-1]
     assert deviation.std() == pytest.approx(0.1, rel=0.15)
     assert abs(deviation.mean()) < 0.02
-    assert np.abs(noisy.nodes[:, :, 0:3] - clean.nodes[:, :, 0:3]).max() > 0.005  # the arm really strayed (m)
-    np.testing.assert_array_equal(again.nodes, noisy.nodes)  # the noise is seeded by the episode
+    strayed = np.abs(noisy.graph_nodes[:, :, 0:3] - clean.graph_nodes[:, :, 0:3]).max()
+    assert strayed > 0.005  # the arm really strayed (m)
+    np.testing.assert_array_equal(again.graph_nodes, noisy.graph_nodes)  # the noise is seeded by the episode
     with pytest.raises(ValueError, match=r"action noise must be >= 0, got -0\.1"):
         run_episode(env, static, task, spec, ExpertAgent(static), action_noise=-0.1)
 
@@ -315,7 +316,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert manifest["noise"] == 0.2
     assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
     episode = read_episode(raw / "choose_000000.hdf5")
-    assert np.abs(episode.nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.1  # executed != recorded
+    assert np.abs(episode.graph_nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.1  # executed != recorded
     converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     assert (len(converted.kept), converted.skipped) == (3, [])
     again = generate("choose", 3, raw, seed=0, noise=0.2)  # all reused: the misses stay listed
@@ -329,7 +330,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert generate_module._WORKER == {}  # the serial run closed its simulator and renderer
     for name in ("choose_000000.hdf5", "choose_000002.hdf5"):
         a, b = read_episode(raw / name), read_episode(tmp_path / "serial" / name)
-        np.testing.assert_array_equal(a.nodes, b.nodes)
+        np.testing.assert_array_equal(a.graph_nodes, b.graph_nodes)
         np.testing.assert_array_equal(a.images["side"], b.images["side"])
     with pytest.raises(ValueError, match="--noise must be >= 0"):
         generate("choose", 3, tmp_path / "other", noise=-1.0)

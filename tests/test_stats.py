@@ -24,7 +24,7 @@ def test_norm_stats_match_numpy_on_the_train_split(tmp_path: Path) -> None:
     episodes = [make_episode(length=seeds[f][1], seed=seeds[f][0]) for f in sorted(train_files)]
     actions = np.concatenate([e.actions for e in episodes]).astype(np.float64)
     state = np.concatenate([e.state for e in episodes]).astype(np.float64)
-    nodes = np.concatenate([e.nodes for e in episodes]).astype(np.float64).reshape(-1, 190)  # per node and feature
+    nodes = np.concatenate([e.graph_nodes for e in episodes]).astype(np.float64).reshape(-1, 190)  # per node, feature
 
     for key, values in (("actions", actions), ("state", state), ("graph_nodes", nodes)):
         s = stats[key]
@@ -63,7 +63,7 @@ def test_constant_graph_feature_keeps_a_usable_scale(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     for i in range(3):
         episode = make_episode(length=40, seed=i)
-        episode.nodes[..., 18] = 0.0  # contact force never seen in training
+        episode.graph_nodes[..., 18] = 0.0  # contact force never seen in training
         write_episode(raw / f"ep_{i}.h5", episode)
     convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     graph = normalize.load(tmp_path / "prep")["graph_nodes"]

@@ -86,8 +86,8 @@ def test_whole_model_round_trips(tmp_path: Path, fusion: str) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     obs, graph, noise = make_observation(config), make_graph(config), make_actions(config)
     model.eval(), loaded.eval()
-    expected = model.sample_actions(torch.device("cpu"), obs, graph=graph, noise=noise, num_steps=2)
-    got = loaded.sample_actions(torch.device("cpu"), obs, graph=graph, noise=noise, num_steps=2)
+    expected = model.sample_actions(torch.device("cpu"), obs, graph_nodes=graph, noise=noise, num_steps=2)
+    got = loaded.sample_actions(torch.device("cpu"), obs, graph_nodes=graph, noise=noise, num_steps=2)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 

@@ -40,7 +40,7 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from softarm.demo import DEFAULT_CONFIG, DemoOptions, run_demo
+    from softarm.apps.demo import DEFAULT_CONFIG, DemoOptions, run_demo
 
     defaults = DemoOptions()
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
@@ -132,7 +132,7 @@ def cmd_sim_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from softarm.evaluate import EvalOptions, evaluate
+    from softarm.apps.evaluate import EvalOptions, evaluate
 
     options = EvalOptions(
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,

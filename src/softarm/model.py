@@ -233,9 +233,9 @@ class PI0GraphPytorch(PI0Pytorch):
             self.graph_suffix_proj = nn.Linear(config.graph_width, self.action_in_proj.out_features)
 
     @contextlib.contextmanager
-    def _graph_inputs(self, graph: torch.Tensor | None) -> Iterator[None]:
+    def _graph_inputs(self, graph_nodes: torch.Tensor | None) -> Iterator[None]:
         """Encode the graph once per call and make it visible to embed_prefix / embed_suffix during that call."""
-        self._graph = None if graph is None or self.config.fusion == "none" else self.graph_encoder(graph)
+        self._graph = None if graph_nodes is None or self.config.fusion == "none" else self.graph_encoder(graph_nodes)
         try:
             yield
         finally:
@@ -281,15 +281,15 @@ class PI0GraphPytorch(PI0Pytorch):
     def _preprocess_observation(self, observation, *, train=True):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
 
-    def forward(self, observation, actions, graph=None, noise=None, time=None) -> torch.Tensor:
+    def forward(self, observation, actions, graph_nodes=None, noise=None, time=None) -> torch.Tensor:
         """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in."""
-        with self._graph_inputs(graph):
+        with self._graph_inputs(graph_nodes):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
-    def sample_actions(self, device, observation, graph=None, noise=None, num_steps=10) -> torch.Tensor:
+    def sample_actions(self, device, observation, graph_nodes=None, noise=None, num_steps=10) -> torch.Tensor:
         """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in."""
-        with self._graph_inputs(graph):
+        with self._graph_inputs(graph_nodes):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def unused_parameter_names(self) -> list[str]:

@@ -19,8 +19,8 @@ from softarm.data.loader import to_device
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
 from softarm.layout import ASSET_ID, ASSETS_DIR, CONFIG_FILE, DATA_SPEC_FILE, EMA_FILE, NORM_STATS_FILE, TOKENIZER_FILE
-from softarm.model import PI0GraphPytorch, SoftArmModelConfig
-from softarm.weights import load_weights
+from softarm.model import PI0GraphPytorch
+from softarm.weights import load_model
 
 
 class SoftArmPolicy:
@@ -43,14 +43,11 @@ class SoftArmPolicy:
                 raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        config = SoftArmModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        model = PI0GraphPytorch(config)
-        weights = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else directory
-        load_weights(model, weights, allow_fresh_graph=False)
-        model.to(device).eval()
+        weights = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else None
+        model = load_model(directory, device, weights).eval()
         spec = json.loads((directory / DATA_SPEC_FILE).read_text())
         norm_stats = normalize.load(directory / ASSETS_DIR / ASSET_ID)
-        tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=config.max_token_len)
+        tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=model.config.max_token_len)
         return cls(model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps)
 
     @property
@@ -80,6 +77,8 @@ class SoftArmPolicy:
             {k: observation[k] for k in ("images", "graph_nodes", "prompt", "state") if k in observation}
         )
         batch = to_device(default_collate([data]), self.device)
-        actions = self.model.sample_actions(self.device, batch.observation, graph=batch.graph, num_steps=self.num_steps)
+        actions = self.model.sample_actions(
+            self.device, batch.observation, graph_nodes=batch.graph_nodes, num_steps=self.num_steps
+        )
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

@@ -113,13 +113,16 @@ def save_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items() if k not in aliases}, str(path))
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> PI0GraphPytorch:
-    """Rebuild a graph model saved by `save_model`; every tensor must be in the file."""
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu", weights: str | Path | None = None
+) -> PI0GraphPytorch:
+    """Rebuild a graph model saved by `save_model` (or a checkpoint), with the weights of `directory` or of the
+    `weights` file beside them (e.g. a checkpoint's EMA copy); every tensor must be there."""
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a saved PI0GraphPytorch directory")
     config = SoftArmModelConfig.from_dict(json.loads(config_path.read_text()))
     model = PI0GraphPytorch(config)
-    load_weights(model, directory, allow_fresh_graph=False)
+    load_weights(model, weights or directory, allow_fresh_graph=False)
     return model.to(device)

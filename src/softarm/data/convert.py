@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from softarm import arm
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
-from softarm.layout import FORMAT_VERSION, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
+from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
 RAW_SUFFIXES = (".h5", ".hdf5")
 
@@ -141,7 +141,9 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
                 state_dim = None if episode.state is None else episode.state.shape[1]
                 writers = {
                     **{f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8) for s in slots},
-                    "nodes": _ArrayWriter(directory, "nodes", (options.num_nodes, options.node_features), np.float32),
+                    GRAPH_NODES: _ArrayWriter(
+                        directory, GRAPH_NODES, (options.num_nodes, options.node_features), np.float32
+                    ),
                     "actions": _ArrayWriter(directory, "actions", (options.action_dim,), np.float32),
                     "state": _ArrayWriter(directory, "state", (MAX_STATE_DIM,), np.float32),
                 }
@@ -158,7 +160,7 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
                 else np.asarray(image_tools.resize_with_pad(episode.images[camera], size, size))
             )
             writers[f"image_{slot}"].append(frames)
-        writers["nodes"].append(episode.nodes)
+        writers[GRAPH_NODES].append(episode.graph_nodes)
         writers["actions"].append(episode.actions)
         state = np.zeros((episode.length, MAX_STATE_DIM), np.float32)
         if episode.state is not None:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from softarm import openpi_compat
 from softarm.data.prepared import PreparedDataset
-from softarm.layout import IMAGE_SLOTS
+from softarm.layout import GRAPH_NODES, IMAGE_SLOTS
 
 
 class SoftArmDataset(Dataset):
@@ -35,7 +35,7 @@ class SoftArmDataset(Dataset):
         return self.transform(
             {
                 "images": sample.images,
-                "graph_nodes": sample.nodes,
+                GRAPH_NODES: sample.graph_nodes,
                 "state": sample.state[: self.state_dim],
                 "prompt": sample.prompt,
                 "actions": sample.actions,
@@ -119,7 +119,7 @@ def make_loader(
 @dataclasses.dataclass
 class Batch:
     observation: Observation
-    graph: torch.Tensor  # [B, N, F], normalised
+    graph_nodes: torch.Tensor  # [B, N, F], normalised
     # Training targets; None at inference.
     actions: torch.Tensor | None = None  # [B, H, 32], normalised, zero-padded dims
     action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
@@ -158,7 +158,7 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
     }
     return Batch(
         observation=observation_from_batch(batch),
-        graph=batch["graph_nodes"],
+        graph_nodes=batch[GRAPH_NODES],
         actions=batch["actions"].float() if "actions" in batch else None,
         action_is_pad=batch.get("action_is_pad"),
         action_dim_mask=batch.get("action_dim_mask"),

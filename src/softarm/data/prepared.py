@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from softarm.layout import FORMAT_VERSION, IMAGE_SLOTS, META_FILE
+from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SLOTS, META_FILE
 
 
 @dataclasses.dataclass
 class Sample:
     images: dict[str, np.ndarray]  # slot -> uint8 [224, 224, 3] (zeros where the slot has no camera)
     image_masks: dict[str, bool]
-    nodes: np.ndarray  # float32 [N, F]
+    graph_nodes: np.ndarray  # float32 [N, F]
     state: np.ndarray  # float32 [32], zero-padded
     actions: np.ndarray  # float32 [H, A]: the chunk starting at this frame; past the episode end, its last action
     action_is_pad: np.ndarray  # bool [H]: True for steps past the episode end
@@ -33,7 +33,10 @@ class PreparedDataset:
             raise FileNotFoundError(f"{meta_path} not found: not a dataset written by `softarm convert`")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, this softarm reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{meta_path}: format {self.meta.get('format')!r}, this softarm reads {FORMAT_VERSION} "
+                "(convert the raw episodes again)"
+            )
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         self.arrays = {
@@ -67,7 +70,7 @@ class PreparedDataset:
         return Sample(
             images={slot: np.array(self.arrays[f"image_{slot}"][frame]) for slot in IMAGE_SLOTS},  # copies
             image_masks={slot: cameras[slot] is not None for slot in IMAGE_SLOTS},
-            nodes=np.array(self.arrays["nodes"][frame]),
+            graph_nodes=np.array(self.arrays[GRAPH_NODES][frame]),
             state=np.array(self.arrays["state"][frame]),
             actions=actions,
             action_is_pad=np.arange(self.horizon) >= steps,

@@ -36,7 +36,7 @@ class EpisodeError(ValueError):
 class RawEpisode:
     path: Path
     images: dict[str, np.ndarray]  # camera name -> uint8 [T, H, W, 3]
-    nodes: np.ndarray  # float32 [T, N, F]
+    graph_nodes: np.ndarray  # float32 [T, N, F]
     actions: np.ndarray  # float32 [T, A]
     prompt: str
     fps: float
@@ -58,7 +58,7 @@ def write_episode(path: str | Path, episode: RawEpisode) -> Path:
         for camera, frames in episode.images.items():
             chunks = (1, *frames.shape[1:]) if len(frames) else None
             f.create_dataset(f"{IMAGES}/{camera}", data=frames, chunks=chunks, compression="gzip", compression_opts=1)
-        f.create_dataset(NODES, data=episode.nodes)
+        f.create_dataset(NODES, data=episode.graph_nodes)
         f.create_dataset(ACTION, data=episode.actions)
         if episode.state is not None:
             f.create_dataset(STATE, data=episode.state)
@@ -168,7 +168,7 @@ def _read_open(f: h5py.File, path: Path, num_nodes: int, node_features: int, act
     return RawEpisode(
         path=path,
         images=images,
-        nodes=nodes.astype(np.float32),
+        graph_nodes=nodes.astype(np.float32),
         actions=actions.astype(np.float32),
         prompt=prompt.strip(),
         fps=float(fps),

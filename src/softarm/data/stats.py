@@ -16,8 +16,8 @@ import numpy as np
 from openpi.shared import normalize
 
 from softarm.data.prepared import PreparedDataset
+from softarm.layout import GRAPH_NODES
 
-GRAPH_KEY = "graph_nodes"
 CHUNK_FRAMES = 65536
 MIN_SCALE = 1e-2  # in the feature's own unit
 STAT_FIELDS = ("mean", "std", "q01", "q99")
@@ -28,21 +28,21 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
     if not len(data):
         raise ValueError(f"{directory}: the train split is empty; nothing to compute statistics from")
     state_dim = data.meta["state_dim"]
-    running = {"actions": normalize.RunningStats(), GRAPH_KEY: normalize.RunningStats()}
+    running = {"actions": normalize.RunningStats(), GRAPH_NODES: normalize.RunningStats()}
     if state_dim:
         running["state"] = normalize.RunningStats()
     # Few large updates: RunningStats re-bins its quantile histograms whenever min/max grow, losing accuracy each time.
     frames = np.concatenate([np.arange(ep["start"], ep["start"] + ep["length"]) for ep in data.episodes])
     for chunk in np.array_split(frames, max(1, -(-len(frames) // CHUNK_FRAMES))):
         running["actions"].update(np.asarray(data.arrays["actions"][chunk], np.float64))
-        nodes = np.asarray(data.arrays["nodes"][chunk], np.float64)
-        running[GRAPH_KEY].update(nodes.reshape(len(nodes), -1))
+        graph_nodes = np.asarray(data.arrays[GRAPH_NODES][chunk], np.float64)
+        running[GRAPH_NODES].update(graph_nodes.reshape(len(graph_nodes), -1))
         if state_dim:
             running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
     stats = {key: stats.get_statistics() for key, stats in running.items()}
     shape = (data.meta["num_nodes"], data.meta["node_features"])
-    graph = stats[GRAPH_KEY]
-    stats[GRAPH_KEY] = floor_scale(normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in STAT_FIELDS}))
+    graph = stats[GRAPH_NODES]
+    stats[GRAPH_NODES] = floor_scale(normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in STAT_FIELDS}))
     return stats
 
 

@@ -72,8 +72,8 @@ def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> t
     if rollout.success or noise:
         path = _episode_path(out_dir, task_name, episode_seed)
         episode = RawEpisode(
-            path=path, images=rollout.images, nodes=rollout.nodes, actions=rollout.actions, prompt=spec.prompt,
-            fps=env.control_hz, state=rollout.state,
+            path=path, images=rollout.images, graph_nodes=rollout.graph_nodes, actions=rollout.actions,
+            prompt=spec.prompt, fps=env.control_hz, state=rollout.state,
         )  # fmt: skip
         partial = path.with_name(f".{path.name}.partial")
         write_episode(partial, episode)

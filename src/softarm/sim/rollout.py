@@ -24,7 +24,7 @@ class Agent(Protocol):
 @dataclasses.dataclass
 class Rollout:
     spec: EpisodeSpec
-    nodes: np.ndarray  # [T, 10, 19] what the agent saw at each step
+    graph_nodes: np.ndarray  # [T, 10, 19] what the agent saw at each step
     state: np.ndarray  # [T, 10]
     actions: np.ndarray  # [T, 10] what it commanded (before any execution noise)
     errors: np.ndarray  # [T] tip-target distance (m) after each action
@@ -62,7 +62,7 @@ def run_episode(
     env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
     env.place_balls(spec.balls(0))
     agent.reset(spec, hz)
-    nodes, state, actions, errors = [], [], [], []
+    graph_nodes, state, actions, errors = [], [], [], []
     images: dict[str, list[np.ndarray]] = {camera: [] for camera in CAMERAS} if record_images else {}
     stop_at = len(spec.targets) - 1
     for k in range(len(spec.targets) - 1):
@@ -72,7 +72,7 @@ def run_episode(
             for camera, frames in images.items():
                 frames.append(observation["images"][camera])
         action = np.clip(np.asarray(agent.act(observation), np.float32), -1, 1)
-        nodes.append(observation["graph_nodes"])
+        graph_nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
         actions.append(action)
         env.step(action + noise.normal(0.0, action_noise, action.shape) if action_noise else action)
@@ -85,7 +85,7 @@ def run_episode(
     errors_array = np.asarray(errors)
     return Rollout(
         spec=spec,
-        nodes=np.stack(nodes),
+        graph_nodes=np.stack(graph_nodes),
         state=np.stack(state),
         actions=np.stack(actions),
         errors=errors_array,

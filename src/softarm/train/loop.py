@@ -79,7 +79,7 @@ def learning_rate(step: int, optim) -> float:
 
 
 def masked_loss(model: torch.nn.Module, batch: Batch, action_padding: str) -> torch.Tensor:
-    losses = model(batch.observation, batch.actions, graph=batch.graph)
+    losses = model(batch.observation, batch.actions, graph_nodes=batch.graph_nodes)
     mask = batch.loss_mask(action_padding).to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 

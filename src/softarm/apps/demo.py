@@ -24,15 +24,15 @@ import os
 from pathlib import Path
 import shutil
 
+from softarm.apps.demo_report import write_report
+from softarm.apps.evaluate import EvalOptions, evaluate
 from softarm.data.convert import ConvertOptions, convert
-from softarm.demo_report import write_report
-from softarm.evaluate import EvalOptions, evaluate
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
 from softarm.sim.generate import generate
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 # name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
 MODELS = {"graph": "state", "no_graph": "none"}
 BASELINES = ("expert", "expert-blind", "random")

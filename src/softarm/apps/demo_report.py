@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import json
 from pathlib import Path
 
-from softarm.evaluate import wilson_interval
+from softarm.apps.evaluate import wilson_interval
 from softarm.layout import LOSS_PLOT, METRICS_FILE
 from softarm.plotting import pyplot
 from softarm.train.metrics import read_metrics
