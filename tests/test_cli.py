@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from softarm.cli import main
+from tests.conftest import raw_dir
 
 
 def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,3 +67,18 @@ def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         main(["fly"])
     assert exc.value.code == 2
     assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+def test_lerobot_export_and_import_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = raw_dir(tmp_path, lengths=(6, 5))
+    assert main(["export-lerobot", str(raw), str(tmp_path / "lr"), "--codec", "h264"]) == 0
+    assert "wrote 2 episodes (11 frames) as LeRobot v3.0 to" in capsys.readouterr().out
+    cameras = ["--camera", "base_0_rgb=observation.images.base", "--camera", "left_wrist_0_rgb=tip"]
+    assert main(["convert", str(tmp_path / "lr"), str(tmp_path / "prep"), "--val-episodes", "1", *cameras]) == 0
+    assert "kept 2 episodes, skipped 0; samples: train 5, val 6" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert meta["cameras"] == {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": None}
+    assert main(["convert", str(tmp_path / "lr"), str(tmp_path / "p2"), "--graph-key", "observation.nodes"]) == 2
+    assert "no feature 'observation.nodes' (--graph-key)" in capsys.readouterr().err
+    assert main(["export-lerobot", str(raw), str(tmp_path / "lr")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err

@@ -113,7 +113,7 @@ def test_no_valid_episode_is_an_error(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "a.h5").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"no valid episode among 1 files: a\.h5: <file>: not a readable HDF5"):
+    with pytest.raises(ValueError, match=r"no valid episode among 1 episodes: a\.h5: <file>: not a readable HDF5"):
         convert(raw, tmp_path / "prep")
     with pytest.raises(FileNotFoundError, match="no episode files"):
         convert(tmp_path, tmp_path / "p2")

@@ -62,6 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from softarm.data.convert import ConvertOptions, convert
+    from softarm.data.lerobot import LeRobotKeys
 
     cameras = None
     if args.camera:
@@ -75,12 +76,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
         cameras=cameras,
         overwrite=args.overwrite,
         seed=args.seed,
-    )
-    result = convert(args.raw_dir, args.out_dir, options)
+        lerobot=LeRobotKeys(
+            graph=args.graph_key, state=None if args.state_key == "none" else args.state_key,
+            action=args.action_key, num_nodes=args.num_nodes,
+        ),
+    )  # fmt: skip
+    try:
+        result = convert(args.source, args.out_dir, options)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"convert: {e}", file=sys.stderr)
+        return 2
     print(
         f"kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples: train {result.samples['train']}, "
         f"val {result.samples['val']}; wrote {result.out_dir} (skipped episodes and reasons in report.json)"
     )
+    return 0
+
+
+def cmd_export_lerobot(args: argparse.Namespace) -> int:
+    from softarm.data.lerobot_export import ExportOptions, export_lerobot
+
+    options = ExportOptions(overwrite=args.overwrite, codec=args.codec, data_file_size_mb=args.data_file_size_mb,
+                            video_file_size_mb=args.video_file_size_mb)  # fmt: skip
+    try:
+        result = export_lerobot(args.raw_dir, args.out_dir, options)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"export-lerobot: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.episodes} episodes ({result.frames} frames) as LeRobot v3.0 to {result.out_dir}"
+          + (f"; skipped {len(result.skipped)}: " + "; ".join(f"{s['file']}: {s['reason']}" for s in result.skipped)
+             if result.skipped else ""))  # fmt: skip
     return 0
 
 
@@ -158,15 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion", choices=["state", "prefix", "suffix", "none"], help="override the preset's fusion mode"
     )
     info.set_defaults(func=cmd_info)
-    conv = verbs.add_parser("convert", help="validate raw HDF5 episodes and write a prepared dataset")
-    conv.add_argument("raw_dir")
+    conv = verbs.add_parser("convert", help="validate raw HDF5 or LeRobot episodes and write a prepared dataset")
+    conv.add_argument("source", help="a directory of raw HDF5 episodes, or a LeRobot dataset root (v2.1 / v3.0)")
     conv.add_argument("out_dir")
     conv.add_argument("--val-episodes", type=int, default=20, help="episodes held out for validation")
     conv.add_argument("--action-horizon", type=int, default=16)
-    conv.add_argument("--camera", action="append", metavar="SLOT=CAMERA", help="e.g. base_0_rgb=base (repeatable)")
+    conv.add_argument("--camera", action="append", metavar="SLOT=CAMERA",
+                      help="e.g. base_0_rgb=base or base_0_rgb=observation.images.base (repeatable)")  # fmt: skip
+    conv.add_argument("--graph-key", default="observation.graph", help="LeRobot: the [N, F] (or flat N*F) feature")
+    conv.add_argument("--num-nodes", type=int, help="LeRobot: N of a flat graph feature (default: its size / 19)")
+    conv.add_argument("--state-key", default="observation.state", help="LeRobot: the state feature, or none")
+    conv.add_argument("--action-key", default="action", help="LeRobot: the action feature")
     conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     conv.set_defaults(func=cmd_convert)
+    exp = verbs.add_parser("export-lerobot", help="write raw HDF5 episodes as a LeRobot v3.0 dataset")
+    exp.add_argument("raw_dir")
+    exp.add_argument("out_dir")
+    exp.add_argument("--version", choices=["v3.0"], default="v3.0", help="LeRobot codebase version to write")
+    exp.add_argument("--codec", choices=["libsvtav1", "h264", "hevc"], default="libsvtav1", help="AV1 is LeRobot's")
+    exp.add_argument("--data-file-size-mb", type=float, default=100.0, help="start a new parquet file past this size")
+    exp.add_argument("--video-file-size-mb", type=float, default=200.0, help="start a new mp4 past this size")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    exp.set_defaults(func=cmd_export_lerobot)
     stats = verbs.add_parser("stats", help="(re)compute norm_stats.json of a prepared dataset's train split")
     stats.add_argument("dataset")
     stats.set_defaults(func=cmd_stats)

@@ -1,7 +1,8 @@
-"""`softarm convert RAW_DIR OUT_DIR`: validate raw episodes and write a prepared dataset built for random access.
+"""`softarm convert SOURCE OUT_DIR`: validate episodes and write a prepared dataset built for random access.
 
-One pass over the episodes: each is read and validated (`read_episode`); a bad one is skipped and listed in
-`report.json` with its file and reason, a good one is appended frame by frame to flat binary arrays (images already
+SOURCE is a directory of raw HDF5 episodes or a LeRobot dataset root (v2.1 or v3.0, `softarm.data.lerobot`). One
+pass over the episodes: each is read and validated; a bad one is skipped and listed in `report.json` with its file
+(or LeRobot episode index) and reason, a good one is appended frame by frame to flat binary arrays (images already
 resized with padding to 224x224 uint8 by openpi-client's `resize_with_pad`, which openpi's ResizeImages uses). The
 dataset is built in a hidden temporary directory next to OUT_DIR and renamed into place at the end, so a crash never
 leaves a half dataset that looks complete. Inputs are opened read-only.
@@ -13,7 +14,9 @@ per array (frames in episode order), `report.json`, openpi's `norm_stats.json` o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -24,6 +27,7 @@ from openpi_client import image_tools  # the resize that openpi.transforms.Resiz
 from tqdm import tqdm
 
 from softarm import arm
+from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_lerobot
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
 from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
@@ -32,6 +36,7 @@ RAW_SUFFIXES = (".h5", ".hdf5")
 
 @dataclasses.dataclass(frozen=True)
 class ConvertOptions:
+    lerobot: LeRobotKeys = dataclasses.field(default_factory=LeRobotKeys)  # the features of a LeRobot SOURCE
     val_episodes: int = 20
     action_horizon: int = 16
     # openpi image slot -> the lab's camera name; None maps the raw cameras, sorted by name, to the slots in order.
@@ -84,6 +89,7 @@ def _camera_map(episode: RawEpisode, cameras: dict[str, str] | None) -> dict[str
     if cameras is None:
         names = sorted(episode.images)[: len(IMAGE_SLOTS)]
         cameras = dict(zip(IMAGE_SLOTS, names, strict=False))
+    cameras = {slot: camera_name(name) for slot, name in cameras.items()}  # a LeRobot feature key names its camera
     unknown = sorted(set(cameras) - set(IMAGE_SLOTS))
     if unknown:
         raise ValueError(f"unknown image slots {unknown}; openpi's slots are {list(IMAGE_SLOTS)}")
@@ -100,9 +106,20 @@ def _check_consistent(episode: RawEpisode, slots: dict[str, str | None], state_d
         raise EpisodeError(episode.path, "observations/state", f"width {width} differs from the dataset's {state_dim}")
 
 
-def convert(raw_dir: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    files = find_episodes(raw_dir)
+def open_episodes(source: Path, options: ConvertOptions) -> list[tuple[dict, Callable[[], RawEpisode]]]:
+    """(what names the episode in the report, a function that reads and validates it) for every episode of SOURCE."""
+    sizes = {"num_nodes": options.num_nodes, "node_features": options.node_features, "action_dim": options.action_dim}
+    if is_lerobot(source):
+        dataset = LeRobotSource(source, options.lerobot)
+        return [
+            ({"episode_index": ep["episode_index"]}, functools.partial(dataset.read, ep, **sizes)) for ep in dataset
+        ]
+    return [({"file": path.name}, functools.partial(read_episode, path, **sizes)) for path in find_episodes(source)]
+
+
+def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
+    source, out_dir = Path(source), Path(out_dir)
+    episodes = open_episodes(source, options)
     if out_dir.exists() and not options.overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     tmp_dir = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -110,7 +127,7 @@ def convert(raw_dir: str | Path, out_dir: str | Path, options: ConvertOptions = 
         shutil.rmtree(tmp_dir)
     tmp_dir.mkdir(parents=True)
     try:
-        result = _convert_into(files, tmp_dir, options)
+        result = _convert_into(episodes, tmp_dir, options)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -125,17 +142,21 @@ def convert(raw_dir: str | Path, out_dir: str | Path, options: ConvertOptions = 
     return result
 
 
-def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -> ConvertResult:
+def _name(entry: dict) -> str:
+    return entry["file"] if "file" in entry else f"episode {entry['episode_index']}"
+
+
+def _convert_into(
+    sources: list[tuple[dict, Callable[[], RawEpisode]]], directory: Path, options: ConvertOptions
+) -> ConvertResult:
     size = options.image_size
     writers: dict[str, _ArrayWriter] = {}
     slots: dict[str, str | None] | None = None
     state_dim: int | None = None
     episodes, skipped = [], []
-    for path in tqdm(files, desc="converting episodes", unit="episode"):
+    for label, read in tqdm(sources, desc="converting episodes", unit="episode"):
         try:
-            episode = read_episode(
-                path, num_nodes=options.num_nodes, node_features=options.node_features, action_dim=options.action_dim
-            )
+            episode = read()
             if slots is None:
                 slots = _camera_map(episode, options.cameras)
                 state_dim = None if episode.state is None else episode.state.shape[1]
@@ -149,7 +170,7 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
                 }
             _check_consistent(episode, slots, state_dim)
         except EpisodeError as e:
-            skipped.append({"file": path.name, "key": e.key, "reason": e.reason})
+            skipped.append({**label, "key": e.key, "reason": e.reason})
             tqdm.write(f"skipped {e}")
             continue
         start = writers["actions"].frames
@@ -166,12 +187,12 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
         if episode.state is not None:
             state[:, : episode.state.shape[1]] = episode.state
         writers["state"].append(state)
-        episodes.append({"file": path.name, "prompt": episode.prompt, "fps": episode.fps, "start": start,
+        episodes.append({**label, "prompt": episode.prompt, "fps": episode.fps, "start": start,
                          "length": episode.length})  # fmt: skip
     arrays = {name: writer.close() for name, writer in writers.items()}
     if not episodes:
-        reasons = "; ".join(f"{s['file']}: {s['key']}: {s['reason']}" for s in skipped[:5])
-        raise ValueError(f"no valid episode among {len(files)} files: {reasons}")
+        reasons = "; ".join(f"{_name(s)}: {s['key']}: {s['reason']}" for s in skipped[:5])
+        raise ValueError(f"no valid episode among {len(sources)} episodes: {reasons}")
 
     num_val = min(options.val_episodes, len(episodes) - 1)
     val = set(np.random.default_rng(options.seed).permutation(len(episodes))[:num_val].tolist())
@@ -192,7 +213,7 @@ def _convert_into(files: list[Path], directory: Path, options: ConvertOptions) -
         "samples": samples,
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    result = ConvertResult(out_dir=directory, kept=[ep["file"] for ep in episodes], skipped=skipped, samples=samples)
+    result = ConvertResult(out_dir=directory, kept=[_name(ep) for ep in episodes], skipped=skipped, samples=samples)
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     # imported here: they bring openpi (and with it torch and jax), which reading and checking episodes do not need

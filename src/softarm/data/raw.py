@@ -124,54 +124,76 @@ def _read_open(f: h5py.File, path: Path, num_nodes: int, node_features: int, act
 
     if IMAGES not in f or not isinstance(f[IMAGES], h5py.Group) or not len(f[IMAGES]):
         raise EpisodeError(path, IMAGES, "missing: expected one dataset per camera")
-    images = {}
-    for camera in f[IMAGES]:
-        key = f"{IMAGES}/{camera}"
-        frames = _array(f, path, key, ndim=4, kind="u")
-        if frames.dtype != np.uint8 or frames.shape[-1] != 3:
-            raise EpisodeError(path, key, f"expected uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-        images[camera] = frames
-
+    images = {camera: _array(f, path, f"{IMAGES}/{camera}", ndim=4, kind="u") for camera in f[IMAGES]}
     nodes = _array(f, path, NODES, ndim=3, kind="f")
-    if nodes.shape[1:] != (num_nodes, node_features):
-        raise EpisodeError(
-            path, NODES, f"expected [T, {num_nodes}, {node_features}] (T, nodes, features), got {list(nodes.shape)}"
-        )
     actions = _array(f, path, ACTION, ndim=2, kind="f")
-    if actions.shape[1] != action_dim:
-        raise EpisodeError(path, ACTION, f"expected [T, {action_dim}], got {list(actions.shape)}")
     state = _array(f, path, STATE, ndim=2, kind="f", optional=True)
-    if state is not None and not 1 <= state.shape[1] <= MAX_STATE_DIM:
-        raise EpisodeError(path, STATE, f"expected [T, S] with 1 <= S <= {MAX_STATE_DIM}, got {list(state.shape)}")
     edges = _array(f, path, EDGES, ndim=2, kind="iu", optional=True)
+    return validate_episode(
+        RawEpisode(path, images, nodes, actions, prompt.strip(), float(fps), state, edges), HDF5_KEYS,
+        num_nodes=num_nodes, node_features=node_features, action_dim=action_dim,
+    )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeKeys:
+    """Where each field of an episode lives in its source, for error messages."""
+
+    images: str  # prefix of the camera keys
+    graph_nodes: str
+    actions: str
+    state: str
+    edges: str
+
+    def image(self, camera: str) -> str:
+        return f"{self.images}/{camera}" if self.images else camera
+
+
+HDF5_KEYS = EpisodeKeys(images=IMAGES, graph_nodes=NODES, actions=ACTION, state=STATE, edges=EDGES)
+
+
+def validate_episode(
+    episode: RawEpisode, keys: EpisodeKeys, *, num_nodes: int, node_features: int, action_dim: int
+) -> RawEpisode:
+    """Check shapes, lengths and values of an episode from any source; float32 arrays, int64 edges on return."""
+    path = episode.path
+    for camera, frames in episode.images.items():
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            key = keys.image(camera)
+            raise EpisodeError(path, key, f"expected uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    nodes, actions, state, edges = episode.graph_nodes, episode.actions, episode.state, episode.edges
+    if nodes.shape[1:] != (num_nodes, node_features):
+        wanted = f"[T, {num_nodes}, {node_features}] (T, nodes, features)"
+        raise EpisodeError(path, keys.graph_nodes, f"expected {wanted}, got {list(nodes.shape)}")
+    if actions.ndim != 2 or actions.shape[1] != action_dim:
+        raise EpisodeError(path, keys.actions, f"expected [T, {action_dim}], got {list(actions.shape)}")
+    if state is not None and (state.ndim != 2 or not 1 <= state.shape[1] <= MAX_STATE_DIM):
+        raise EpisodeError(path, keys.state, f"expected [T, S] with 1 <= S <= {MAX_STATE_DIM}, got {list(state.shape)}")
     if edges is not None:
         try:
             arm.validate_edges(num_nodes, edges.tolist())
         except ValueError as e:
-            raise EpisodeError(path, EDGES, str(e)) from None
+            raise EpisodeError(path, keys.edges, str(e)) from None
 
     lengths: Mapping[str, int] = {
-        **{f"{IMAGES}/{c}": len(v) for c, v in images.items()},
-        NODES: len(nodes),
-        ACTION: len(actions),
-        **({STATE: len(state)} if state is not None else {}),
+        **{keys.image(c): len(v) for c, v in episode.images.items()},
+        keys.graph_nodes: len(nodes),
+        keys.actions: len(actions),
+        **({keys.state: len(state)} if state is not None else {}),
     }
     if len(set(lengths.values())) > 1:
         listing = ", ".join(f"{k}={n}" for k, n in lengths.items())
         raise EpisodeError(path, "<lengths>", f"arrays must share the time length T, got {listing}")
     if len(actions) == 0:
-        raise EpisodeError(path, ACTION, "empty episode (T = 0)")
-    for key, values in ((NODES, nodes), (ACTION, actions), (STATE, state)):
+        raise EpisodeError(path, keys.actions, "empty episode (T = 0)")
+    for key, values in ((keys.graph_nodes, nodes), (keys.actions, actions), (keys.state, state)):
         if values is not None:
             _finite(path, key, values)
 
-    return RawEpisode(
-        path=path,
-        images=images,
+    return dataclasses.replace(
+        episode,
         graph_nodes=nodes.astype(np.float32),
         actions=actions.astype(np.float32),
-        prompt=prompt.strip(),
-        fps=float(fps),
         state=None if state is None else state.astype(np.float32),
         edges=None if edges is None else edges.astype(np.int64),
     )
