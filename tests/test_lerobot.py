@@ -109,7 +109,7 @@ def test_export_layout_is_lerobots(raw: Path, tmp_path: Path) -> None:
     assert graph_field.metadata[b"ARROW:extension:name"] == b"datasets.features.features.Array2DExtensionType"
     hf = json.loads(data.schema.metadata[b"huggingface"])["info"]["features"]
     assert hf["observation.graph"] == {"shape": [10, 19], "dtype": "float32", "_type": "Array2D"}
-    assert hf["action"] == {"feature": {"dtype": "float32", "_type": "Value"}, "length": 10, "_type": "Sequence"}
+    assert hf["action"] == {"feature": {"dtype": "float32", "_type": "Value"}, "length": 10, "_type": "List"}
     assert data["index"].to_pylist() == list(range(48))
     np.testing.assert_allclose(data["timestamp"].to_numpy()[20:27], np.arange(7) / 10, atol=1e-6)
 

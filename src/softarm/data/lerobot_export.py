@@ -151,7 +151,7 @@ def _hf_features(features: dict[str, dict]) -> dict:
         if f["shape"] == [1]:
             out[key] = value
         elif len(f["shape"]) == 1:
-            out[key] = {"feature": value, "length": f["shape"][0], "_type": "Sequence"}
+            out[key] = {"feature": value, "length": f["shape"][0], "_type": "List"}  # datasets >= 4, as LeRobot v3.0
         else:
             out[key] = {"shape": f["shape"], "dtype": f["dtype"], "_type": "Array2D"}
     return {"info": {"features": out}}
