@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from softarm.data.convert import ConvertOptions, convert
-from softarm.data.lerobot import LeRobotKeys
+from softarm.data.lerobot import LeRobotKeys, LeRobotSource
 from softarm.data.lerobot_export import ExportOptions, export_lerobot
 from softarm.data.prepared import PreparedDataset
 from softarm.data.raw import RawEpisode, read_episode, write_episode
@@ -82,6 +82,9 @@ def test_export_then_convert_gives_the_direct_dataset(
     assert (result.episodes, result.frames, result.skipped) == (4, sum(LENGTHS), [])
     converted = convert(export, tmp_path / "prep", OPTIONS)
     assert converted.kept == ["episode 0", "episode 1", "episode 2", "episode 3"]
+    source = LeRobotSource(export, LeRobotKeys())
+    edges = source.read(source.episodes[1], num_nodes=10, node_features=19, action_dim=10).edges
+    np.testing.assert_array_equal(edges, read_episode(raw / "ep_001.h5").edges)
     assert assert_same_dataset(PreparedDataset(tmp_path / "prep", "all"), direct) < 3.0  # codec loss, 0-255 scale
     assert tree_digest(raw) == before
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*.*"))

@@ -79,6 +79,7 @@ class LeRobotSource:
                 f"{info_path}: {unknown[0]!r} is not an image or video feature; those are {sorted(visual)}"
             )
         self.state_key = keys.state if keys.state in self.features else None
+        self.edges = (self.features[keys.graph].get("info") or {}).get("edges")  # as softarm's export writes them
         self.episodes = self._read_episodes()
         self._table: tuple[Path, pa.Table] | None = None
         self._videos: dict[str, VideoReader] = {}
@@ -148,9 +149,10 @@ class LeRobotSource:
             path=path, images=images, graph_nodes=graph, actions=self._feature(rows, self.keys.action, path),
             prompt=str(prompt).strip(), fps=float(self.fps),
             state=None if self.state_key is None else self._feature(rows, self.state_key, path),
+            edges=None if self.edges is None else np.asarray(self.edges),
         )  # fmt: skip
-        keys = EpisodeKeys(images="", graph_nodes=self.keys.graph, actions=self.keys.action,
-                           state=self.state_key or "", edges="")  # fmt: skip
+        keys = EpisodeKeys(images="", graph_nodes=self.keys.graph, actions=self.keys.action, state=self.state_key or "",
+                           edges=f"{self.keys.graph}.info.edges")  # fmt: skip
         return validate_episode(raw, keys, num_nodes=num_nodes, node_features=node_features, action_dim=action_dim)
 
     def _rows(self, episode: dict, path: Path) -> pa.Table:
