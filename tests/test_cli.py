@@ -58,8 +58,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
         main(["demo", "--out", str(tmp_path), "--episodes", "reach"])
     with pytest.raises(SystemExit, match=r"--eval-episodes takes TASK=COUNT or COUNT \(e\.g\. follow=50\), got '=3'"):
         main(["demo", "--out", str(tmp_path), "--eval-episodes", "=3"])
-    with pytest.raises(ValueError, match="no evaluation episodes for reach: give --eval-episodes TASK=COUNT >= 1"):
-        main(["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes", "reach=0"])
+    assert main(["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes", "reach=0"]) == 2
+    assert "softarm demo: error: no evaluation episodes for reach: give --eval-episodes TASK=COUNT >= 1" in (
+        capsys.readouterr().err
+    )
 
 
 def test_unknown_verb_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,6 +81,41 @@ def test_lerobot_export_and_import_from_the_command_line(tmp_path: Path, capsys:
     meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
     assert meta["cameras"] == {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": None}
     assert main(["convert", str(tmp_path / "lr"), str(tmp_path / "p2"), "--graph-key", "observation.nodes"]) == 2
-    assert "no feature 'observation.nodes' (--graph-key)" in capsys.readouterr().err
+    assert "softarm convert: error: " in capsys.readouterr().err
     assert main(["export-lerobot", str(raw), str(tmp_path / "lr")]) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "softarm export-lerobot: error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "{tmp}/empty", "{tmp}/out"], "softarm convert: error: no episode files (.h5, .hdf5) in {tmp}/"),
+        (["convert", "{tmp}/nowhere", "{tmp}/out"], "softarm convert: error: raw episode directory {tmp}/nowhere does "
+                                                    "not exist"),
+        (["export-lerobot", "{tmp}/empty", "{tmp}/out"], "softarm export-lerobot: error: no episode files"),
+        (["stats", "{tmp}/empty"], "softarm stats: error: {tmp}/empty/meta.json not found: not a dataset written by"),
+        (["serve", "--checkpoint", "{tmp}/empty"], "softarm serve: error: {tmp}/empty is not a softarm checkpoint: "
+                                                   "model_config.json is missing"),
+        (["eval", "--checkpoint", "{tmp}/empty", "--out", "{tmp}/eval"], "softarm eval: error: {tmp}/empty is not a "
+                                                                         "softarm checkpoint"),
+        (["eval", "--out", "{tmp}/eval"], "softarm eval: error: --policy model needs --checkpoint"),
+        (["train", "data.path={tmp}/empty"], "softarm train: error: data.path: '{tmp}/empty' is not a prepared"),
+        (["train", "train.steps=zero"], "softarm train: error: train.steps: expected int, got 'zero'"),
+        (["sim", "generate", "--task", "push", "--out", "{tmp}/r"], "softarm sim generate: error: unknown task 'push'"),
+    ],
+)  # fmt: skip
+def test_user_mistakes_are_one_line_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTARM_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match=r"raw episode directory .* does not exist"):
+        main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")])

@@ -1,10 +1,18 @@
-"""`softarm <verb>`: a thin front door; each verb calls one module."""
+"""`softarm <verb>`: a thin front door; each verb calls one module.
+
+A user's mistake (a path that is not what the verb needs, a bad value) raises ValueError or an OSError with a
+message naming it; `main` prints that as one line `softarm <verb>: error: ...` and exits 2. Anything else is a bug
+and keeps its traceback; SOFTARM_DEBUG=1 shows the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+import os
 import sys
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -81,11 +89,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             action=args.action_key, num_nodes=args.num_nodes,
         ),
     )  # fmt: skip
-    try:
-        result = convert(args.source, args.out_dir, options)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"convert: {e}", file=sys.stderr)
-        return 2
+    result = convert(args.source, args.out_dir, options)
     print(
         f"kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples: train {result.samples['train']}, "
         f"val {result.samples['val']}; wrote {result.out_dir} (skipped episodes and reasons in report.json)"
@@ -98,11 +102,7 @@ def cmd_export_lerobot(args: argparse.Namespace) -> int:
 
     options = ExportOptions(overwrite=args.overwrite, codec=args.codec, data_file_size_mb=args.data_file_size_mb,
                             video_file_size_mb=args.video_file_size_mb)  # fmt: skip
-    try:
-        result = export_lerobot(args.raw_dir, args.out_dir, options)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"export-lerobot: {e}", file=sys.stderr)
-        return 2
+    result = export_lerobot(args.raw_dir, args.out_dir, options)
     print(f"wrote {result.episodes} episodes ({result.frames} frames) as LeRobot v3.0 to {result.out_dir}"
           + (f"; skipped {len(result.skipped)}: " + "; ".join(f"{s['file']}: {s['reason']}" for s in result.skipped)
              if result.skipped else ""))  # fmt: skip
@@ -123,15 +123,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from softarm.train.config import ConfigError, load_config
+    from softarm.train.config import load_config
     from softarm.train.loop import train
 
-    try:
-        config = load_config(args.config, args.overrides)
-        config.validate()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.overrides)
+    config.validate()
     metrics = train(config).metrics
     print("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
     return 0
@@ -267,7 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if os.environ.get("SOFTARM_DEBUG"):
+            raise
+        verb = f"sim {args.sim_verb}" if args.verb == "sim" else args.verb
+        print(f"softarm {verb}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
