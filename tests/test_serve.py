@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+import contextlib
 import http.client
 from pathlib import Path
 import socket
 import threading
+import time
 
 import numpy as np
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 import pytest
+import torch
 import websockets.sync.client
 
 from softarm.policy import SoftArmPolicy
-from softarm.serve import SoftArmPolicyServer
+from softarm.serve import SoftArmPolicyServer, exposure_warning, read_api_key
 from tests.conftest import observation
 
 TIP = {"tip": np.zeros((8, 8, 3), np.uint8)}
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[int]:
-    policy = SoftArmPolicy.from_checkpoint(checkpoint[0])
+@contextlib.contextmanager
+def running(policy, api_key: str | None = None) -> Iterator[int]:
+    """The server in a thread of this process on a free port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = SoftArmPolicyServer(policy, host="127.0.0.1", port=port, metadata=policy.metadata)
+    srv = SoftArmPolicyServer(policy, host="127.0.0.1", port=port, metadata=policy.metadata, api_key=api_key)
     loop = asyncio.new_event_loop()
     ready = asyncio.Event()
     thread = threading.Thread(target=loop.run_until_complete, args=(srv.run(ready),), daemon=True)
@@ -40,6 +43,17 @@ def server(checkpoint) -> Iterator[int]:
     yield port
     loop.call_soon_threadsafe(srv.server.close)
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def policy(checkpoint) -> SoftArmPolicy:
+    return SoftArmPolicy.from_checkpoint(checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def server(policy) -> Iterator[int]:
+    with running(policy) as port:
+        yield port
 
 
 def test_openpi_client_gets_actions_and_metadata(server: int) -> None:
@@ -117,3 +131,87 @@ def test_example_robot_loop(server: int, tmp_path: Path) -> None:
     assert np.isfinite(result["mse_vs_recorded"])
     assert arm.t == 20
     assert np.stack(arm.commands).shape == (20, 10)
+
+
+def test_api_key_required_when_set(policy: SoftArmPolicy, caplog: pytest.LogCaptureFixture) -> None:
+    key = "s3cret-key-123"
+    with running(policy, api_key=key) as port:
+        client = WebsocketClientPolicy("127.0.0.1", port, api_key=key)
+        assert client.infer(observation(0, 20, 4))["actions"].shape == (16, 10)
+        for wrong in (None, "guess"):
+            with pytest.raises(websockets.exceptions.InvalidStatus, match="HTTP 401"):
+                websockets.sync.client.connect(
+                    f"ws://127.0.0.1:{port}",
+                    additional_headers={"Authorization": f"Api-Key {wrong}"} if wrong else None,
+                )
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # the health check stays open
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        assert client.infer(observation(0, 20, 5))["actions"].shape == (16, 10)  # others unaffected
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2
+    assert "no API key" in refusals[0]
+    assert "wrong API key" in refusals[1]
+    assert all(key not in r.getMessage() and "guess" not in r.getMessage() for r in caplog.records)
+
+
+class SlowPolicy:
+    """The real policy, its model taking at least `seconds` per request, its sampling noise seeded per request."""
+
+    def __init__(self, policy: SoftArmPolicy, seconds: float) -> None:
+        self.policy, self.seconds, self.metadata = policy, seconds, policy.metadata
+        self.prepare = policy.prepare
+
+    def act(self, prepared: dict) -> dict:
+        time.sleep(self.seconds)
+        torch.manual_seed(0)
+        return self.policy.act(prepared)
+
+    def infer(self, obs: dict) -> dict:
+        return self.act(self.prepare(obs))
+
+
+def test_bad_request_is_answered_while_the_model_runs(policy: SoftArmPolicy) -> None:
+    slow = SlowPolicy(policy, 1.0)
+    expected = slow.act(policy.prepare(observation(0, 20, 4)))["actions"]
+    with running(slow) as port:
+        clients = [WebsocketClientPolicy("127.0.0.1", port) for _ in range(3)]
+        results: dict[int, np.ndarray] = {}
+
+        def ask(i: int) -> None:
+            results[i] = clients[i].infer(observation(0, 20, 4))["actions"]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.1)  # both queued: the model is busy with the first for a second
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="missing key 'graph_nodes'"):
+            clients[2].infer({k: v for k, v in observation(0, 20, 1).items() if k != "graph_nodes"})
+        assert time.monotonic() - start < 0.1
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        assert time.monotonic() - start < 0.2
+        for thread in threads:
+            thread.join(timeout=10)
+    assert sorted(results) == [0, 1]
+    for actions in results.values():
+        np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_api_key_sources_and_the_open_network_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOFTARM_API_KEY", raising=False)
+    assert read_api_key(None) is None
+    (tmp_path / "key").write_text("  abc123 \n")
+    assert read_api_key(str(tmp_path / "key")) == "abc123"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match=r"--api-key-file .*empty is empty"):
+        read_api_key(str(tmp_path / "empty"))
+    monkeypatch.setenv("SOFTARM_API_KEY", "from-env")
+    assert read_api_key(None) == "from-env"
+    assert "anyone who can reach 0.0.0.0:8000 can drive the arm" in exposure_warning("0.0.0.0", 8000, None)
+    assert exposure_warning("0.0.0.0", 8000, "k") is None
+    assert exposure_warning("127.0.0.1", 8000, None) is None
+    assert exposure_warning("localhost", 8000, None) is None
+    assert exposure_warning("::1", 8000, None) is None

@@ -69,14 +69,20 @@ class SoftArmPolicy:
             "pi05": config.pi05,
         }
 
-    @torch.inference_mode()
     def infer(self, observation: dict) -> dict:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S]}."""
+        return self.act(self.prepare(observation))
+
+    def prepare(self, observation: dict) -> dict:
+        """Validate and transform one observation (ValueError naming the key if malformed); no model work, so a
+        server can answer a bad request without waiting for the model."""
+        return self._inputs({k: v for k, v in observation.items() if k in ("images", "graph_nodes", "prompt", "state")})
+
+    @torch.inference_mode()
+    def act(self, prepared: dict) -> dict:
+        """The action chunk in the arm's units for a `prepare`d observation."""
         start = time.monotonic()
-        data = self._inputs(
-            {k: observation[k] for k in ("images", "graph_nodes", "prompt", "state") if k in observation}
-        )
-        batch = to_device(default_collate([data]), self.device)
+        batch = to_device(default_collate([prepared]), self.device)
         actions = self.model.sample_actions(
             self.device, batch.observation, graph_nodes=batch.graph_nodes, num_steps=self.num_steps
         )

@@ -3,17 +3,27 @@
 The protocol is openpi's: the metadata as the first frame, then one msgpack-numpy observation in, one action chunk
 out (with `server_timing`), and GET /healthz answered with 200. openpi's own server answers any error with the full
 traceback and closes the connection. A robot needs less and more:
-a bad request (missing key, wrong shape or dtype, NaN, oversized image, bytes that are not msgpack) gets one text
-frame that says what is wrong, and the connection stays open; an internal error is logged here and the client only
-learns that it happened. Every connection is its own task, so one client's trouble never stops the others.
+- a bad request (missing key, wrong shape or dtype, NaN, oversized image, bytes that are not msgpack) gets one text
+  frame that says what is wrong, and the connection stays open; an internal error is logged here and the client only
+  learns that it happened;
+- the model runs in one worker thread, one request at a time in arrival order, while the event loop keeps accepting
+  connections, answering /healthz and checking requests (in a second thread), so a bad request is answered at once
+  even while a long inference runs;
+- with an API key, the websocket handshake must carry openpi-client's `Authorization: Api-Key <key>` header; without
+  it (or with another key) the connection is refused with 401 before any policy work. /healthz stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import contextlib
+import hmac
 import http
+import ipaddress
 import logging
+import os
+from pathlib import Path
 import time
 
 from openpi_client import base_policy, msgpack_numpy
@@ -24,14 +34,29 @@ import websockets.frames
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 2**20  # three full-HD frames fit; a runaway client does not
+API_KEY_ENV = "SOFTARM_API_KEY"
 
 
 class SoftArmPolicyServer:
+    """`policy` needs `infer(obs)`; one that also has `prepare(obs)` (checks, ValueError) and `act(prepared)` gets
+    its requests checked outside the model's queue. All model work runs in `model_thread` (one is made if not
+    given): build the policy there too, since torch used from two threads of a process keeps two OpenMP thread
+    teams that, on a few cores, make every inference ~3x slower."""
+
     def __init__(
-        self, policy: base_policy.BasePolicy, host: str = "0.0.0.0", port: int = 8000, metadata: dict | None = None
+        self,
+        policy: base_policy.BasePolicy,
+        host: str = "0.0.0.0",
+        port: int = 8000,
+        metadata: dict | None = None,
+        api_key: str | None = None,
+        model_thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self.policy, self.host, self.port, self.metadata = policy, host, port, metadata or {}
+        self._expected = f"Api-Key {api_key}".encode() if api_key else None
         self.server: _server.Server | None = None
+        self._model = model_thread or model_worker()  # FIFO, one request at a time
+        self._checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="softarm-checks")
 
     def serve_forever(self) -> None:
         asyncio.run(self.run())
@@ -43,12 +68,35 @@ class SoftArmPolicyServer:
             self.port,
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
-            process_request=_health_check,
+            process_request=self._process_request,
         ) as server:
             self.server = server
             if ready is not None:
                 ready.set()
             await server.serve_forever()
+
+    def _process_request(
+        self, connection: _server.ServerConnection, request: _server.Request
+    ) -> _server.Response | None:
+        """Before the websocket upgrade: /healthz answers 200; a missing or wrong API key is refused with 401."""
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self._expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):  # constant time; the key is never logged
+                logger.warning("refused %s: %s API key", connection.remote_address, "wrong" if given else "no")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
+        return None
+
+    def _run(self, function, *args):
+        return asyncio.get_running_loop().run_in_executor(self._model, function, *args)
+
+    async def _infer(self, obs: dict) -> dict:
+        prepare, act = getattr(self.policy, "prepare", None), getattr(self.policy, "act", None)
+        if prepare is None or act is None:
+            return await self._run(self.policy.infer, obs)
+        prepared = await asyncio.get_running_loop().run_in_executor(self._checks, prepare, obs)
+        return await self._run(act, prepared)
 
     async def _handler(self, websocket: _server.ServerConnection) -> None:
         packer = msgpack_numpy.Packer()
@@ -68,9 +116,8 @@ class SoftArmPolicyServer:
                 await _send_error(websocket, "bad request: the message is not a msgpack-encoded observation map")
                 continue
             try:
-                infer_start = time.monotonic()
-                result = self.policy.infer(obs)
-                result["server_timing"] = {"infer_ms": 1000 * (time.monotonic() - infer_start)}
+                result = await self._infer(obs)
+                result["server_timing"] = {"infer_ms": 1000 * (time.monotonic() - start)}
             except ValueError as e:
                 await _send_error(websocket, f"bad request: {e}")
                 continue
@@ -88,20 +135,45 @@ class SoftArmPolicyServer:
             prev_total_time = time.monotonic() - start
 
 
-def _health_check(connection: _server.ServerConnection, request: _server.Request) -> _server.Response | None:
-    """GET /healthz: 200 without a websocket upgrade (load balancers, the robot's watchdog); anything else goes on."""
-    return connection.respond(http.HTTPStatus.OK, "OK\n") if request.path == "/healthz" else None
-
-
 async def _send_error(websocket: _server.ServerConnection, text: str) -> None:
     """openpi-client raises a RuntimeError with this text when it receives a text frame."""
     with contextlib.suppress(websockets.ConnectionClosed):
         await websocket.send(text)
 
 
-def serve(checkpoint: str, host: str = "0.0.0.0", port: int = 8000, device: str = "auto") -> None:
+def model_worker() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="softarm-model")
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The key from `path` (its first line), else from $SOFTARM_API_KEY, else None."""
+    key = (Path(path).read_text().strip().splitlines() or [""])[0] if path else os.environ.get(API_KEY_ENV, "")
+    if path and not key:
+        raise ValueError(f"--api-key-file {path} is empty")
+    return key.strip() or None
+
+
+def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
+    """What to say when anyone on the network could drive the arm: a non-loopback address and no key."""
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if api_key or loopback:
+        return None
+    return (f"no API key: anyone who can reach {host}:{port} can drive the arm "
+            f"(pass --api-key-file, set {API_KEY_ENV}, or bind 127.0.0.1)")  # fmt: skip
+
+
+def serve(
+    checkpoint: str, host: str = "0.0.0.0", port: int = 8000, device: str = "auto", api_key_file: str | None = None
+) -> None:
     from softarm.policy import SoftArmPolicy
 
-    policy = SoftArmPolicy.from_checkpoint(checkpoint, device=device)
-    logger.info("serving %s on %s:%d", checkpoint, host, port)
-    SoftArmPolicyServer(policy, host=host, port=port, metadata=policy.metadata).serve_forever()
+    api_key = read_api_key(api_key_file)
+    if warning := exposure_warning(host, port, api_key):
+        logger.warning(warning)
+    model_thread = model_worker()
+    policy = model_thread.submit(SoftArmPolicy.from_checkpoint, checkpoint, device=device).result()
+    logger.info("serving %s on %s:%d%s", checkpoint, host, port, " (API key required)" if api_key else "")
+    server = SoftArmPolicyServer(policy, host, port, policy.metadata, api_key=api_key, model_thread=model_thread)
+    server.serve_forever()
