@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import os
 import sys
 
+EXIT_PREEMPTED = 75  # `softarm train` stopped by SIGTERM / SIGINT after saving (EX_TEMPFAIL: run it again)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
@@ -128,8 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     config.validate()
-    metrics = train(config).metrics
-    print("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    result = train(config)
+    metrics = result.metrics.items()
+    print("final: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics))
+    if result.preempted:
+        print(f"stopped early on request; run the same command to resume (exit code {EXIT_PREEMPTED})")
+        return EXIT_PREEMPTED
     return 0
 
 

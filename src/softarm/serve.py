@@ -73,7 +73,11 @@ class SoftArmPolicyServer:
             self.server = server
             if ready is not None:
                 ready.set()
-            await server.serve_forever()
+            try:
+                await server.serve_forever()
+            finally:  # the worker threads end with the server (they would idle on otherwise)
+                self._checks.shutdown(wait=False, cancel_futures=True)
+                self._model.shutdown(wait=False, cancel_futures=True)
 
     def _process_request(
         self, connection: _server.ServerConnection, request: _server.Request

@@ -32,7 +32,7 @@ class SoftArmDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.prepared[index]
-        return self.transform(
+        item = self.transform(
             {
                 "images": sample.images,
                 GRAPH_NODES: sample.graph_nodes,
@@ -42,6 +42,7 @@ class SoftArmDataset(Dataset):
                 "action_is_pad": sample.action_is_pad,
             }
         )
+        return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
 
 
 def prepared_cameras(prepared: PreparedDataset) -> dict[str, str | None]:

@@ -79,6 +79,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0  # the position in the data: the next batch is batch `batch_in_epoch` of `epoch`
     batch_in_epoch: int = 0
+    bad_steps: int = 0  # non-finite steps in a row (not saved: a resumed run starts counting anew)
+    bad_episodes: set[str] = dataclasses.field(default_factory=set)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +101,41 @@ def save_checkpoint(
     keep_last: int,
     model_state: dict | None = None,
 ) -> Path:
-    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model."""
-    model, ema = state.model, state.ema.module if state.ema is not None else None
+    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model. Raises
+    CheckpointError, leaving the earlier checkpoints as they were, if the weights are not finite or the write fails
+    (disk full, permission denied): a partial write is removed, and resume never reads a `tmp_<step>` anyway."""
     root = checkpoint_root(run_dir)
     final, tmp = root / str(state.step), root / f"tmp_{state.step}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tensors = model_state if model_state is not None else dict(state.model.named_parameters())
+    if state.ema is not None:
+        tensors = tensors | {f"ema.{k}": v for k, v in state.ema.module.named_parameters()}
+    bad = [name for name, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"not writing checkpoint {state.step}: {len(bad)} tensors hold NaN or Inf, e.g. {bad[0]}")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _write(tmp, state, sources, optimizer_state, model_state)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = [p.name for p in list_checkpoints(run_dir)]
+        kept = f"checkpoint {earlier[-1]} is intact" if earlier else "there is no earlier checkpoint"
+        raise CheckpointError(f"could not write checkpoint {state.step} in {root}: {e}; nothing of it was kept, "
+                              f"{kept}") from e  # fmt: skip
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict, model_state: dict | None) -> None:
+    model, ema = state.model, state.ema.module if state.ema is not None else None
     if has_lora(model):
         save_model(model, tmp, merged_state_dict(model))
         trained = trainable_state_dict(model)
@@ -130,12 +161,6 @@ def save_checkpoint(
     meta = json.loads((sources.dataset_dir / META_FILE).read_text())
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
     (tmp / DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
-    return final
 
 
 def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:

@@ -86,6 +86,7 @@ class TrainSection:
     val_batches: int = 8
     save_every: int = 50
     keep_last: int = 3
+    max_bad_steps: int = 10  # training stops after this many non-finite steps in a row (each one is skipped)
     device: str = "auto"  # auto: cuda:<local rank> when available, else cpu
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP) the model
     dist_timeout_s: int = 1800  # a collective that waits longer fails with an error instead of hanging
@@ -120,6 +121,7 @@ class TrainConfig:
             "train.val_every": self.train.val_every,
             "train.save_every": self.train.save_every,
             "train.keep_last": self.train.keep_last,
+            "train.max_bad_steps": self.train.max_bad_steps,
             "train.dist_timeout_s": self.train.dist_timeout_s,
         }
         for key, value in {"lora.rank": self.lora.rank, "lora.expert_rank": self.lora.expert_rank}.items():

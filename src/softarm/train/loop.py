@@ -15,6 +15,9 @@ import math
 import os
 from pathlib import Path
 import random
+import signal
+import sys
+import threading
 
 import numpy as np
 from openpi.shared import normalize
@@ -118,10 +121,15 @@ def validate(run: Run, model: torch.nn.Module, loader: DataLoader) -> float:
     return float(total[0] / total[1]) if total[1] else float("nan")
 
 
+class NonFiniteTraining(RuntimeError):
+    """Training stopped: too many steps in a row without a finite loss or gradient norm."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     metrics: dict  # the last step's training and validation numbers
     model: PI0GraphPytorch  # this rank's trained model (not the EMA)
+    preempted: bool = False  # stopped early by SIGTERM / SIGINT, after writing a checkpoint
 
 
 @dataclasses.dataclass
@@ -148,35 +156,82 @@ class Run:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """start -> loaders -> model, EMA and optimizer (resumed) -> steps, each followed by the periodic work."""
+    """start -> loaders -> model, EMA and optimizer (resumed) -> steps, each followed by the periodic work (log,
+    validate, save), until `train.steps` or a stop request (SIGTERM / SIGINT: the step ends, a checkpoint is saved)."""
     run = start(config)
     train_loader, val_loader = build_loaders(run)
     state = build_state(run)
     t = config.train
     metrics = MetricsLog(run.dir, main=run.dist.main, tensorboard=t.tensorboard, step=state.step)
     progress = tqdm(total=t.steps, initial=state.step, desc="training", unit="step", disable=not run.dist.main)
-    batches = epochs(train_loader, state)
-    while state.step < t.steps:
-        values = train_step(run, state, batches)
-        progress.update()
-        if state.step % t.log_every == 0 or state.step == t.steps:
-            metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
-            progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
-        if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.steps):
-            val = {"step": state.step, "val_loss": validate(run, state.net, val_loader)}
-            if state.ema is not None:
-                val["val_loss_ema"] = validate(run, state.ema.module, val_loader)
-            run.log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
-            metrics.record(val)
-        if state.step % t.save_every == 0 or state.step == t.steps:
-            save(run, state)
-        if run.dist.world > 1:
-            torch.distributed.barrier()
+    batches, preempted = epochs(train_loader, state), False
+    with stop_requests() as received:
+        while state.step < t.steps and not preempted:
+            values = train_step(run, state, batches)
+            progress.update()
+            finite, episodes = values.pop("finite"), values.pop("episodes")
+            if not finite:
+                split = train_loader.dataset.prepared.episodes
+                skipped(run, state, values, sorted({_episode_name(split[i]) for i in episodes}))
+            if state.step % t.log_every == 0 or state.step == t.steps:
+                metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
+                progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
+            if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.steps):
+                val = {"step": state.step, "val_loss": validate(run, state.net, val_loader)}
+                if state.ema is not None:
+                    val["val_loss_ema"] = validate(run, state.ema.module, val_loader)
+                run.log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
+                metrics.record(val)
+            preempted = save_or_stop(run, state, received)
     progress.close()
     metrics.close(plot=run.dir / LOSS_PLOT)
     if run.dist.world > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(metrics=metrics.last, model=state.model)
+    return TrainResult(metrics=metrics.last, model=state.model, preempted=preempted)
+
+
+def save_or_stop(run: Run, state: ckpt.TrainState, received: list[int]) -> bool:
+    """Save when due; if a stop was requested on any rank, save now (unless just saved) and return True. Under
+    torchrun the ranks agree on the stop step through an all-reduce that is also the step's barrier."""
+    t = run.config.train
+    due = state.step % t.save_every == 0 or state.step == t.steps
+    if due:
+        save(run, state)
+    stop = bool(received)
+    if run.dist.world > 1:
+        flag = torch.tensor(int(stop), device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag)
+    if stop:
+        if not due:
+            save(run, state)
+        run.log(f"stop requested: checkpoint of step {state.step} written; the same command resumes from it")
+    return stop
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """SIGTERM (a cluster's preemption notice) or SIGINT (Ctrl-C) asks training to stop after the current step; a
+    second SIGINT stops at once. The list collects the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, _frame) -> None:
+        if signum == signal.SIGINT and received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        tqdm.write(
+            f"{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def start(config: TrainConfig) -> Run:
@@ -286,29 +341,55 @@ def epochs(loader: DataLoader, state: ckpt.TrainState) -> Iterator[dict]:
 
 
 def train_step(run: Run, state: ckpt.TrainState, batches: Iterator[dict]) -> dict:
-    """One optimizer step over `grad_accum` micro-batches; the loss stays on the device (no host sync per step)."""
+    """One optimizer step over `grad_accum` micro-batches. A non-finite loss or gradient norm (on any rank) skips the
+    update: weights, optimizer state and EMA stay as they were; `state.bad_steps` counts such steps in a row. The
+    finite check is the step's one host sync."""
     t, o = run.config.train, run.config.optim
     lr = learning_rate(state.step, dataclasses.replace(o, decay_steps=o.decay_steps or t.steps))
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    total = torch.zeros((), device=run.device)
+    total, episodes = torch.zeros((), device=run.device), []
     for micro in range(t.grad_accum):
-        batch = to_device(next(batches), run.device)
+        raw = next(batches)
+        episodes += raw["episode"].tolist()
         with gradient_sync(run, state, on=micro == t.grad_accum - 1), run.autocast():
-            loss = masked_loss(state.net, batch, run.config.data.action_padding) / t.grad_accum
+            loss = masked_loss(state.net, to_device(raw, run.device), run.config.data.action_padding) / t.grad_accum
         loss.backward()
         total += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, o.clip_norm)
-    state.optimizer.step()
+    grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+    finite = (torch.isfinite(total) & torch.isfinite(grad_norm)).to(torch.int32)
+    if run.dist.world > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # every rank skips or none
+    if bool(finite):
+        state.optimizer.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
+        state.bad_steps = 0
+        state.bad_episodes.clear()
+    else:
+        state.bad_steps += 1
     state.optimizer.zero_grad(set_to_none=True)
-    if state.ema is not None:
-        state.ema.update_parameters(state.model)
     state.step += 1
-    return {
-        "loss": total,
-        "lr": lr,
-        "grad_norm": grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm,
-    }
+    return {"loss": total, "lr": lr, "grad_norm": grad_norm, "finite": bool(finite), "episodes": episodes}
+
+
+def skipped(run: Run, state: ckpt.TrainState, values: dict, names: list[str]) -> None:
+    """Say which step was skipped and what it was fed; stop after `train.max_bad_steps` such steps in a row."""
+    what = f"non-finite loss {float(values['loss'])} or gradient norm {float(values['grad_norm'])}"
+    tqdm.write(f"rank {run.dist.rank} step {state.step}: {what}; update skipped (batch from {', '.join(names)})",
+               file=sys.stderr)  # fmt: skip
+    state.bad_episodes |= set(names)
+    if state.bad_steps >= run.config.train.max_bad_steps:
+        raise NonFiniteTraining(
+            f"{state.bad_steps} steps in a row up to step {state.step} had a non-finite loss or gradient norm "
+            f"(train.max_bad_steps={run.config.train.max_bad_steps}); their batches came from "
+            f"{', '.join(sorted(state.bad_episodes))}. Check those episodes, or lower optim.lr"
+        )
+
+
+def _episode_name(episode: dict) -> str:
+    return episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
 
 
 def gradient_sync(run: Run, state: ckpt.TrainState, *, on: bool):
