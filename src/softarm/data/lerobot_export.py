@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from softarm import arm
+from softarm.data.convert import find_episodes
 from softarm.data.lerobot import CAMERA_PREFIX, INFO_PATH, TASKS_PARQUET
 from softarm.data.raw import EpisodeError, RawEpisode, read_episode
 from softarm.data.video import VideoConcatenation, encode
@@ -158,8 +159,6 @@ def _hf_features(features: dict[str, dict]) -> dict:
 
 
 def export_lerobot(raw_dir: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
-    from softarm.data.convert import find_episodes
-
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     files = find_episodes(raw_dir)
     if out_dir.exists() and not options.overwrite:
