@@ -105,11 +105,6 @@ class LeRobotSource:
     def __iter__(self) -> Iterator[dict]:
         return iter(self.episodes)
 
-    def close(self) -> None:
-        for reader in self._videos.values():
-            reader.close()
-        self._videos.clear()
-
     def label(self, episode: dict) -> str:
         return f"episode {episode['episode_index']}"
 
