@@ -79,6 +79,23 @@ def test_non_finite_values_are_located(bad) -> None:
         GraphEncoder(width=16, depth=1, num_heads=2)(nodes)
 
 
+def test_validated_inputs_skip_the_finite_check_but_not_the_shape_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from softarm.model import PI0GraphPytorch, preset
+
+    model = PI0GraphPytorch(preset("tiny")).trust_validated_inputs()
+    encoder = model.graph_encoder
+    assert encoder.check_finite is False
+    nodes = torch.zeros(2, 10, 19)
+    nodes[1, 4, 7] = float("nan")
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda _: pytest.fail("host sync in the graph encoder"))
+    embedding = encoder(nodes).embedding  # no check, so no read-back to the host
+    monkeypatch.undo()
+    assert torch.isnan(embedding[1]).all()
+    assert torch.isfinite(embedding[0]).all()
+    with pytest.raises(ValueError, match=r"got \[2, 10, 18\]"):
+        encoder(torch.zeros(2, 10, 18))
+
+
 def test_width_must_divide_into_heads() -> None:
     with pytest.raises(ValueError, match="width 30 must be divisible by its 4 heads"):
         GraphEncoder(width=30, num_heads=4)

@@ -78,6 +78,9 @@ class GraphEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         # Flattening keeps which node said what; the graph is small and fixed.
         self.readout = nn.Linear(num_nodes * width, embedding_dim) if embedding_dim else None
+        # The NaN/Inf check reads the tensor back to the host, a sync per call; the data path (convert, SoftArmInputs)
+        # has checked already, so training and the policy turn it off. Direct callers keep it.
+        self.check_finite = True
 
     def check_nodes(self, nodes: torch.Tensor) -> None:
         """Raise ValueError unless `nodes` is a finite float [B, num_nodes, node_features] tensor."""
@@ -89,6 +92,8 @@ class GraphEncoder(nn.Module):
             )
         if not nodes.is_floating_point():
             raise ValueError(f"graph nodes must be a floating-point tensor, got {nodes.dtype}")
+        if not self.check_finite:
+            return
         finite = torch.isfinite(nodes)
         if not bool(finite.all()):
             b, n, f = (int(i) for i in (~finite).nonzero()[0])

@@ -292,6 +292,12 @@ class PI0GraphPytorch(PI0Pytorch):
         with self._graph_inputs(graph_nodes):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
+    def trust_validated_inputs(self) -> PI0GraphPytorch:
+        """Skip the graph encoder's NaN/Inf check (a host sync per call) for inputs the data path has validated."""
+        if self.config.fusion != "none":
+            self.graph_encoder.check_finite = False
+        return self
+
     def unused_parameter_names(self) -> list[str]:
         """Parameters no training loss can reach: the VLM's outputs are never read (only its keys/values of the last
         layer are), and the action expert's LM head is never called. Freezing them lets DDP run without

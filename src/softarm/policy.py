@@ -44,7 +44,7 @@ class SoftArmPolicy:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         weights = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else None
-        model = load_model(directory, device, weights).eval()
+        model = load_model(directory, device, weights).eval().trust_validated_inputs()  # SoftArmInputs checks
         spec = json.loads((directory / DATA_SPEC_FILE).read_text())
         norm_stats = normalize.load(directory / ASSETS_DIR / ASSET_ID)
         tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=model.config.max_token_len)

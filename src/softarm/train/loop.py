@@ -288,6 +288,7 @@ def build_model(run: Run) -> PI0GraphPytorch:
                              dropout=lora.dropout):  # fmt: skip
         run.log(f"LoRA on {adapted} Gemma projections (rank {lora.rank} VLM, {lora.expert_rank} action expert)")
     freeze(model, t.freeze)
+    model.trust_validated_inputs()  # batches come from a converted dataset through SoftArmInputs
     model.augment_images = t.image_augmentation
     torch.manual_seed(t.seed + run.dist.rank)
     np.random.seed(t.seed + run.dist.rank)  # noqa: NPY002 - the global RNG that third-party code draws from
