@@ -18,15 +18,14 @@ from collections.abc import Callable
 import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
-import shutil
 
 import numpy as np
 from openpi_client import image_tools  # the resize that openpi.transforms.ResizeImages uses at inference
 from tqdm import tqdm
 
 from softarm import arm
+from softarm.data.atomic import atomic_directory
 from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_lerobot
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
 from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
@@ -120,24 +119,8 @@ def open_episodes(source: Path, options: ConvertOptions) -> list[tuple[dict, Cal
 def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
     source, out_dir = Path(source), Path(out_dir)
     episodes = open_episodes(source, options)
-    if out_dir.exists() and not options.overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
-    tmp_dir = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
-    try:
+    with atomic_directory(out_dir, overwrite=options.overwrite) as tmp_dir:
         result = _convert_into(episodes, tmp_dir, options)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            out_dir.rename(old)
-            tmp_dir.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp_dir.rename(out_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
     result.out_dir = out_dir
     return result
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from softarm import arm
+from softarm.data.atomic import atomic_directory
 from softarm.data.convert import find_episodes
 from softarm.data.lerobot import CAMERA_PREFIX, INFO_PATH, TASKS_PARQUET
 from softarm.data.raw import EpisodeError, RawEpisode, read_episode
@@ -161,20 +160,8 @@ def _hf_features(features: dict[str, dict]) -> dict:
 def export_lerobot(raw_dir: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     files = find_episodes(raw_dir)
-    if out_dir.exists() and not options.overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
         result = _Exporter(tmp, options).run(files)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     result.out_dir = out_dir
     return result
 
