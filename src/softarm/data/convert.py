@@ -27,6 +27,7 @@ from tqdm import tqdm
 from softarm import arm
 from softarm.data.atomic import atomic_directory
 from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_lerobot
+from softarm.data.prepared import episode_name
 from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
 from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
@@ -125,10 +126,6 @@ def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = C
     return result
 
 
-def _name(entry: dict) -> str:
-    return entry["file"] if "file" in entry else f"episode {entry['episode_index']}"
-
-
 def _convert_into(
     sources: list[tuple[dict, Callable[[], RawEpisode]]], directory: Path, options: ConvertOptions
 ) -> ConvertResult:
@@ -174,7 +171,7 @@ def _convert_into(
                          "length": episode.length})  # fmt: skip
     arrays = {name: writer.close() for name, writer in writers.items()}
     if not episodes:
-        reasons = "; ".join(f"{_name(s)}: {s['key']}: {s['reason']}" for s in skipped[:5])
+        reasons = "; ".join(f"{episode_name(s)}: {s['key']}: {s['reason']}" for s in skipped[:5])
         raise ValueError(f"no valid episode among {len(sources)} episodes: {reasons}")
 
     num_val = min(options.val_episodes, len(episodes) - 1)
@@ -196,7 +193,8 @@ def _convert_into(
         "samples": samples,
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    result = ConvertResult(out_dir=directory, kept=[_name(ep) for ep in episodes], skipped=skipped, samples=samples)
+    kept = [episode_name(ep) for ep in episodes]
+    result = ConvertResult(out_dir=directory, kept=kept, skipped=skipped, samples=samples)
     report = {"kept": result.kept, "skipped": skipped, "samples": samples}
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     # imported here: they bring openpi (and with it torch and jax), which reading and checking episodes do not need

@@ -23,6 +23,11 @@ class Sample:
     episode: int
 
 
+def episode_name(episode: dict) -> str:
+    """How an episode of meta.json is named to people: its raw file, or its LeRobot episode index."""
+    return episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
+
+
 class PreparedDataset:
     """Frames of one split (`train`, `val` or `all`); index i is a frame, whose sample carries the chunk from it."""
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, to_device
-from softarm.data.prepared import PreparedDataset
+from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
 from softarm.layout import LOSS_PLOT, TOKENIZER_FILE
@@ -172,7 +172,7 @@ def train(config: TrainConfig) -> TrainResult:
             finite, episodes = values.pop("finite"), values.pop("episodes")
             if not finite:
                 split = train_loader.dataset.prepared.episodes
-                skipped(run, state, values, sorted({_episode_name(split[i]) for i in episodes}))
+                skipped(run, state, values, sorted({episode_name(split[i]) for i in episodes}))
             if state.step % t.log_every == 0 or state.step == t.steps:
                 metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
                 progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
@@ -387,10 +387,6 @@ def skipped(run: Run, state: ckpt.TrainState, values: dict, names: list[str]) ->
             f"(train.max_bad_steps={run.config.train.max_bad_steps}); their batches came from "
             f"{', '.join(sorted(state.bad_episodes))}. Check those episodes, or lower optim.lr"
         )
-
-
-def _episode_name(episode: dict) -> str:
-    return episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
 
 
 def gradient_sync(run: Run, state: ckpt.TrainState, *, on: bool):
