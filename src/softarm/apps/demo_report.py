@@ -13,7 +13,7 @@ from pathlib import Path
 
 from softarm.apps.evaluate import wilson_interval
 from softarm.layout import LOSS_PLOT, METRICS_FILE
-from softarm.plotting import pyplot
+from softarm.plotting import pyplot, save_figure
 from softarm.train.metrics import read_metrics
 
 LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
@@ -92,10 +92,7 @@ def plot_losses(path: Path, runs: Mapping[str, Sequence[Path]]) -> Path:
     ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title="training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _bar(ax, x: float, counts: tuple[int, int], name: str, **kwargs) -> float:
@@ -138,10 +135,7 @@ def plot_success(path: Path, episodes: Episodes) -> Path:
     bands.legend(fontsize=7, loc="upper center", ncol=3)
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _row(name: str, rows: Sequence[dict], evaluations: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from softarm.plotting import pyplot
+from softarm.plotting import pyplot, save_figure
 from softarm.sim.tasks import SUCCESS_RADIUS
 
 
@@ -28,10 +28,7 @@ def save_eval_plot(path: Path, summary: dict, error_curves: Sequence[np.ndarray]
     right.set(xlabel="time (s)", ylabel="tip error (mm)", yscale="log", title="tip to target, per episode")
     right.grid(alpha=0.3)
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def save_rollout_gif(path: Path, rollouts: Sequence, cameras: Sequence[str], *, fps: float = 10.0) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import time
 
 from softarm.layout import METRICS_FILE, TENSORBOARD_DIR
-from softarm.plotting import pyplot
+from softarm.plotting import pyplot, save_figure
 
 
 class MetricsLog:
@@ -69,7 +69,4 @@ def plot_metrics(metrics_path: Path, out_path: Path) -> Path | None:
     ax.set(xlabel="step", ylabel="masked flow-matching loss", yscale="log", title=metrics_path.parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
