@@ -183,7 +183,7 @@ class _Exporter:
         skipped = []
         for path in tqdm(files, desc="exporting episodes", unit="episode"):
             try:
-                self.add(read_episode(path, **self._sizes()))
+                self.add(read_episode(path))
             except EpisodeError as e:
                 skipped.append({"file": path.name, "key": e.key, "reason": e.reason})
                 tqdm.write(f"skipped {e}")
@@ -192,12 +192,6 @@ class _Exporter:
             raise ValueError(f"no valid episode among {len(files)} episodes: {reasons}")
         self.finish()
         return ExportResult(self.root, len(self.episodes), self.frames, skipped)
-
-    def _sizes(self) -> dict:
-        if self.features is None:
-            return {}
-        graph, action = self.features[GRAPH]["shape"], self.features[ACTION]["shape"]
-        return {"num_nodes": graph[0], "node_features": graph[1], "action_dim": action[0]}
 
     def add(self, episode: RawEpisode) -> None:
         fps = round(episode.fps)
