@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,11 @@ def test_dataset_level_problems_are_clear_errors(raw: Path, tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"no feature 'observation.nodes' \(--graph-key\); the dataset has"):
         convert(root, tmp_path / "prep", ConvertOptions(lerobot=LeRobotKeys(graph="observation.nodes")))
     assert not (tmp_path / "prep").exists()
+
+
+def test_encoding_av1_leaves_the_process_scheduling_alone(tmp_path: Path) -> None:
+    """SVT-AV1 run as root turns the calling thread real-time (SCHED_FIFO 99); everything the process starts after
+    would inherit it, and a busy-waiting thread then starves the machine."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    encode(tmp_path / "a.mp4", smooth(4, 32, 32, 0), 10)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

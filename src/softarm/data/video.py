@@ -8,7 +8,8 @@ and a file's size is known before the next episode decides whether it still fits
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+import contextlib
 from fractions import Fraction
 import os
 from pathlib import Path
@@ -78,12 +79,28 @@ class VideoReader:
         return np.stack(out) if out else np.zeros((0, self.stream.height, self.stream.width, 3), np.uint8)
 
 
+@contextlib.contextmanager
+def _same_scheduling() -> Iterator[None]:
+    """Run as root, SVT-AV1 switches the calling thread to real-time scheduling (SCHED_FIFO, priority 99) and leaves
+    it so: every process started afterwards inherits it, and one that then busy-waits (OpenBLAS waiting for work)
+    starves the rest of the machine for minutes. Give the thread back the policy it had."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 def encode(path: Path, frames: np.ndarray, fps: int, codec: str = "libsvtav1") -> Path:
     """Encode uint8 [T, H, W, 3] frames into an mp4 at `fps`, with LeRobot's settings for AV1."""
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise
     options = AV1_OPTIONS if codec == "libsvtav1" else {"g": "2", "crf": "23", "x265-params": "log-level=error"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with _same_scheduling(), av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.pix_fmt, stream.height, stream.width = "yuv420p", frames.shape[1], frames.shape[2]
         for i, image in enumerate(frames):
