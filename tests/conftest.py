@@ -1,8 +1,14 @@
-"""Shared builders and fixtures: synthetic raw episodes, batches for the tiny real PI0Pytorch, a trained policy."""
+"""Shared builders and fixtures: synthetic raw episodes, batches for the tiny real PI0Pytorch, a trained policy, a
+running policy server."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+import contextlib
 from pathlib import Path
+import socket
+import threading
 
 import numpy as np
 from openpi.models.model import Observation
@@ -13,12 +19,16 @@ from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import RawEpisode, write_episode
 from softarm.layout import IMAGE_SLOTS
 from softarm.model import SoftArmModelConfig
+from softarm.serve import SoftArmPolicyServer
 
 DEBUG_CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"
 POLICY_CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip"}
 
 
-def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> RawEpisode:
+def make_episode(
+    length: int = 5, seed: int = 0, state_dim: int | None = 4, *, nodes: int = 10, features: int = 19, actions: int = 10
+) -> RawEpisode:
+    """A synthetic episode of an arm with `nodes` nodes (a chain), `features` node features, `actions` actuators."""
     rng = np.random.default_rng(seed)
     return RawEpisode(
         path=Path("unused"),
@@ -26,12 +36,12 @@ def make_episode(length: int = 5, seed: int = 0, state_dim: int | None = 4) -> R
             "base": rng.integers(0, 256, (length, 48, 64, 3), dtype=np.uint8),
             "tip": rng.integers(0, 256, (length, 32, 32, 3), dtype=np.uint8),
         },
-        graph_nodes=rng.normal(size=(length, 10, 19)).astype(np.float32),
-        actions=rng.uniform(-1, 1, (length, 10)).astype(np.float32),
+        graph_nodes=rng.normal(size=(length, nodes, features)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (length, actions)).astype(np.float32),
         prompt="reach the red ball",
         fps=10.0,
         state=None if state_dim is None else rng.normal(size=(length, state_dim)).astype(np.float32),
-        edges=np.array([[i, i + 1] for i in range(9)]),
+        edges=np.array([[i, i + 1] for i in range(nodes - 1)]),
     )
 
 
@@ -93,3 +103,23 @@ def make_actions(config: SoftArmModelConfig, batch: int = 2, seed: int = 2) -> t
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@contextlib.contextmanager
+def running(policy, api_key: str | None = None) -> Iterator[int]:
+    """The server in a thread of this process on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = SoftArmPolicyServer(policy, host="127.0.0.1", port=port, metadata=policy.metadata, api_key=api_key)
+    loop = asyncio.new_event_loop()
+    ready = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(srv.run(ready),), daemon=True)
+    thread.start()
+    for _ in range(200):
+        if ready.is_set():
+            break
+        threading.Event().wait(0.05)
+    yield port
+    loop.call_soon_threadsafe(srv.server.close)
+    thread.join(timeout=10)

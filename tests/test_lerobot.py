@@ -84,7 +84,7 @@ def test_export_then_convert_gives_the_direct_dataset(
     converted = convert(export, tmp_path / "prep", OPTIONS)
     assert converted.kept == ["episode 0", "episode 1", "episode 2", "episode 3"]
     source = LeRobotSource(export, LeRobotKeys())
-    edges = source.read(source.episodes[1], num_nodes=10, node_features=19, action_dim=10).edges
+    edges = source.read(source.episodes[1]).edges
     np.testing.assert_array_equal(edges, read_episode(raw / "ep_001.h5").edges)
     assert assert_same_dataset(PreparedDataset(tmp_path / "prep", "all"), direct) < 3.0  # codec loss, 0-255 scale
     assert tree_digest(raw) == before
@@ -259,6 +259,32 @@ def test_dataset_level_problems_are_clear_errors(raw: Path, tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"no feature 'observation.nodes' \(--graph-key\); the dataset has"):
         convert(root, tmp_path / "prep", ConvertOptions(lerobot=LeRobotKeys(graph="observation.nodes")))
     assert not (tmp_path / "prep").exists()
+
+
+def test_another_arm_round_trips_with_its_sizes_features_and_edges(tmp_path: Path) -> None:
+    """A 6-node tree sensing 4 named features with 9 actuators: export and import keep all of it."""
+    for seed in range(2):
+        ep = make_episode(length=8, seed=seed, nodes=6, features=4, actions=9, state_dim=None)
+        ep.node_features, ep.edges = (
+            ("kappa_x", "pos_x", "pos_y", "pos_z"),
+            np.array([[0, 1], [0, 2], [2, 3], [0, 4], [4, 5]]),
+        )
+        ep.images = {"cam": smooth(8, 32, 48, seed)}
+        write_episode(tmp_path / "raw" / f"ep_{seed}.h5", ep)
+    export_lerobot(tmp_path / "raw", tmp_path / "lerobot")
+    graph = json.loads((tmp_path / "lerobot/meta/info.json").read_text())["features"]["observation.graph"]
+    assert graph["shape"] == [6, 4]
+    assert graph["info"]["node_features"] == ["kappa_x [1/m]", "pos_x [m]", "pos_y [m]", "pos_z [m]"]
+    for source, name in ((tmp_path / "raw", "direct"), (tmp_path / "lerobot", "imported")):
+        assert convert(source, tmp_path / name, ConvertOptions(val_episodes=1)).skipped == []
+    metas = [json.loads((tmp_path / name / "meta.json").read_text()) for name in ("direct", "imported")]
+    for key in ("num_nodes", "node_features", "features", "measured", "edges", "action_dim", "state_dim"):
+        assert metas[0][key] == metas[1][key], key
+    assert metas[1]["measured"] == ["pos_x", "pos_y", "pos_z", "kappa_x"]
+    assert (
+        assert_same_dataset(PreparedDataset(tmp_path / "imported", "all"), PreparedDataset(tmp_path / "direct", "all"))
+        < 3.0
+    )
 
 
 def test_encoding_av1_leaves_the_process_scheduling_alone(tmp_path: Path) -> None:

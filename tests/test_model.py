@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from softarm import arm
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig, build_base_model, preset
 from tests.conftest import make_actions, make_graph, make_observation
 
@@ -234,7 +237,27 @@ def test_ignored_node_features_do_not_reach_the_model() -> None:
     torch.testing.assert_close(model.sample_actions(CPU, obs, graph_nodes=moved, noise=noise, num_steps=2), expected)
     moved[:, :, 0] += 1.0  # pos_x is read
     assert (model.sample_actions(CPU, obs, graph_nodes=moved, noise=noise, num_steps=2) - expected).abs().max() > 1e-4
-    with pytest.raises(ValueError, match=r"ignored_features: unknown node feature 'speed'; the schema has \['pos_x'"):
+    with pytest.raises(ValueError, match=r"ignored_features: unknown node feature 'speed'; the nodes have \['pos_x'"):
         preset("tiny", ignored_features=["speed"])
-    with pytest.raises(ValueError, match="ignored_features names the 19-feature schema; nodes have 7"):
+    with pytest.raises(ValueError, match=r"unknown node feature 'vel_x'; the nodes have \['feature_0', 'feature_1'"):
         preset("tiny", ignored_features=["vel_x"], node_features=7)
+
+
+def test_unmeasured_features_are_masked_and_the_config_round_trips() -> None:
+    measured = tuple(name for name in arm.SCHEMA if name != "contact_force")
+    config = preset("tiny", fusion="suffix", num_nodes=4, measured_features=measured, edges=[(0, 1), (0, 2), (0, 3)])
+    assert config.feature_names == arm.SCHEMA
+    assert config.node_layout.unmeasured == ("contact_force",)
+    assert SoftArmModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = as_if_trained(PI0GraphPytorch(config)).eval()
+    assert model.graph_encoder.feature_mask.tolist() == [1.0] * 18 + [0.0]
+    assert model.graph_encoder.hops[1, 3] == 2  # a star: leaves are two hops apart
+    obs, noise, graph = make_observation(config), make_actions(config, seed=3), make_graph(config)
+    expected = model.sample_actions(CPU, obs, graph_nodes=graph, noise=noise, num_steps=2)
+    moved = graph.clone()
+    moved[:, :, 18] = 100.0  # whatever the unmeasured column holds, the model does not read it
+    torch.testing.assert_close(model.sample_actions(CPU, obs, graph_nodes=moved, noise=noise, num_steps=2), expected)
+    with pytest.raises(ValueError, match=r"measured feature 'speed' is not one of the node features"):
+        preset("tiny", measured_features=("pos_x", "speed"))
+    with pytest.raises(ValueError, match=r"3 feature names declared for 19 feature columns"):
+        preset("tiny", feature_names=("a", "b", "c"))

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-import contextlib
 import http.client
 from pathlib import Path
-import socket
 import threading
 import time
 
@@ -19,30 +16,10 @@ import torch
 import websockets.sync.client
 
 from softarm.policy import SoftArmPolicy
-from softarm.serve import SoftArmPolicyServer, exposure_warning, read_api_key
-from tests.conftest import observation
+from softarm.serve import exposure_warning, read_api_key
+from tests.conftest import observation, running
 
 TIP = {"tip": np.zeros((8, 8, 3), np.uint8)}
-
-
-@contextlib.contextmanager
-def running(policy, api_key: str | None = None) -> Iterator[int]:
-    """The server in a thread of this process on a free port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = SoftArmPolicyServer(policy, host="127.0.0.1", port=port, metadata=policy.metadata, api_key=api_key)
-    loop = asyncio.new_event_loop()
-    ready = asyncio.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(srv.run(ready),), daemon=True)
-    thread.start()
-    for _ in range(200):
-        if ready.is_set():
-            break
-        threading.Event().wait(0.05)
-    yield port
-    loop.call_soon_threadsafe(srv.server.close)
-    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -79,12 +79,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if any(len(p) != 2 for p in pairs):
             raise SystemExit(f"--camera takes SLOT=CAMERA, got {args.camera}")
         cameras = dict(pairs)
+    features = None if args.features is None else tuple(f.strip() for f in args.features.split(",") if f.strip())
     options = ConvertOptions(
         val_episodes=args.val_episodes,
         action_horizon=args.action_horizon,
         cameras=cameras,
         overwrite=args.overwrite,
         seed=args.seed,
+        features=features,
+        state=args.state != "none",
         lerobot=LeRobotKeys(
             graph=args.graph_key, state=None if args.state_key == "none" else args.state_key,
             action=args.action_key, num_nodes=args.num_nodes,
@@ -191,8 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--action-horizon", type=int, default=16)
     conv.add_argument("--camera", action="append", metavar="SLOT=CAMERA",
                       help="e.g. base_0_rgb=base or base_0_rgb=observation.images.base (repeatable)")  # fmt: skip
+    conv.add_argument("--features", metavar="NAME,NAME,...",
+                      help="node features the dataset measures: names for unnamed columns, or a subset to keep "
+                           "(default: what the episodes declare; 19 unnamed columns are the schema)")  # fmt: skip
+    conv.add_argument("--state", choices=["auto", "none"], default="auto",
+                      help="none: drop the episodes' state (auto: use it where the episodes have it)")  # fmt: skip
     conv.add_argument("--graph-key", default="observation.graph", help="LeRobot: the [N, F] (or flat N*F) feature")
-    conv.add_argument("--num-nodes", type=int, help="LeRobot: N of a flat graph feature (default: its size / 19)")
+    conv.add_argument("--num-nodes", type=int, help="LeRobot: N of a flat graph feature (default: its size / F)")
     conv.add_argument("--state-key", default="observation.state", help="LeRobot: the state feature, or none")
     conv.add_argument("--action-key", default="action", help="LeRobot: the action feature")
     conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")

@@ -11,7 +11,7 @@ from __future__ import annotations
 GRAPH_NODES = "graph_nodes"
 
 # prepared dataset (`softarm convert`)
-FORMAT_VERSION = 2  # 2: the graph array is named graph_nodes (was nodes)
+FORMAT_VERSION = 3  # 3: meta.json says which node features are measured, and the edges; 2: graph_nodes (was nodes)
 IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")  # openpi's camera slots, in its order
 IMAGE_SIZE = 224  # the side of the square images π0's SigLIP reads
 MODEL_DIM = 32  # π0's state and action width: shorter vectors are zero-padded to it

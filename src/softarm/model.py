@@ -62,30 +62,37 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     graph_heads: int = 4
     num_nodes: int = arm.NUM_NODES
     node_features: int = arm.NUM_NODE_FEATURES
+    # The names of the node features (None: the 19-feature schema, or feature_<i> for another count) and which of
+    # them the arm measures (None: all); the graph encoder masks the others. `softarm train` takes all of this, the
+    # sizes and the edges from the dataset.
+    feature_names: tuple[str, ...] | None = None
+    measured_features: tuple[str, ...] | None = None
     edges: tuple[arm.Edge, ...] | None = None  # None: the chain 0-1-...-(num_nodes-1)
     vision: VisionSpec | None = None  # None: the official SigLIP So400m/14 tower
     vocab_size: int = PALIGEMMA_VOCAB_SIZE
-    # Node features (names from softarm.arm) the graph encoder does not read. Velocities and the last command
-    # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking
-    # where to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
+    # Node features the graph encoder does not read although the arm measures them. Velocities and the last command
+    # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking where
+    # to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
     ignored_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.vision, dict):
             object.__setattr__(self, "vision", VisionSpec(**self.vision))
+        for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         edges = arm.chain_edges(self.num_nodes) if self.edges is None else self.edges
         object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, edges))
+        names = arm.column_names(self.node_features, self.feature_names)
+        object.__setattr__(self, "feature_names", names)
+        measured = names if self.measured_features is None else tuple(self.measured_features)
+        object.__setattr__(self, "measured_features", measured)
+        arm.NodeLayout(names, measured)  # checks the measured names against the feature names
         object.__setattr__(self, "ignored_features", tuple(self.ignored_features))
         for name in self.ignored_features:
-            try:
-                arm.feature_index(name)
-            except ValueError as e:
-                raise ValueError(f"ignored_features: {e}") from None
-        if self.ignored_features and self.node_features != arm.NUM_NODE_FEATURES:
-            raise ValueError(
-                f"ignored_features names the {arm.NUM_NODE_FEATURES}-feature schema; nodes have {self.node_features}"
-            )
+            if name not in names:
+                raise ValueError(f"ignored_features: unknown node feature {name!r}; the nodes have {list(names)}")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.fusion == "state" and self.pi05:
@@ -96,15 +103,17 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
             )
-        for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def node_layout(self) -> arm.NodeLayout:
+        return arm.NodeLayout(self.feature_names, self.measured_features)
 
     def to_dict(self) -> dict:
         """Plain types only (lists, dicts, numbers), for JSON/YAML."""
         out = dataclasses.asdict(self)
         out["edges"] = [list(e) for e in self.edges]
-        out["ignored_features"] = list(self.ignored_features)
+        for name in ("feature_names", "measured_features", "ignored_features"):
+            out[name] = list(out[name])
         return out
 
     @classmethod
@@ -116,6 +125,9 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         data = dict(data)
         if data.get("edges") is not None:
             data["edges"] = tuple(tuple(e) for e in data["edges"])
+        for name in ("feature_names", "measured_features", "ignored_features"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
         return cls(**data)
 
 
@@ -222,8 +234,12 @@ class PI0GraphPytorch(PI0Pytorch):
             depth=config.graph_depth,
             num_heads=config.graph_heads,
             embedding_dim=config.action_dim if config.fusion == "state" else None,
-            ignored_features=[arm.feature_index(name) for name in config.ignored_features],
-        )
+            # unmeasured features hold a constant; ignored ones are hidden on purpose: the encoder reads neither
+            ignored_features=[
+                i for i, name in enumerate(config.feature_names)
+                if name not in config.measured_features or name in config.ignored_features
+            ],
+        )  # fmt: skip
         if config.fusion == "state":
             self.graph_state_gate = nn.Parameter(torch.zeros(config.action_dim))
         elif config.fusion == "prefix":

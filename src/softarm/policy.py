@@ -14,7 +14,6 @@ from openpi.shared import normalize
 import torch
 from torch.utils.data import default_collate
 
-from softarm import arm
 from softarm.data.loader import to_device
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
@@ -29,7 +28,7 @@ class SoftArmPolicy:
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
         self._inputs = input_transform(
             spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
-            node_features=config.node_features, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
+            layout=config.node_layout, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec["action_dim"])
 
@@ -54,6 +53,7 @@ class SoftArmPolicy:
     def metadata(self) -> dict:
         """What a robot client needs to know; sent by the server on connect."""
         config = self.model.config
+        layout = config.node_layout
         return {
             "action_horizon": config.action_horizon,
             "action_dim": self.spec["action_dim"],
@@ -61,7 +61,11 @@ class SoftArmPolicy:
             "state_dim": self.spec["state_dim"],
             "graph": {
                 "num_nodes": config.num_nodes,
-                "node_features": [f"{f.name} [{f.unit}]" for f in arm.NODE_FEATURES][: config.node_features],
+                # the columns of a request's graph_nodes [num_nodes, len(node_features)], in this order
+                "node_features": layout.described(),
+                # not measured on the arm trained on: the model feeds them as 0; a request may carry them (all the
+                # layout's columns, or columns named by graph_features) and they are dropped
+                "unmeasured_features": list(layout.unmeasured),
                 "edges": [list(e) for e in config.edges],
                 "ignored_features": list(config.ignored_features),  # accepted in requests, not read
             },
@@ -70,13 +74,15 @@ class SoftArmPolicy:
         }
 
     def infer(self, observation: dict) -> dict:
-        """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S]}."""
+        """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S],
+        "graph_features"?: [F names]} (see SoftArmInputs for the columns graph_nodes may have)."""
         return self.act(self.prepare(observation))
 
     def prepare(self, observation: dict) -> dict:
         """Validate and transform one observation (ValueError naming the key if malformed); no model work, so a
         server can answer a bad request without waiting for the model."""
-        return self._inputs({k: v for k, v in observation.items() if k in ("images", "graph_nodes", "prompt", "state")})
+        keys = ("images", "graph_nodes", "graph_features", "prompt", "state")
+        return self._inputs({k: v for k, v in observation.items() if k in keys})
 
     @torch.inference_mode()
     def act(self, prepared: dict) -> dict:

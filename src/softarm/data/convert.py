@@ -28,7 +28,7 @@ from softarm import arm
 from softarm.data.atomic import atomic_directory
 from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_lerobot
 from softarm.data.prepared import episode_name
-from softarm.data.raw import MAX_STATE_DIM, EpisodeError, RawEpisode, read_episode
+from softarm.data.raw import HDF5_KEYS, MAX_STATE_DIM, EpisodeError, EpisodeKeys, RawEpisode, read_episode
 from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
 RAW_SUFFIXES = (".h5", ".hdf5")
@@ -44,9 +44,10 @@ class ConvertOptions:
     image_size: int = IMAGE_SIZE
     seed: int = 0
     overwrite: bool = False
-    num_nodes: int = arm.NUM_NODES
-    node_features: int = arm.NUM_NODE_FEATURES
-    action_dim: int = arm.ACTION_DIM
+    # The node features the dataset measures: names for columns the episodes do not name, or a subset of what they
+    # carry. None: what the episodes declare (all 19 of the schema for 19 undeclared columns).
+    features: tuple[str, ...] | None = None
+    state: bool = True  # False drops the episodes' state (`--state none`)
 
 
 @dataclasses.dataclass
@@ -96,29 +97,97 @@ def _camera_map(episode: RawEpisode, cameras: dict[str, str] | None) -> dict[str
     return {slot: cameras.get(slot) for slot in IMAGE_SLOTS}
 
 
-def _check_consistent(episode: RawEpisode, slots: dict[str, str | None], state_dim: int | None) -> None:
-    for slot, camera in slots.items():
+@dataclasses.dataclass
+class _DatasetArm:
+    """What the first valid episode fixes for the whole dataset; each later episode must agree or is skipped."""
+
+    first: str  # the episode that fixed it, named in the reasons
+    slots: dict[str, str | None]
+    num_nodes: int
+    layout: arm.NodeLayout
+    action_dim: int
+    state_dim: int | None
+    edges: tuple[arm.Edge, ...] | None  # as the first episode that declares edges gives them
+
+    def meta(self) -> dict:
+        edges = self.edges if self.edges is not None else arm.chain_edges(self.num_nodes)
+        return {
+            "cameras": self.slots,
+            "num_nodes": self.num_nodes,
+            "node_features": self.layout.width,
+            "features": list(self.layout.features),
+            "measured": list(self.layout.measured),
+            "edges": [list(e) for e in edges],
+            "action_dim": self.action_dim,
+            "state_dim": self.state_dim,
+        }
+
+
+def _columns(
+    episode: RawEpisode, features: tuple[str, ...] | None, keys: EpisodeKeys
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the names of the episode's feature columns, the features the dataset takes from them)."""
+    width = episode.graph_nodes.shape[2]
+    names = arm.column_names(
+        width, episode.node_features or (features if features and len(features) == width else None)
+    )
+    missing = [name for name in features or () if name not in names]
+    if missing:
+        raise EpisodeError(episode.path, keys.node_features, f"lacks feature {missing[0]!r} (--features asks for "
+                                                             f"it); its {width} columns are {list(names)}")  # fmt: skip
+    return names, features or names
+
+
+def _fit(episode: RawEpisode, dataset: _DatasetArm, wanted: tuple[str, ...], keys: EpisodeKeys) -> None:
+    """Skip (EpisodeError) an episode that does not fit the dataset its first valid episode defined."""
+    path, first = episode.path, f"first: {dataset.first}"
+    for slot, camera in dataset.slots.items():
         if camera is not None and camera not in episode.images:
-            key = f"observations/images/{camera}"
-            raise EpisodeError(episode.path, key, f"missing: camera {camera!r} feeds slot {slot}")
-    width = None if episode.state is None else episode.state.shape[1]
-    if width != state_dim:
-        raise EpisodeError(episode.path, "observations/state", f"width {width} differs from the dataset's {state_dim}")
+            raise EpisodeError(path, keys.image(camera), f"missing: camera {camera!r} feeds slot {slot}")
+    nodes = episode.graph_nodes.shape[1]
+    if nodes != dataset.num_nodes:
+        raise EpisodeError(path, keys.graph_nodes, f"{nodes} nodes; the dataset's episodes have "
+                                                   f"{dataset.num_nodes} ({first})")  # fmt: skip
+    if arm.NodeLayout.of(wanted) != dataset.layout:
+        raise EpisodeError(path, keys.node_features, f"measures {list(wanted)}; the dataset's episodes measure "
+                                                     f"{list(dataset.layout.measured)} ({first})")  # fmt: skip
+    if episode.actions.shape[1] != dataset.action_dim:
+        raise EpisodeError(path, keys.actions, f"{episode.actions.shape[1]}-D actions; the dataset's episodes have "
+                                               f"{dataset.action_dim}-D ({first})")  # fmt: skip
+    width, wanted_width = None if episode.state is None else episode.state.shape[1], dataset.state_dim
+    if width != wanted_width:
+        reason = (
+            f"missing; other episodes have {wanted_width}-D state ({first})" if width is None
+            else f"{width}-D state, but the dataset's episodes have none ({first})" if wanted_width is None
+            else f"{width}-D state; the dataset's episodes have {wanted_width}-D ({first})"
+        )  # fmt: skip
+        raise EpisodeError(path, keys.state, f"{reason}; --state none drops state from every episode")
+    if episode.edges is not None:
+        edges = arm.validate_edges(nodes, episode.edges.tolist())
+        if dataset.edges is None:
+            dataset.edges = edges
+        elif not arm.same_graph(edges, dataset.edges):
+            raise EpisodeError(path, keys.edges, f"edges {[list(e) for e in edges]} differ from the dataset's "
+                                                 f"{[list(e) for e in dataset.edges]}")  # fmt: skip
 
 
-def open_episodes(source: Path, options: ConvertOptions) -> list[tuple[dict, Callable[[], RawEpisode]]]:
-    """(what names the episode in the report, a function that reads and validates it) for every episode of SOURCE."""
-    sizes = {"num_nodes": options.num_nodes, "node_features": options.node_features, "action_dim": options.action_dim}
+def open_episodes(source: Path, options: ConvertOptions) -> list[tuple[dict, Callable[[], RawEpisode], EpisodeKeys]]:
+    """(what names the episode in the report, a function that reads and validates it, where its fields live) for
+    every episode of SOURCE."""
     if is_lerobot(source):
         dataset = LeRobotSource(source, options.lerobot)
-        return [
-            ({"episode_index": ep["episode_index"]}, functools.partial(dataset.read, ep, **sizes)) for ep in dataset
-        ]
-    return [({"file": path.name}, functools.partial(read_episode, path, **sizes)) for path in find_episodes(source)]
+        return [({"episode_index": ep["episode_index"]}, functools.partial(dataset.read, ep), dataset.episode_keys)
+                for ep in dataset]  # fmt: skip
+    return [({"file": path.name}, functools.partial(read_episode, path), HDF5_KEYS) for path in find_episodes(source)]
 
 
 def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
     source, out_dir = Path(source), Path(out_dir)
+    if options.features is not None:
+        try:
+            arm.NodeLayout.of(options.features)
+        except ValueError as e:
+            raise ValueError(f"--features: {e}") from None
     episodes = open_episodes(source, options)
     with atomic_directory(out_dir, overwrite=options.overwrite) as tmp_dir:
         result = _convert_into(episodes, tmp_dir, options)
@@ -127,41 +196,47 @@ def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = C
 
 
 def _convert_into(
-    sources: list[tuple[dict, Callable[[], RawEpisode]]], directory: Path, options: ConvertOptions
+    sources: list[tuple[dict, Callable[[], RawEpisode], EpisodeKeys]], directory: Path, options: ConvertOptions
 ) -> ConvertResult:
     size = options.image_size
     writers: dict[str, _ArrayWriter] = {}
-    slots: dict[str, str | None] | None = None
-    state_dim: int | None = None
+    dataset: _DatasetArm | None = None
     episodes, skipped = [], []
-    for label, read in tqdm(sources, desc="converting episodes", unit="episode"):
+    for label, read, keys in tqdm(sources, desc="converting episodes", unit="episode"):
         try:
             episode = read()
-            if slots is None:
-                slots = _camera_map(episode, options.cameras)
-                state_dim = None if episode.state is None else episode.state.shape[1]
+            if not options.state:
+                episode = dataclasses.replace(episode, state=None)
+            names, wanted = _columns(episode, options.features, keys)
+            if dataset is None:
+                dataset = _DatasetArm(
+                    first=episode_name(label), slots=_camera_map(episode, options.cameras),
+                    num_nodes=episode.graph_nodes.shape[1], layout=arm.NodeLayout.of(wanted),
+                    action_dim=episode.actions.shape[1],
+                    state_dim=None if episode.state is None else episode.state.shape[1], edges=None,
+                )  # fmt: skip
+                graph_shape = (dataset.num_nodes, dataset.layout.width)
                 writers = {
-                    **{f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8) for s in slots},
-                    GRAPH_NODES: _ArrayWriter(
-                        directory, GRAPH_NODES, (options.num_nodes, options.node_features), np.float32
-                    ),
-                    "actions": _ArrayWriter(directory, "actions", (options.action_dim,), np.float32),
+                    **{f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8)
+                       for s in dataset.slots},
+                    GRAPH_NODES: _ArrayWriter(directory, GRAPH_NODES, graph_shape, np.float32),
+                    "actions": _ArrayWriter(directory, "actions", (dataset.action_dim,), np.float32),
                     "state": _ArrayWriter(directory, "state", (MAX_STATE_DIM,), np.float32),
-                }
-            _check_consistent(episode, slots, state_dim)
+                }  # fmt: skip
+            _fit(episode, dataset, wanted, keys)
         except EpisodeError as e:
             skipped.append({**label, "key": e.key, "reason": e.reason})
             tqdm.write(f"skipped {e}")
             continue
         start = writers["actions"].frames
-        for slot, camera in slots.items():
+        for slot, camera in dataset.slots.items():
             frames = (
                 np.zeros((episode.length, size, size, 3), np.uint8)
                 if camera is None
                 else np.asarray(image_tools.resize_with_pad(episode.images[camera], size, size))
             )
             writers[f"image_{slot}"].append(frames)
-        writers[GRAPH_NODES].append(episode.graph_nodes)
+        writers[GRAPH_NODES].append(dataset.layout.select(episode.graph_nodes, names))
         writers["actions"].append(episode.actions)
         state = np.zeros((episode.length, MAX_STATE_DIM), np.float32)
         if episode.state is not None:
@@ -182,12 +257,8 @@ def _convert_into(
     meta = {
         "format": FORMAT_VERSION,
         "image_size": size,
-        "cameras": slots,
-        "state_dim": state_dim,
-        "action_dim": options.action_dim,
+        **dataset.meta(),
         "action_horizon": options.action_horizon,
-        "num_nodes": options.num_nodes,
-        "node_features": options.node_features,
         "arrays": arrays,
         "episodes": episodes,
         "samples": samples,

@@ -40,7 +40,7 @@ class LeRobotKeys:
     state: str | None = "observation.state"  # used when the dataset has it; None: never
     action: str = "action"
     cameras: dict[str, str] | None = None  # camera name -> feature; None: every image/video feature
-    num_nodes: int | None = None  # for a flat graph; default: its size / 19 features
+    num_nodes: int | None = None  # for a flat graph; default: its size / the declared feature count (else 19)
 
 
 def is_lerobot(root: Path) -> bool:
@@ -79,7 +79,15 @@ class LeRobotSource:
                 f"{info_path}: {unknown[0]!r} is not an image or video feature; those are {sorted(visual)}"
             )
         self.state_key = keys.state if keys.state in self.features else None
-        self.edges = (self.features[keys.graph].get("info") or {}).get("edges")  # as softarm's export writes them
+        graph_info = self.features[keys.graph].get("info") or {}  # as softarm's export writes it
+        self.edges = graph_info.get("edges")
+        # names as "pos_x [m]": the export writes each with its unit
+        names = graph_info.get("node_features")
+        self.node_features = None if names is None else tuple(str(n).split(" [")[0] for n in names)
+        self.episode_keys = EpisodeKeys(
+            images="", graph_nodes=keys.graph, actions=keys.action, state=self.state_key or "",
+            edges=f"{keys.graph}.info.edges", node_features=f"{keys.graph}.info.node_features",
+        )  # fmt: skip
         self.episodes = self._read_episodes()
         self._table: tuple[Path, pa.Table] | None = None
         self._videos: dict[str, VideoReader] = {}
@@ -108,15 +116,15 @@ class LeRobotSource:
     def label(self, episode: dict) -> str:
         return f"episode {episode['episode_index']}"
 
-    def read(self, episode: dict, *, num_nodes: int, node_features: int, action_dim: int) -> RawEpisode:
+    def read(self, episode: dict) -> RawEpisode:
         """The episode, validated; EpisodeError names the episode index, the feature and what was expected."""
         path = Path(self.label(episode))
         try:
-            return self._read(episode, path, num_nodes=num_nodes, node_features=node_features, action_dim=action_dim)
+            return self._read(episode, path)
         except KeyError as e:  # a location the episode metadata should hold
             raise EpisodeError(path, str(e.args[0]), "missing from the episode metadata") from None
 
-    def _read(self, episode: dict, path: Path, *, num_nodes: int, node_features: int, action_dim: int) -> RawEpisode:
+    def _read(self, episode: dict, path: Path) -> RawEpisode:
         rows = self._rows(episode, path)
         timestamps = _column(rows, "timestamp", path).reshape(-1).astype(np.float64)
         frame_index = _column(rows, "frame_index", path).reshape(-1)
@@ -129,7 +137,8 @@ class LeRobotSource:
                                                   f"{timestamps[i + 1]:.4f} s at {self.fps} fps")  # fmt: skip
         graph = self._feature(rows, self.keys.graph, path)
         if graph.ndim == 2:  # flat [T, N * F]
-            nodes = self.keys.num_nodes or graph.shape[1] // arm.NUM_NODE_FEATURES
+            width = len(self.node_features) if self.node_features else arm.NUM_NODE_FEATURES
+            nodes = self.keys.num_nodes or graph.shape[1] // width
             if nodes < 1 or graph.shape[1] % nodes:
                 raise EpisodeError(path, self.keys.graph, f"a flat graph of {graph.shape[1]} values is not N x F")
             graph = graph.reshape(len(graph), nodes, -1)
@@ -144,11 +153,9 @@ class LeRobotSource:
             path=path, images=images, graph_nodes=graph, actions=self._feature(rows, self.keys.action, path),
             prompt=str(prompt).strip(), fps=float(self.fps),
             state=None if self.state_key is None else self._feature(rows, self.state_key, path),
-            edges=None if self.edges is None else np.asarray(self.edges),
+            edges=None if self.edges is None else np.asarray(self.edges), node_features=self.node_features,
         )  # fmt: skip
-        keys = EpisodeKeys(images="", graph_nodes=self.keys.graph, actions=self.keys.action, state=self.state_key or "",
-                           edges=f"{self.keys.graph}.info.edges")  # fmt: skip
-        return validate_episode(raw, keys, num_nodes=num_nodes, node_features=node_features, action_dim=action_dim)
+        return validate_episode(raw, self.episode_keys)
 
     def _rows(self, episode: dict, path: Path) -> pa.Table:
         index = episode["episode_index"]

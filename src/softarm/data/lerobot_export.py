@@ -105,7 +105,8 @@ def _features(episode: RawEpisode, fps: int, codec: str) -> dict[str, dict]:
     nodes, node_features = episode.graph_nodes.shape[1:]
     features: dict[str, dict] = {
         GRAPH: {"dtype": "float32", "shape": [nodes, node_features], "names": ["nodes", "node_features"],
-                "info": {"node_features": [f"{f.name} [{f.unit}]" for f in arm.NODE_FEATURES][:node_features]}},
+                "info": {"node_features": [f"{name} [{arm.feature_unit(name)}]"
+                                           for name in arm.column_names(node_features, episode.node_features)]}},
         ACTION: {"dtype": "float32", "shape": [episode.actions.shape[1]],
                  "names": [f"actuator_{i}" for i in range(episode.actions.shape[1])]},
     }  # fmt: skip

@@ -21,7 +21,9 @@ NODES = "observations/graph/nodes"
 STATE = "observations/state"
 ACTION = "action"
 EDGES = "graph/edges"
+FEATURES = f"{NODES}@features"  # attribute `features` of the nodes dataset: the names of its columns
 MAX_STATE_DIM = MODEL_DIM  # openpi's state slot
+MAX_ACTION_DIM = MODEL_DIM  # openpi's action slot
 
 
 class EpisodeError(ValueError):
@@ -42,6 +44,7 @@ class RawEpisode:
     fps: float
     state: np.ndarray | None = None  # float32 [T, S], S <= 32
     edges: np.ndarray | None = None  # int64 [E, 2]
+    node_features: tuple[str, ...] | None = None  # names of the F columns, if the recording declares them
 
     @property
     def length(self) -> int:
@@ -58,7 +61,9 @@ def write_episode(path: str | Path, episode: RawEpisode) -> Path:
         for camera, frames in episode.images.items():
             chunks = (1, *frames.shape[1:]) if len(frames) else None
             f.create_dataset(f"{IMAGES}/{camera}", data=frames, chunks=chunks, compression="gzip", compression_opts=1)
-        f.create_dataset(NODES, data=episode.graph_nodes)
+        nodes = f.create_dataset(NODES, data=episode.graph_nodes)
+        if episode.node_features is not None:
+            nodes.attrs["features"] = list(episode.node_features)
         f.create_dataset(ACTION, data=episode.actions)
         if episode.state is not None:
             f.create_dataset(STATE, data=episode.state)
@@ -90,14 +95,9 @@ def _finite(path: Path, key: str, values: np.ndarray) -> None:
         raise EpisodeError(path, key, f"{int(bad.sum())} NaN/Inf values (first at index [{where}])")
 
 
-def read_episode(
-    path: str | Path,
-    *,
-    num_nodes: int = arm.NUM_NODES,
-    node_features: int = arm.NUM_NODE_FEATURES,
-    action_dim: int = arm.ACTION_DIM,
-) -> RawEpisode:
-    """Read and validate one raw episode; raise EpisodeError on the first problem found."""
+def read_episode(path: str | Path) -> RawEpisode:
+    """Read and validate one raw episode; raise EpisodeError on the first problem found. Sizes are the episode's
+    own; whether they fit a dataset is the dataset's question (softarm.data.convert)."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -105,14 +105,14 @@ def read_episode(
         raise EpisodeError(path, "<file>", f"not a readable HDF5 file ({e})") from None
     try:
         with f:
-            return _read_open(f, path, num_nodes, node_features, action_dim)
+            return _read_open(f, path)
     except EpisodeError:
         raise
     except (OSError, KeyError, RuntimeError) as e:  # truncated or corrupt datasets surface on read
         raise EpisodeError(path, "<file>", f"corrupt or truncated HDF5 data ({e})") from None
 
 
-def _read_open(f: h5py.File, path: Path, num_nodes: int, node_features: int, action_dim: int) -> RawEpisode:
+def _read_open(f: h5py.File, path: Path) -> RawEpisode:
     prompt = f.attrs.get("prompt")
     if isinstance(prompt, bytes):
         prompt = prompt.decode("utf-8", errors="replace")
@@ -129,10 +129,14 @@ def _read_open(f: h5py.File, path: Path, num_nodes: int, node_features: int, act
     actions = _array(f, path, ACTION, ndim=2, kind="f")
     state = _array(f, path, STATE, ndim=2, kind="f", optional=True)
     edges = _array(f, path, EDGES, ndim=2, kind="iu", optional=True)
-    return validate_episode(
-        RawEpisode(path, images, nodes, actions, prompt.strip(), float(fps), state, edges), HDF5_KEYS,
-        num_nodes=num_nodes, node_features=node_features, action_dim=action_dim,
-    )  # fmt: skip
+    names = f[NODES].attrs.get("features")
+    if names is not None:
+        names = np.atleast_1d(names)
+        if names.dtype.kind not in "OSU":
+            raise EpisodeError(path, FEATURES, f"expected a list of feature names, got {names.tolist()!r}")
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
+    episode = RawEpisode(path, images, nodes, actions, prompt.strip(), float(fps), state, edges, names)
+    return validate_episode(episode, HDF5_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,36 +148,43 @@ class EpisodeKeys:
     actions: str
     state: str
     edges: str
+    node_features: str
 
     def image(self, camera: str) -> str:
         return f"{self.images}/{camera}" if self.images else camera
 
 
-HDF5_KEYS = EpisodeKeys(images=IMAGES, graph_nodes=NODES, actions=ACTION, state=STATE, edges=EDGES)
+HDF5_KEYS = EpisodeKeys(images=IMAGES, graph_nodes=NODES, actions=ACTION, state=STATE, edges=EDGES,
+                        node_features=FEATURES)  # fmt: skip
 
 
-def validate_episode(
-    episode: RawEpisode, keys: EpisodeKeys, *, num_nodes: int, node_features: int, action_dim: int
-) -> RawEpisode:
-    """Check shapes, lengths and values of an episode from any source; float32 arrays, int64 edges on return."""
+def validate_episode(episode: RawEpisode, keys: EpisodeKeys) -> RawEpisode:
+    """Check shapes, lengths and values of an episode from any source; float32 arrays, int64 edges on return.
+    Any node count, feature count and action size is an episode; a dataset asks that its episodes agree."""
     path = episode.path
     for camera, frames in episode.images.items():
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             key = keys.image(camera)
             raise EpisodeError(path, key, f"expected uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     nodes, actions, state, edges = episode.graph_nodes, episode.actions, episode.state, episode.edges
-    if nodes.shape[1:] != (num_nodes, node_features):
-        wanted = f"[T, {num_nodes}, {node_features}] (T, nodes, features)"
-        raise EpisodeError(path, keys.graph_nodes, f"expected {wanted}, got {list(nodes.shape)}")
-    if actions.ndim != 2 or actions.shape[1] != action_dim:
-        raise EpisodeError(path, keys.actions, f"expected [T, {action_dim}], got {list(actions.shape)}")
+    if nodes.ndim != 3 or min(nodes.shape[1:]) < 1:
+        raise EpisodeError(path, keys.graph_nodes, f"expected [T, N, F] (T, nodes, features), got {list(nodes.shape)}")
+    if actions.ndim != 2 or not 1 <= actions.shape[1] <= MAX_ACTION_DIM:
+        raise EpisodeError(path, keys.actions, f"expected [T, A] with 1 <= A <= {MAX_ACTION_DIM} (pi0's action "
+                                               f"slot), got {list(actions.shape)}")  # fmt: skip
     if state is not None and (state.ndim != 2 or not 1 <= state.shape[1] <= MAX_STATE_DIM):
-        raise EpisodeError(path, keys.state, f"expected [T, S] with 1 <= S <= {MAX_STATE_DIM}, got {list(state.shape)}")
+        raise EpisodeError(path, keys.state, f"expected [T, S] with 1 <= S <= {MAX_STATE_DIM} (pi0's state slot), "
+                                             f"got {list(state.shape)}")  # fmt: skip
     if edges is not None:
         try:
-            arm.validate_edges(num_nodes, edges.tolist())
+            arm.validate_edges(nodes.shape[1], edges.tolist())
         except ValueError as e:
             raise EpisodeError(path, keys.edges, str(e)) from None
+    if episode.node_features is not None:
+        try:
+            arm.column_names(nodes.shape[2], episode.node_features)
+        except ValueError as e:
+            raise EpisodeError(path, keys.node_features, str(e)) from None
 
     lengths: Mapping[str, int] = {
         **{keys.image(c): len(v) for c, v in episode.images.items()},

@@ -5,7 +5,8 @@ state dims (openpi normalises before padding to 32), `actions` over the real act
 AND feature, stored as [N, F] arrays that openpi's own `Normalize` applies elementwise. Per node, because the nodes
 of an arm live on very different scales (the base barely moves, the tip sweeps decimetres): stats pooled over nodes
 would squash the tip's variation, the most informative part of the graph, into a fraction of a unit.
-pi0 then uses the z-score, pi0.5 the quantiles, as openpi does. Graph features get a minimum scale (`floor_scale`).
+pi0 then uses the z-score, pi0.5 the quantiles, as openpi does. Graph features get a minimum scale (`floor_scale`);
+features the arm does not measure get the identity (mean 0, std 1, quantiles -1 and 1), so their constant 0 stays 0.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
             running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
     stats = {key: stats.get_statistics() for key, stats in running.items()}
     shape = (data.meta["num_nodes"], data.meta["node_features"])
-    graph = stats[GRAPH_NODES]
-    stats[GRAPH_NODES] = floor_scale(normalize.NormStats(**{f: getattr(graph, f).reshape(shape) for f in STAT_FIELDS}))
+    graph = floor_scale(normalize.NormStats(**{f: getattr(stats[GRAPH_NODES], f).reshape(shape) for f in STAT_FIELDS}))
+    unmeasured = [i for i, name in enumerate(data.meta["features"]) if name not in data.meta["measured"]]
+    identity = {"mean": 0.0, "std": 1.0, "q01": -1.0, "q99": 1.0}
+    for field, value in identity.items():
+        getattr(graph, field)[:, unmeasured] = value
+    stats[GRAPH_NODES] = graph
     return stats
 
 

@@ -24,11 +24,15 @@ MAX_IMAGE_SIDE = 4096  # a camera frame larger than this is a mistake, not a pho
 @dataclasses.dataclass(frozen=True)
 class SoftArmInputs(_transforms.DataTransformFn):
     """{"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, optional "state": [S],
-    optional "actions": [H, A], "action_is_pad": [H]} -> openpi's model inputs + "graph_nodes"."""
+    optional "graph_features": [names of the F columns], optional "actions": [H, A], "action_is_pad": [H]} ->
+    openpi's model inputs + "graph_nodes" in the model's node layout.
+
+    The graph's F columns are the measured features in layout order, or all the layout's columns, or whatever
+    "graph_features" names; columns the model does not read are dropped, unmeasured ones become 0."""
 
     cameras: Mapping[str, str | None]  # openpi slot -> the lab's camera name (None: no camera, zero image)
     num_nodes: int = arm.NUM_NODES
-    node_features: int = arm.NUM_NODE_FEATURES
+    layout: arm.NodeLayout = arm.FULL_LAYOUT
     action_dim: int = arm.ACTION_DIM
     state_dim: int | None = None  # the width the model was trained on; None accepts any (prepared data is uniform)
 
@@ -61,8 +65,7 @@ class SoftArmInputs(_transforms.DataTransformFn):
             state = np.asarray(data.get("state", np.zeros(0)), dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as e:
             raise ValueError(f"'graph_nodes' and 'state' must be numeric arrays ({e})") from None
-        if nodes.shape != (self.num_nodes, self.node_features):
-            raise ValueError(f"'graph_nodes' must be [{self.num_nodes}, {self.node_features}], got {list(nodes.shape)}")
+        nodes = self._node_layout(nodes, data.get("graph_features"))
         if not np.isfinite(nodes).all():
             raise ValueError("'graph_nodes' contains NaN or Inf")
         if not np.isfinite(state).all():
@@ -80,6 +83,24 @@ class SoftArmInputs(_transforms.DataTransformFn):
             inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
             inputs["action_dim_mask"] = np.arange(MODEL_DIM) < self.action_dim  # real dims of the padded 32
         return inputs
+
+    def _node_layout(self, nodes: np.ndarray, names) -> np.ndarray:
+        """[N, F] in the request's columns -> [N, layout width]; NaN in a column the model does not read is fine."""
+        layout, wanted = self.layout, f"[{self.num_nodes}, {len(self.layout.measured)}]"
+        if layout.unmeasured:
+            wanted += f" (the measured features) or [{self.num_nodes}, {layout.width}] (all of {list(layout.features)})"
+        if nodes.ndim != 2 or nodes.shape[0] != self.num_nodes:
+            raise ValueError(f"'graph_nodes' must be {wanted}, got {list(nodes.shape)}")
+        if names is None:
+            if nodes.shape[1] not in (len(layout.measured), layout.width):
+                raise ValueError(f"'graph_nodes' must be {wanted}, got {list(nodes.shape)}")
+            names = layout.measured if nodes.shape[1] == len(layout.measured) else layout.features
+        elif not isinstance(names, list | tuple | np.ndarray) or len(names) != nodes.shape[1]:
+            raise ValueError(f"'graph_features' must name the {nodes.shape[1]} columns of 'graph_nodes', got {names!r}")
+        try:
+            return layout.select(nodes, [str(n) for n in names])
+        except ValueError as e:
+            raise ValueError(f"'graph_nodes' {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +132,14 @@ def input_transform(
     pi05: bool,
     resize: bool = True,
     num_nodes: int = arm.NUM_NODES,
-    node_features: int = arm.NUM_NODE_FEATURES,
+    layout: arm.NodeLayout = arm.FULL_LAYOUT,
     action_dim: int = arm.ACTION_DIM,
     state_dim: int | None = None,
 ) -> _transforms.DataTransformFn:
     """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
     conversion with the same openpi function that ResizeImages uses)."""
     steps: list[_transforms.DataTransformFn] = [
-        SoftArmInputs(cameras, num_nodes, node_features, action_dim, state_dim),
+        SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim),
         _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
     ]
     if resize:

@@ -2,12 +2,14 @@
 
 Sections mirror what a person changes: `model` (a preset plus SoftArmModelConfig overrides), `data`, `optim`,
 `train`. Unknown keys, wrong types and a missing dataset are reported with the dotted key and what was expected.
+The arm's sizes, node features and edges are not set here: they come from the dataset (`dataset_fields`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+import json
 from pathlib import Path
 import types
 import typing
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from softarm.layout import META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from softarm.layout import CONFIG_FILE, FORMAT_VERSION, META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 from softarm.model import SoftArmModelConfig, preset
 
 
@@ -23,14 +25,36 @@ class ConfigError(ValueError):
     pass
 
 
+# What a dataset decides about the model: its arm's node count, node features (and which are measured) and edges,
+# and the length of the action chunks it was cut into. Weights depend on the first three.
+SHAPE_FIELDS = ("num_nodes", "node_features", "feature_names", "measured_features", "edges")
+
+
+def dataset_fields(meta: dict) -> dict[str, Any]:
+    """The model config fields a prepared dataset's meta.json fixes."""
+    return {"num_nodes": meta["num_nodes"], "node_features": meta["node_features"],
+            "feature_names": tuple(meta["features"]), "measured_features": tuple(meta["measured"]),
+            "edges": tuple(tuple(e) for e in meta["edges"]), "action_horizon": meta["action_horizon"]}  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     preset: Literal["tiny", "pi0", "pi05"] = "tiny"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # any SoftArmModelConfig field
 
-    def build(self) -> SoftArmModelConfig:
+    def build(self, dataset: dict[str, Any] | None = None, where: str = "the dataset") -> SoftArmModelConfig:
+        """The preset with the overrides and, when given, the fields a dataset fixes (`dataset_fields`); an override
+        that contradicts the dataset is an error."""
+        overrides = {k: _model_value(k, v) for k, v in self.overrides.items()}
+        for key, value in (dataset or {}).items():
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(
+                    f"model.overrides.{key}: {self.overrides[key]!r}, but {where} has {_plain(value)!r}; the arm's "
+                    "sizes, node features and edges come from the dataset: drop the override"
+                )
+            overrides[key] = value
         try:
-            return preset(self.preset, **{k: _model_value(k, v) for k, v in self.overrides.items()})
+            return preset(self.preset, **overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from None
 
@@ -101,18 +125,22 @@ class TrainConfig:
     train: TrainSection = TrainSection()
     lora: LoraSection = LoraSection()
 
-    def validate(self, *, check_data: bool = True) -> SoftArmModelConfig:
-        """Everything that can be checked before building anything; returns the model config."""
-        model = self.model.build()
-        if check_data:
-            meta = Path(self.data.path) / META_FILE
-            if not self.data.path or not meta.is_file():
-                raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
-            tokenizer = (
-                Path(self.data.tokenizer).expanduser() if self.data.tokenizer else Path(self.data.path) / TOKENIZER_FILE
-            )
-            if not tokenizer.is_file():
-                raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
+    def validate(self) -> SoftArmModelConfig:
+        """Everything that can be checked before building anything; returns the model config, fitted to the dataset
+        and checked against `train.init_from`."""
+        meta_path = Path(self.data.path) / META_FILE
+        if not self.data.path or not meta_path.is_file():
+            raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"data.path: {meta_path} has format {meta.get('format')!r}, this softarm reads "
+                              f"{FORMAT_VERSION} (convert the raw episodes again)")  # fmt: skip
+        model = self.model.build(dataset_fields(meta), f"the dataset {self.data.path}")
+        tokenizer = (
+            Path(self.data.tokenizer).expanduser() if self.data.tokenizer else Path(self.data.path) / TOKENIZER_FILE
+        )
+        if not tokenizer.is_file():
+            raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
         positive = {
             "data.batch_size": self.data.batch_size,
             "train.steps": self.train.steps,
@@ -136,10 +164,31 @@ class TrainConfig:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
         if self.train.init_from and not (Path(self.train.init_from) / WEIGHTS_FILE).is_file():
             raise ConfigError(f"train.init_from: no model.safetensors in {self.train.init_from}")
+        if self.train.init_from:
+            check_same_arm(model, Path(self.train.init_from), "train.init_from",
+                           "start from openpi's base weights or from a model of this arm")  # fmt: skip
         return model
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
+
+
+def check_same_arm(model: SoftArmModelConfig, directory: Path, what: str, hint: str, fields=SHAPE_FIELDS) -> None:
+    """A saved softarm model in `directory` (its model_config.json) must have been built for the same arm, in
+    `fields`; an openpi checkpoint (no model_config.json, no graph weights) fits any arm."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved, ours = json.loads(path.read_text()), model.to_dict()
+    differs = [key for key in fields if key in saved and saved[key] != ours[key]]
+    if differs:
+        listing = "; ".join(f"{key} {_short(saved[key])} there, {_short(ours[key])} here" for key in differs)
+        raise ConfigError(f"{what}: {directory} holds a model for another arm or configuration ({listing}); {hint}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _plain(value: Any) -> Any:
@@ -153,6 +202,8 @@ def _plain(value: Any) -> Any:
 def _model_value(key: str, value: Any) -> Any:
     if key == "edges" and value is not None:
         return tuple(tuple(e) for e in value)
+    if key in ("feature_names", "measured_features", "ignored_features") and isinstance(value, list):
+        return tuple(value)
     if key == "vision" and isinstance(value, dict):
         return dict(value)
     return value

@@ -35,7 +35,7 @@ from softarm.layout import LOSS_PLOT, TOKENIZER_FILE
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig, count_parameters
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
-from softarm.train.config import ConfigError, TrainConfig
+from softarm.train.config import ConfigError, TrainConfig, check_same_arm
 from softarm.train.lora import apply_lora
 from softarm.train.metrics import MetricsLog
 from softarm.weights import load_weights
@@ -242,6 +242,15 @@ def start(config: TrainConfig) -> Run:
         raise ConfigError(f"data.batch_size {config.data.batch_size} must divide over {dist.world} ranks")
     # bf16 stores the backbone in bf16 (openpi's way); fp32 and bf16-mixed keep fp32 weights.
     model_config = dataclasses.replace(model_config, dtype="bfloat16" if t.precision == "bf16" else "float32")
+    if checkpoints := ckpt.list_checkpoints(t.out_dir):  # resuming: the same model, or a clear error now
+        fields = [name for name in model_config.to_dict() if name != "dtype"]
+        check_same_arm(
+            model_config,
+            checkpoints[-1],
+            f"train.out_dir {t.out_dir} (resuming)",
+            "the same command with the same dataset resumes it; choose another train.out_dir",
+            fields,
+        )
     return Run(
         config=config, model_config=model_config, dist=dist, device=pick_device(t.device, dist), dir=Path(t.out_dir),
         dataset_dir=dataset_dir, tokenizer_path=Path(config.data.tokenizer or dataset_dir / TOKENIZER_FILE),
@@ -264,8 +273,7 @@ def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
         prepared = PreparedDataset(run.dataset_dir, split)
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
-            num_nodes=model_config.num_nodes, node_features=model_config.node_features,
-            action_dim=prepared.meta["action_dim"],
+            num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.meta["action_dim"],
         )  # fmt: skip
         return SoftArmDataset(prepared, transform)
 

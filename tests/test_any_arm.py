@@ -1,0 +1,230 @@
+"""An arm unlike the simulated one: a 3-finger soft gripper (7 nodes in a tree, 12 chambers, no contact force or
+velocity sensing) converts with no shape flags, trains, and serves openpi-client; mismatches are clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+import pytest
+import torch
+
+from softarm import arm
+from softarm.cli import main
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.prepared import PreparedDataset
+from softarm.data.raw import RawEpisode, write_episode
+from softarm.policy import SoftArmPolicy
+from softarm.train.config import ConfigError, load_config
+from softarm.train.loop import train
+from tests.conftest import DEBUG_CONFIG, make_episode, running
+
+# a palm (node 0) and three fingers of two segments each: 0-1-2, 0-3-4, 0-5-6
+GRIPPER_EDGES = np.array([[0, 1], [1, 2], [0, 3], [3, 4], [0, 5], [5, 6]])
+SENSED = tuple(name for name in arm.SCHEMA if not name.startswith(("vel_", "angvel_")) and name != "contact_force")
+
+
+def gripper_episode(seed: int, length: int = 12, **changes) -> RawEpisode:
+    """The gripper's recording: only its sensed features, named in the file, in their own order."""
+    episode = make_episode(length=length, seed=seed, nodes=7, features=len(SENSED), actions=12, state_dim=6)
+    episode.edges, episode.node_features = GRIPPER_EDGES, tuple(reversed(SENSED))
+    for key, value in changes.items():
+        setattr(episode, key, value)
+    return episode
+
+
+@pytest.fixture(scope="module")
+def gripper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(raw episodes, prepared dataset) of the gripper, converted without a single shape flag."""
+    tmp = tmp_path_factory.mktemp("gripper")
+    for seed, length in enumerate((14, 12, 16, 10)):
+        write_episode(tmp / "raw" / f"grip_{seed}.h5", gripper_episode(seed, length))
+    convert(tmp / "raw", tmp / "prep", ConvertOptions(val_episodes=1))
+    return tmp / "raw", tmp / "prep"
+
+
+@pytest.fixture(scope="module")
+def trained(gripper: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("gripper_run")
+    overrides = [f"data.path={gripper[1]}", f"train.out_dir={run}", "train.steps=2", "train.save_every=2",
+                 "train.val_every=100", "model.overrides.fusion=prefix"]  # fmt: skip
+    train(load_config(DEBUG_CONFIG, overrides))
+    return run / "checkpoints" / "2"
+
+
+def test_sizes_features_and_edges_come_from_the_episodes(gripper: tuple[Path, Path]) -> None:
+    prep = gripper[1]
+    meta = json.loads((prep / "meta.json").read_text())
+    assert (meta["num_nodes"], meta["action_dim"], meta["state_dim"]) == (7, 12, 6)
+    assert meta["features"] == list(arm.SCHEMA)  # the schema's columns, so arms with other sensors share a layout
+    assert meta["measured"] == list(SENSED)  # in schema order, whatever order the file had
+    assert meta["edges"] == GRIPPER_EDGES.tolist()
+    sample = PreparedDataset(prep, "all")[3]
+    recorded = gripper_episode(0, 14).graph_nodes[3]  # columns in the file's (reversed) order
+    for name in SENSED:
+        column = list(reversed(SENSED)).index(name)
+        np.testing.assert_array_equal(sample.graph_nodes[:, arm.feature_index(name)], recorded[:, column])
+    unmeasured = [arm.feature_index(n) for n in arm.SCHEMA if n not in SENSED]
+    assert not sample.graph_nodes[:, unmeasured].any()
+    stats = json.loads((prep / "norm_stats.json").read_text())["norm_stats"]["graph_nodes"]
+    assert {stats["mean"][0][i] for i in unmeasured} == {0.0}  # not normalised: the identity
+    assert {stats["std"][0][i] for i in unmeasured} == {1.0}
+    assert stats["std"][0][arm.feature_index("pos_x")] != 1.0
+
+
+def test_episodes_that_do_not_fit_the_dataset_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    write_episode(raw / "a_first.h5", gripper_episode(0))
+    write_episode(raw / "b_ok.h5", gripper_episode(1))
+    odd = {
+        "c_six_nodes.h5": {"graph_nodes": np.zeros((12, 6, len(SENSED)), np.float32), "edges": None},
+        "d_more_actions.h5": {"actions": np.zeros((12, 13), np.float32)},
+        "e_no_state.h5": {"state": None},
+        "f_wider_state.h5": {"state": np.zeros((12, 8), np.float32)},
+        "g_other_edges.h5": {"edges": np.array([[i, i + 1] for i in range(6)])},
+        "h_with_contact.h5": {"graph_nodes": np.zeros((12, 7, 19), np.float32), "node_features": None},
+    }
+    for name, changes in odd.items():
+        write_episode(raw / name, gripper_episode(2, **changes))
+    result = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert result.kept == ["a_first.h5", "b_ok.h5"]
+    reasons = {s["file"]: f"{s['key']}: {s['reason']}" for s in result.skipped}
+    first = "(first: a_first.h5)"
+    assert reasons["c_six_nodes.h5"] == f"observations/graph/nodes: 6 nodes; the dataset's episodes have 7 {first}"
+    assert reasons["d_more_actions.h5"] == f"action: 13-D actions; the dataset's episodes have 12-D {first}"
+    assert reasons["e_no_state.h5"] == (
+        f"observations/state: missing; other episodes have 6-D state {first}; --state none drops state from every "
+        "episode"
+    )
+    assert reasons["f_wider_state.h5"].startswith("observations/state: 8-D state; the dataset's episodes have 6-D")
+    assert reasons["g_other_edges.h5"].startswith("graph/edges: edges [[0, 1], [1, 2], [2, 3]")
+    assert "differ from the dataset's [[0, 1], [1, 2], [0, 3]" in reasons["g_other_edges.h5"]
+    assert reasons["h_with_contact.h5"].startswith("observations/graph/nodes@features: measures ['pos_x', 'pos_y'")
+    assert "the dataset's episodes measure ['pos_x'" in reasons["h_with_contact.h5"]
+
+    dropped = convert(raw, tmp_path / "no_state", ConvertOptions(val_episodes=1, state=False))
+    assert {"e_no_state.h5", "f_wider_state.h5"} <= set(dropped.kept)
+    assert json.loads((tmp_path / "no_state" / "meta.json").read_text())["state_dim"] is None
+
+
+def test_features_name_undeclared_columns_or_keep_a_subset(tmp_path: Path) -> None:
+    # four unnamed columns: --features says what they are; without it they are the arm's own features
+    four = tmp_path / "four"
+    for seed in range(2):
+        write_episode(four / f"e{seed}.h5", make_episode(length=6, seed=seed, nodes=5, features=4, actions=3))
+    named = ("pos_x", "pos_y", "pos_z", "contact_force")
+    convert(four, tmp_path / "named", ConvertOptions(val_episodes=1, features=named))
+    meta = json.loads((tmp_path / "named" / "meta.json").read_text())
+    assert (meta["node_features"], meta["measured"]) == (19, list(named))
+    convert(four, tmp_path / "own", ConvertOptions(val_episodes=1))
+    meta = json.loads((tmp_path / "own" / "meta.json").read_text())
+    assert meta["features"] == meta["measured"] == ["feature_0", "feature_1", "feature_2", "feature_3"]
+
+    # all 19 recorded, trained without contact force: the column is dropped, not normalised, fed as 0
+    full = tmp_path / "full"
+    for seed in range(2):
+        write_episode(full / f"e{seed}.h5", make_episode(length=6, seed=seed))
+    without = tuple(n for n in arm.SCHEMA if n != "contact_force")
+    convert(full, tmp_path / "no_contact", ConvertOptions(val_episodes=1, features=without))
+    data = PreparedDataset(tmp_path / "no_contact", "all")
+    assert data.meta["measured"] == list(without)
+    assert not data.arrays["graph_nodes"][:, :, 18].any()
+    np.testing.assert_array_equal(data[0].graph_nodes[:, :18], make_episode(length=6, seed=0).graph_nodes[0, :, :18])
+
+    with pytest.raises(ValueError, match=r"no valid episode among 2 episodes: e0\.h5: observations/graph/nodes@features"
+                                         r": lacks feature 'strain' \(--features asks for it\)"):  # fmt: skip
+        convert(full, tmp_path / "strain", ConvertOptions(features=("pos_x", "strain")))
+    with pytest.raises(ValueError, match=r"--features: measured features name 'pos_x' more than once"):
+        convert(full, tmp_path / "twice", ConvertOptions(features=("pos_x", "pos_x")))
+    assert not (tmp_path / "twice").exists()
+
+
+def test_cli_features_and_state_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "raw"
+    for seed in range(2):
+        write_episode(raw / f"e{seed}.h5", make_episode(length=6, seed=seed))
+    args = ["convert", str(raw), str(tmp_path / "prep"), "--val-episodes", "1", "--state", "none"]
+    assert main([*args, "--features", "pos_x, pos_y,pos_z"]) == 0
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert (meta["measured"], meta["state_dim"]) == (["pos_x", "pos_y", "pos_z"], None)
+    assert main(["convert", str(raw), str(tmp_path / "bad"), "--features", "pos_x,pos_x"]) == 2
+    assert (
+        "softarm convert: error: --features: measured features name 'pos_x' more than once" in capsys.readouterr().err
+    )
+
+
+def test_the_model_is_derived_from_the_dataset(gripper: tuple[Path, Path], trained: Path) -> None:
+    config = json.loads((trained / "model_config.json").read_text())
+    assert (config["num_nodes"], config["node_features"], config["action_horizon"]) == (7, 19, 16)
+    assert config["measured_features"] == list(SENSED)
+    assert config["edges"] == GRIPPER_EDGES.tolist()
+
+
+def test_mismatches_with_the_dataset_are_errors_before_any_work(
+    gripper: tuple[Path, Path], trained: Path, tmp_path: Path
+) -> None:
+    data = f"data.path={gripper[1]}"
+    with pytest.raises(ConfigError, match=r"model.overrides.num_nodes: 10, but the dataset .* has 7; the arm's sizes"):
+        load_config(DEBUG_CONFIG, [data, "model.overrides.num_nodes=10"]).validate()
+    with pytest.raises(
+        ConfigError, match=r"model.overrides.edges: \[\[0, 1\]\], but .* has \[\[0, 1\], \[1, 2\], \[0, 3\]"
+    ):
+        load_config(DEBUG_CONFIG, [data, "model.overrides.edges=[[0, 1]]"]).validate()
+    # the same sizes given explicitly are fine
+    assert load_config(DEBUG_CONFIG, [data, "model.overrides.num_nodes=7"]).validate().num_nodes == 7
+
+    # a model of the simulated 10-node arm as the starting point of the gripper
+    ten = tmp_path / "ten"
+    for seed in range(2):
+        write_episode(ten / "raw" / f"e{seed}.h5", make_episode(length=20, seed=seed, state_dim=None))
+    convert(ten / "raw", ten / "prep", ConvertOptions(val_episodes=1))
+    train(load_config(DEBUG_CONFIG, [f"data.path={ten / 'prep'}", f"train.out_dir={ten / 'run'}", "train.steps=1",
+                                     "train.val_every=100"]))  # fmt: skip
+    ten_model = ten / "run" / "checkpoints" / "1"
+    with pytest.raises(ConfigError, match=r"train.init_from: .* holds a model for another arm or configuration "
+                                          r"\(num_nodes 10 there, 7 here; measured_features \[.*\]"):  # fmt: skip
+        load_config(DEBUG_CONFIG, [data, f"train.init_from={ten_model}"]).validate()
+    # resuming a run of the 10-node arm with the gripper's dataset
+    with pytest.raises(ConfigError, match=r"train.out_dir .* \(resuming\): .* holds a model for another arm or "
+                                          r"configuration \(num_nodes 10 there, 7 here"):  # fmt: skip
+        train(load_config(DEBUG_CONFIG, [data, f"train.out_dir={ten / 'run'}", "train.steps=2"]))
+
+
+def test_the_gripper_serves_requests_without_contact_force(trained: Path) -> None:
+    policy = SoftArmPolicy.from_checkpoint(trained)
+    graph = policy.metadata["graph"]
+    assert graph["num_nodes"] == 7
+    assert graph["node_features"][:3] == ["pos_x [m]", "pos_y [m]", "pos_z [m]"]
+    assert len(graph["node_features"]) == len(SENSED)
+    assert {"contact_force", "vel_x"} <= set(graph["unmeasured_features"])
+    assert graph["edges"] == GRIPPER_EDGES.tolist()
+    assert policy.metadata["action_dim"] == 12
+
+    episode = gripper_episode(7)
+    request = {"images": {c: f[0] for c, f in episode.images.items()}, "state": episode.state[0],
+               "prompt": episode.prompt}  # fmt: skip
+    compact = np.asarray(episode.graph_nodes[0][:, ::-1])  # the measured features in the metadata's order
+    full = np.full((7, 19), np.nan, np.float32)  # all 19 columns; unmeasured ones may hold anything, even NaN
+    full[:, [arm.feature_index(n) for n in SENSED]] = compact
+    named = {
+        "graph_nodes": np.concatenate([episode.graph_nodes[0], np.ones((7, 1))], axis=1),
+        "graph_features": [*reversed(SENSED), "contact_force"],
+    }  # a feature the model never saw: dropped
+    with running(policy) as port:
+        client = WebsocketClientPolicy("127.0.0.1", port)
+        assert client.get_server_metadata()["graph"] == graph
+        chunks = []
+        for graph_fields in ({"graph_nodes": compact}, {"graph_nodes": full}, named):
+            torch.manual_seed(0)  # the flow-matching noise, drawn in the server's model thread
+            chunks.append(client.infer({**request, **graph_fields})["actions"])
+        assert chunks[0].shape == (16, 12)
+        np.testing.assert_allclose(chunks[1], chunks[0], atol=1e-5)
+        np.testing.assert_allclose(chunks[2], chunks[0], atol=1e-5)
+        missing = {"graph_nodes": compact[:, 1:], "graph_features": list(SENSED[1:])}
+        with pytest.raises(RuntimeError, match=r"bad request: 'graph_nodes' lacks measured feature 'pos_x'"):
+            client.infer({**request, **missing})
+        with pytest.raises(RuntimeError, match=r"'graph_nodes' must be \[7, 12\] \(the measured features\) or "
+                                               r"\[7, 19\] \(all of \['pos_x'"):  # fmt: skip
+            client.infer({**request, "graph_nodes": compact[:, :4]})
