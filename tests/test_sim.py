@@ -16,12 +16,12 @@ from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
 from softarm.sim import generate as generate_module
 from softarm.sim.agents import ExpertAgent
-from softarm.sim.arm_model import ArmSpec
+from softarm.sim.arm_model import ARMS, ArmSpec
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import CHOICES, MAX_PAYLOAD, TASKS
+from softarm.sim.tasks import MAX_PAYLOAD, TASKS
 
 SETTLE = 40  # control steps (4 s): long enough for the lagged, damped arm to come to rest
 
@@ -29,6 +29,12 @@ SETTLE = 40  # control steps (4 s): long enough for the lagged, damped arm to co
 @pytest.fixture(scope="module")
 def env():
     with SoftArmEnv() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def tendon_env():
+    with SoftArmEnv(ARMS["tendon"]) as env:
         yield env
 
 
@@ -145,14 +151,60 @@ def test_the_side_camera_sees_depth_the_base_camera_cannot(env) -> None:
     assert np.linalg.norm(views[0]["side"] - views[1]["side"]) > 8.0
 
 
-def test_expert_solves_seeded_episodes(env) -> None:
-    static = StaticArm(env)
-    expert = ExpertAgent(static)
-    for task_name, seeds in (("reach", range(10)), ("follow", range(2)), ("choose", range(4))):
-        task = TASKS[task_name]
-        for seed in seeds:
-            rollout = run_episode(env, static, task, task.sample(seed, static, env.control_hz), expert)
-            assert rollout.success, f"{task_name} seed {seed}: min error {1000 * rollout.errors.min():.1f} mm"
+@pytest.mark.parametrize(("arm_name", "episodes"), [("pneumatic", (10, 2, 4)), ("tendon", (6, 1, 3))])
+def test_expert_solves_seeded_episodes(arm_name: str, episodes: tuple[int, int, int]) -> None:
+    with SoftArmEnv(ARMS[arm_name]) as env:
+        static = StaticArm(env)
+        expert = ExpertAgent(static)
+        for task_name, count in zip(("reach", "follow", "choose"), episodes, strict=True):
+            task = TASKS[task_name]
+            for seed in range(count):
+                rollout = run_episode(env, static, task, task.sample(seed, static, env.control_hz), expert)
+                assert rollout.success, f"{task_name} seed {seed}: min error {1000 * rollout.errors.min():.1f} mm"
+
+
+def test_the_tendon_arm_differs_in_size_actuators_cameras_and_sensing(tendon_env) -> None:
+    env, spec = tendon_env, ARMS["tendon"]
+    assert (spec.num_segments, spec.num_actuators, env.command_low, env.command_high) == (6, 9, 0.0, 1.0)
+    env.reset()
+    command = np.zeros(9)
+    command[6] = 1.0  # tendon 0 of the distal section (segments 4 and 5), at angle 0: bends about x
+    command[0] = -1.0  # a tendon cannot push: clipped to slack
+    settle(env, command)
+    nodes = env.node_features()
+    assert nodes.shape == (6, arm.NUM_NODE_FEATURES)
+    assert (nodes[4:, 13] > 1.0).all()  # 1/m: the pulled section bends the tendon's way...
+    assert np.abs(nodes[4:, 14]).max() < 0.1 * nodes[4:, 13].min()  # ...about its axis only
+    assert np.abs(nodes[:4, 13:15]).max() < 0.25 * nodes[4:, 13].min()  # the proximal sections just follow
+    assert not nodes[:, 16:18].any()  # no per-segment actuator: neither command nor actuator state per node
+    np.testing.assert_allclose(env.state()[[0, 6]], [0.0, 1.0], atol=1e-3)  # the tendons' filtered tensions
+    images = env.render()
+    assert set(images) == {"front", "overhead"}
+    assert all(image.shape == (240, 320, 3) and image.std() > 10 for image in images.values())
+    assert "contact_force" not in spec.measured
+    assert "vel_x" not in spec.measured
+    assert "kappa_x" in spec.measured
+
+
+@pytest.mark.parametrize("arm_name", ["pneumatic", "tendon"])
+def test_choose_balls_are_reachable_under_any_payload(arm_name: str) -> None:
+    spec = ARMS[arm_name]
+    with SoftArmEnv(spec) as env:
+        static = StaticArm(env)
+        low, high = spec.command_range
+        rng = np.random.default_rng(0)
+        starts = [
+            np.full(spec.num_actuators, (low + high) / 2),
+            *rng.uniform(low / 2, high / 2, (6, spec.num_actuators)),
+        ]
+        for payload in (0.0, MAX_PAYLOAD):
+            env.set_payload(payload)
+            for color, position in spec.choices.items():
+                residual = min(static.solve(np.array(position), start)[1] for start in starts)
+                assert residual < 5e-3, f"{color} ball at payload {payload} kg: {1000 * residual:.1f} mm off"
+        spec_episode = TASKS["choose"].sample(3, static, env.control_hz)
+    assert spec_episode.prompt == f"reach the {spec_episode.target_color} ball"
+    assert set(spec_episode.balls(0)) == set(spec.choices)
 
 
 def test_static_model_agrees_with_the_simulator(env) -> None:
@@ -180,22 +232,6 @@ def test_payload_changes_the_shape_that_the_same_pressures_give(env) -> None:
         env.set_payload(-1)
 
 
-def test_choose_balls_are_reachable_under_any_payload(env) -> None:
-    static = StaticArm(env)
-    starts = [np.zeros(10), *np.random.default_rng(0).uniform(-0.5, 0.5, (6, 10))]
-    try:
-        for payload in (0.0, MAX_PAYLOAD):
-            env.set_payload(payload)
-            for color, position in CHOICES.items():
-                residual = min(static.solve(position, start)[1] for start in starts)
-                assert residual < 5e-3, f"{color} ball at payload {payload} kg: {1000 * residual:.1f} mm off"
-    finally:
-        env.set_payload(0.0)
-    spec = TASKS["choose"].sample(3, static, env.control_hz)
-    assert spec.prompt == f"reach the {spec.target_color} ball"
-    assert set(spec.balls(0)) == set(CHOICES)
-
-
 def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     result = generate("reach", 3, raw, seed=7)
@@ -213,13 +249,49 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
     again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
     assert (again.written, again.reused) == (1, 3)
-    with pytest.raises(ValueError, match=r"task 'reach' seed 7 noise 0\.0; choose another --out for seed 8"):
+    with pytest.raises(ValueError, match=r"seed 7 noise 0\.0 arm 'pneumatic'; choose another --out for seed 8"):
         generate("reach", 2, raw, seed=8)
+    with pytest.raises(ValueError, match=r"arm 'pneumatic'; choose another --out for seed 7 noise 0\.0 arm 'tendon'"):
+        generate("reach", 2, raw, seed=7, arm="tendon")
     mixed = generate("choose", 1, raw, seed=7)  # another task may join the directory: a multi-task dataset
     assert (mixed.written, mixed.reused) == (1, 0)
     assert sorted(p.name for p in raw.glob("generate_*.json")) == ["generate_choose.json", "generate_reach.json"]
     with pytest.raises(ValueError, match="unknown task 'push'"):
         generate("push", 2, tmp_path / "other")
+    with pytest.raises(ValueError, match="unknown arm 'octopus'; choose one of"):
+        generate("reach", 2, tmp_path / "other", arm="octopus")
+
+
+def test_the_tendon_arm_through_the_whole_pipeline(tmp_path: Path) -> None:
+    """generate -> convert (no shape flag) -> train -> closed loop: the arm's sizes, sensing and cameras go through."""
+    from softarm.train.config import load_config
+    from softarm.train.loop import train
+
+    spec = ARMS["tendon"]
+    assert main(["sim", "generate", "--arm", "tendon", "--task", "choose", "--episodes", "3", "--out",
+                 str(tmp_path / "raw")]) == 0  # fmt: skip
+    episode = read_episode(tmp_path / "raw" / "choose_000000.hdf5")
+    assert episode.graph_nodes.shape == (episode.length, 6, len(spec.measured))  # only what it senses
+    assert episode.node_features == spec.measured
+    assert (episode.actions.shape[1], episode.state.shape[1]) == (9, 9)
+    assert episode.images["front"].shape == (episode.length, 240, 320, 3)
+    np.testing.assert_array_equal(episode.edges, [[i, i + 1] for i in range(5)])
+    converted = convert(tmp_path / "raw", tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert converted.skipped == []
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert (meta["num_nodes"], meta["action_dim"], meta["state_dim"]) == (6, 9, 9)
+    assert meta["measured"] == list(spec.measured)
+    assert meta["cameras"] == {"base_0_rgb": "front", "left_wrist_0_rgb": "overhead", "right_wrist_0_rgb": None}
+    config = Path(__file__).parents[1] / "configs" / "demo.yaml"  # ignores velocities the arm does not sense
+    overrides = [f"data.path={tmp_path / 'prep'}", f"train.out_dir={tmp_path / 'run'}", "train.steps=2",
+                 "train.save_every=2", "train.val_every=100", "data.batch_size=4"]  # fmt: skip
+    train(load_config(config, overrides))
+    options = EvalOptions(task="choose", arm="tendon", policy="model", episodes=1, replan=8, videos=1,
+                          checkpoint=str(tmp_path / "run" / "checkpoints" / "2"))  # fmt: skip
+    summary = evaluate(options, tmp_path / "eval")
+    assert (summary["arm"], summary["episodes"]) == ("tendon", 1)
+    with Image.open(tmp_path / "eval" / "rollouts.gif") as gif:
+        assert gif.size == (640, 240)  # the two cameras side by side
 
 
 def test_wilson_interval_matches_known_values() -> None:
@@ -323,7 +395,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert (again.written, again.reused, again.missed_under_noise) == (0, 3, result.missed_under_noise)
     manifest = json.loads((raw / "generate_choose.json").read_text())
     assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
-    with pytest.raises(ValueError, match=r"seed 0 noise 0\.2; choose another --out for seed 0 noise 0\.0"):
+    with pytest.raises(ValueError, match=r"noise 0\.2 arm 'pneumatic'; choose another --out for seed 0 noise 0\.0"):
         generate("choose", 3, raw, seed=0)
     serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process
     assert serial.missed_under_noise == result.missed_under_noise

@@ -13,6 +13,10 @@ import os
 import sys
 
 EXIT_PREEMPTED = 75  # `softarm train` stopped by SIGTERM / SIGINT after saving (EX_TEMPFAIL: run it again)
+ARM_HELP = (
+    "pneumatic: 10 segments, one chamber each, 3 cameras, every node feature sensed; tendon: 6 segments, 3 sections "
+    "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only"
+)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
@@ -154,7 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sim_generate(args: argparse.Namespace) -> int:
     from softarm.sim.generate import generate
 
-    result = generate(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers)
+    result = generate(
+        args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers, arm=args.arm
+    )
     failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
     print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}; raw episodes in {args.out}")
     return 0
@@ -165,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = EvalOptions(
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
-        replan=args.replan, videos=args.videos, device=args.device,
+        replan=args.replan, videos=args.videos, device=args.device, arm=args.arm,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -240,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="std of Gaussian noise added to the executed commands; the recorded label stays the expert's (DART)",
     )  # fmt: skip
     gen.add_argument("--workers", type=int, default=1, help="simulator processes recording episodes in parallel")
+    gen.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--replan", type=int, default=8, help="actions executed from each chunk before re-planning")
     ev.add_argument("--videos", type=int, default=3, help="episodes recorded into rollouts.gif")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from softarm.layout import EVAL_FILE
 from softarm.sim.agents import ExpertAgent, RandomAgent
-from softarm.sim.env import CAMERAS, SoftArmEnv
+from softarm.sim.arm_model import ARMS, DEFAULT_ARM
+from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import EVAL_SEED
 from softarm.sim.media import save_eval_plot, save_rollout_gif
 from softarm.sim.rollout import Rollout, run_episode
@@ -76,6 +77,7 @@ class EvalOptions:
     replan: int = 8
     videos: int = 3  # episodes rendered into rollouts.gif
     device: str = "auto"
+    arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
 
 
 def _episode_row(task, rollout: Rollout, hz: float) -> dict:
@@ -99,6 +101,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
     times = [r["time_to_success_s"] for r in rows if r["time_to_success_s"] is not None]
     summary = {
         "task": options.task,
+        "arm": options.arm,
         "policy": options.policy,
         "checkpoint": options.checkpoint,
         "episodes": n,
@@ -122,7 +125,7 @@ def make_agent(options: EvalOptions, static: StaticArm):
     if options.policy == "expert-blind":  # plans for the mean payload: no shape sensing, open loop
         return ExpertAgent(static, assumed_payload=MAX_PAYLOAD / 2)
     if options.policy == "random":
-        return RandomAgent()
+        return RandomAgent(static.env.spec)
     if options.policy != "model":
         raise ValueError(f"unknown --policy {options.policy!r}; choose one of {POLICIES}")
     if not options.checkpoint:
@@ -136,6 +139,8 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     """Run the episodes, write eval.json, summary.png and rollouts.gif into `out_dir`; return the summary."""
     if options.task not in TASKS:
         raise ValueError(f"unknown task {options.task!r}; choose one of {sorted(TASKS)}")
+    if options.arm not in ARMS:
+        raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
     if options.episodes < 1 or options.replan < 1:
         raise ValueError("--episodes and --replan must be at least 1")
     out_dir = Path(out_dir)
@@ -143,7 +148,7 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     task = TASKS[options.task]
     rows, curves, videos = [], [], []
     start = time.monotonic()
-    with SoftArmEnv() as env:
+    with SoftArmEnv(ARMS[options.arm]) as env:
         static = StaticArm(env)
         agent = make_agent(options, static)
         label = options.policy if options.policy != "model" else Path(options.checkpoint).name
@@ -160,5 +165,5 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     (out_dir / EVAL_FILE).write_text(json.dumps({"summary": summary, "episodes": rows}, indent=2))
     save_eval_plot(out_dir / "summary.png", summary, curves, env.control_hz)
     if videos:
-        save_rollout_gif(out_dir / "rollouts.gif", videos, CAMERAS)
+        save_rollout_gif(out_dir / "rollouts.gif", videos, env.cameras)
     return summary

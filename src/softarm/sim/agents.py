@@ -12,6 +12,7 @@ import contextlib
 
 import numpy as np
 
+from softarm.sim.arm_model import ArmSpec
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import EpisodeSpec
 
@@ -63,8 +64,11 @@ class ExpertAgent:
     def _plan(self, target: np.ndarray) -> np.ndarray:
         """Pressures for `target`: from the current ones first, from other starts if that lands in a local minimum."""
         rng = np.random.default_rng(0)
+        low, high = self.static.env.spec.command_range
+        centre, half = (low + high) / 2, (high - low) / 2
+        others = centre + half * rng.uniform(-0.5, 0.5, (6, len(self.start)))  # the middle half of the range
         best, best_residual = self.start, np.inf
-        for start in (self.start, np.zeros_like(self.start), *rng.uniform(-0.5, 0.5, (6, len(self.start)))):
+        for start in (self.start, np.zeros_like(self.start), *others):
             u, residual = self.static.solve(target, start)
             if residual < best_residual:
                 best, best_residual = u, residual
@@ -84,15 +88,15 @@ class ExpertAgent:
 
 
 class RandomAgent:
-    """Uniform random pressures, a floor for any learned policy."""
+    """Uniform random commands, a floor for any learned policy."""
 
     needs_images = False
 
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
+    def __init__(self, arm: ArmSpec, seed: int = 0) -> None:
+        self.arm, self.rng = arm, np.random.default_rng(seed)
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         self.rng = np.random.default_rng([spec.seed, 2])
 
     def act(self, observation: dict) -> np.ndarray:
-        return self.rng.uniform(-1, 1, 10).astype(np.float32)
+        return self.rng.uniform(*self.arm.command_range, self.arm.num_actuators).astype(np.float32)

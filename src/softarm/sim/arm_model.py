@@ -1,15 +1,41 @@
-"""The simulated soft arm as MJCF: a pseudo-rigid-body continuum arm hanging from a ceiling mount.
+"""The simulated soft arms as MJCF: pseudo-rigid-body continuum arms hanging from a ceiling mount.
 
-Each of the 10 segments is a tapered silicone capsule joined to its parent by three spring-damper hinges (bend
-about x, bend about y, twist about z). Segment i's pneumatic actuator bends it about x (even i) or y (odd i) through
-a first-order lag (MuJoCo's `filter` dynamics), so `act` is the chamber's normalised pressure. Everything physical
-is a field of `ArmSpec`, so a lab can match its own arm.
+Each segment is a tapered silicone capsule joined to its parent by three spring-damper hinges (bend about x, bend
+about y, twist about z). Two actuator layouts, both through a first-order lag (MuJoCo's `filter` dynamics), so `act`
+is the actuator's filtered command:
+- `chambers`: segment i's pneumatic chamber bends it about x (even i) or y (odd i), command in [-1, 1];
+- `tendons`: the segments form sections; each section has tendons spaced around the backbone that pull only
+  (command in [0, 1]) and bend every segment of their section towards their side.
+Everything physical, the cameras and what the arm senses are fields of `ArmSpec`; `ARMS` names the built-in arms.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
+
+from softarm import arm
+
+BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
+SIDE_CAMERA_POS = (0.52, 0.42, 0.58)  # a second one a quarter turn around the arm: together they give depth
+BASE_CAMERA_AIM = (0.0, 0.0, 0.28)
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraSpec:
+    name: str
+    pos: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world frame (m); ignored for a wrist camera
+    aim: tuple[float, float, float] | None = BASE_CAMERA_AIM  # the world point it looks at; None: at the tip, down
+    fovy: float = 58.0  # vertical field of view, degrees
+
+    @property
+    def wrist(self) -> bool:
+        return self.aim is None
+
+
+# Three balls at fixed places for `choose`, reachable by the pneumatic arm under any payload (tests check it).
+PNEUMATIC_CHOICES = {"red": (0.12, -0.10, -0.43), "green": (-0.14, -0.06, -0.44), "blue": (0.02, 0.13, -0.44)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +53,37 @@ class ArmSpec:
     mount_height: float = 0.65  # m above the floor
     timestep: float = 0.002  # s
     floor_height: float = 0.0  # m; raise it to make the arm touch the floor (contact tests)
+    actuation: Literal["chambers", "tendons"] = "chambers"
+    sections: int = 1  # tendons: the segments split into this many sections, each with its own tendons
+    tendons_per_section: int = 3  # spaced evenly around the backbone
+    cameras: tuple[CameraSpec, ...] = (
+        CameraSpec("base", BASE_CAMERA_POS),
+        CameraSpec("side", SIDE_CAMERA_POS),
+        CameraSpec("tip", aim=None, fovy=75.0),
+    )
+    image_size: tuple[int, int] = (224, 224)  # (height, width) of every camera's frames, at most 640 x 640
+    measured: tuple[str, ...] = arm.SCHEMA  # the node features the arm's sensors give (recorded, named in the file)
+    choices: dict[str, tuple[float, float, float]] = dataclasses.field(default_factory=lambda: PNEUMATIC_CHOICES)
 
     @property
     def length(self) -> float:
         return self.num_segments * self.segment_length
+
+    @property
+    def num_actuators(self) -> int:
+        return self.num_segments if self.actuation == "chambers" else self.sections * self.tendons_per_section
+
+    @property
+    def command_range(self) -> tuple[float, float]:
+        return (-1.0, 1.0) if self.actuation == "chambers" else (0.0, 1.0)
+
+    def section(self, i: int) -> int:
+        """The tendon section segment i belongs to."""
+        return i * self.sections // self.num_segments
+
+    def tendon_angle(self, k: int) -> float:
+        """Where tendon k of a section runs around the backbone (rad from the x bending axis)."""
+        return 2 * math.pi * k / self.tendons_per_section
 
     def radius(self, i: int) -> float:
         return self.radius_base + (self.radius_tip - self.radius_base) * i / max(self.num_segments - 1, 1)
@@ -43,9 +96,6 @@ class ArmSpec:
 _AXES = ("1 0 0", "0 1 0", "0 0 1")
 BALL_COLORS = {"red": "0.9 0.1 0.1", "green": "0.1 0.75 0.2", "blue": "0.15 0.3 0.95"}
 PARKED = (0.0, 0.0, -5.0)  # where an unused ball waits: under the floor, out of every view
-BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
-SIDE_CAMERA_POS = (0.52, 0.42, 0.58)  # a second one a quarter turn around the arm: together they give depth
-BASE_CAMERA_AIM = (0.0, 0.0, 0.28)
 
 
 def _vec(v) -> str:
@@ -90,23 +140,53 @@ def _segment(spec: ArmSpec, i: int, inner: str) -> str:
     )
 
 
+def _actuators(spec: ArmSpec) -> tuple[str, str]:
+    """(MJCF tendons, MJCF actuators) of the arm's actuator layout."""
+    lag = f'dyntype="filter" dynprm="{spec.actuator_lag}" gainprm="{spec.actuator_torque}"'
+    if spec.actuation == "chambers":
+        return "", "".join(
+            f'<general name="act{i}" joint="seg{i}_{"bx" if spec.actuated_axis(i) == 0 else "by"}" {lag} '
+            'ctrlrange="-1 1" ctrllimited="true"/>'
+            for i in range(spec.num_segments)
+        )
+    tendons, actuators = [], []
+    for s in range(spec.sections):
+        segments = [i for i in range(spec.num_segments) if spec.section(i) == s]
+        for k in range(spec.tendons_per_section):
+            angle = spec.tendon_angle(k)
+            coefs = "".join(
+                f'<joint joint="seg{i}_bx" coef="{math.cos(angle):.6f}"/><joint joint="seg{i}_by" '
+                f'coef="{math.sin(angle):.6f}"/>'
+                for i in segments
+            )
+            tendons.append(f'<fixed name="tendon{s}_{k}">{coefs}</fixed>')
+            actuators.append(f'<general name="act{len(actuators)}" tendon="tendon{s}_{k}" {lag} ctrlrange="0 1" '
+                             'ctrllimited="true"/>')  # fmt: skip
+    return f"<tendon>{''.join(tendons)}</tendon>", "".join(actuators)
+
+
 def build_xml(spec: ArmSpec) -> str:
-    """MJCF of the arm, a floor, coloured non-colliding balls (mocap targets) and two cameras: `base`, `tip`."""
+    """MJCF of the arm, a floor, coloured non-colliding balls (mocap targets) and the spec's cameras."""
     n = spec.num_segments
-    # The last segment carries the wrist camera and a collar whose mass is the episode's payload (set at run time).
+    # The last segment carries any wrist camera and a collar whose mass is the episode's payload (set at run time).
     collar = (
         f'<body name="payload" pos="0 0 {-spec.segment_length / 2}"><geom type="cylinder" '
         f'size="{spec.radius_tip + 0.005} 0.008" mass="0.001" rgba=".3 .3 .35 1" contype="0" conaffinity="0"/></body>'
     )
-    tip_camera = f'<camera name="tip" pos="0 0 {-spec.segment_length - 0.012}" xyaxes="1 0 0 0 1 0" fovy="75"/>'
-    chain = collar + tip_camera
+    wrist_cameras = "".join(
+        f'<camera name="{c.name}" pos="0 0 {-spec.segment_length - 0.012}" xyaxes="1 0 0 0 1 0" fovy="{c.fovy:g}"/>'
+        for c in spec.cameras
+        if c.wrist
+    )
+    fixed_cameras = "\n    ".join(
+        f'<camera name="{c.name}" pos="{_vec(c.pos)}" xyaxes="{_look_at(c.pos, c.aim)}" fovy="{c.fovy:g}"/>'
+        for c in spec.cameras
+        if not c.wrist
+    )
+    chain = collar + wrist_cameras
     for i in reversed(range(n)):
         chain = _segment(spec, i, chain)
-    actuators = "".join(
-        f'<general name="act{i}" joint="seg{i}_{"bx" if spec.actuated_axis(i) == 0 else "by"}" dyntype="filter" '
-        f'dynprm="{spec.actuator_lag}" gainprm="{spec.actuator_torque}" ctrlrange="-1 1" ctrllimited="true"/>'
-        for i in range(n)
-    )
+    tendons, actuators = _actuators(spec)
     balls = "".join(
         f'<body name="ball_{color}" mocap="true" pos="{_vec(PARKED)}">'
         f'<geom type="sphere" size="0.018" rgba="{rgb} 1" contype="0" conaffinity="0"/></body>'
@@ -134,9 +214,36 @@ def build_xml(spec: ArmSpec) -> str:
       {chain}
     </body>
     {balls}
-    <camera name="base" pos="{_vec(BASE_CAMERA_POS)}" xyaxes="{_look_at(BASE_CAMERA_POS, BASE_CAMERA_AIM)}" fovy="58"/>
-    <camera name="side" pos="{_vec(SIDE_CAMERA_POS)}" xyaxes="{_look_at(SIDE_CAMERA_POS, BASE_CAMERA_AIM)}" fovy="58"/>
-  </worldbody>
+    {fixed_cameras}
+  </worldbody>{tendons}
   <actuator>{actuators}</actuator>
 </mujoco>
 """
+
+
+# A second arm, unlike the first in every way a lab's arm may be: 6 stiffer segments in 3 sections, each section bent
+# by 3 pull-only tendons at 120 degrees (9 actuators for 6 nodes), two fixed cameras with other names, places and a
+# 240 x 320 frame, and shape sensing only (positions, orientations, curvatures: no velocities, per-segment command,
+# actuator state or contact force).
+TENDON_ARM = ArmSpec(
+    num_segments=6,
+    segment_length=0.07,
+    radius_base=0.018,
+    radius_tip=0.011,
+    bend_stiffness=3.0,
+    twist_stiffness=8.0,
+    damping=0.1,
+    actuator_torque=1.2,
+    actuation="tendons",
+    sections=3,
+    tendons_per_section=3,
+    cameras=(
+        CameraSpec("front", (0.05, -0.80, 0.42), (0.0, 0.0, 0.32), fovy=42.0),
+        CameraSpec("overhead", (0.40, 0.30, 1.05), (0.0, 0.0, 0.32), fovy=48.0),
+    ),
+    image_size=(240, 320),
+    measured=tuple(n for n in arm.SCHEMA if n.startswith(("pos_", "quat_", "kappa_")) or n == "twist"),
+    choices={"red": (0.10, -0.08, -0.36), "green": (-0.10, -0.06, -0.37), "blue": (0.0, 0.11, -0.37)},
+)
+ARMS = {"pneumatic": ArmSpec(), "tendon": TENDON_ARM}
+DEFAULT_ARM = "pneumatic"

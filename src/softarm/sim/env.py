@@ -1,7 +1,8 @@
-"""SoftArmEnv: step the MuJoCo arm at the control rate, read its 19-feature node graph, render its cameras.
+"""SoftArmEnv: step a MuJoCo arm at the control rate, read its 19-feature node graph, render its cameras.
 
 Node i is the distal end of segment i; every feature is expressed in the mount's frame (the arm's base frame),
-exactly as `softarm.arm.NODE_FEATURES` and docs/data_format.md define them.
+exactly as `softarm.arm.NODE_FEATURES` and docs/data_format.md define them. An arm without per-segment actuators
+(tendons) has no per-node command or actuator state: those two features are 0 and it does not declare them measured.
 """
 
 from __future__ import annotations
@@ -12,16 +13,13 @@ import numpy as np
 from softarm import arm
 from softarm.sim.arm_model import BALL_COLORS, PARKED, ArmSpec, build_xml
 
-CAMERAS = ("base", "side", "tip")
-IMAGE_SIZE = 224
-
 
 class SoftArmEnv:
-    def __init__(self, spec: ArmSpec | None = None, *, control_hz: float = 10.0, image_size: int = IMAGE_SIZE) -> None:
+    def __init__(self, spec: ArmSpec | None = None, *, control_hz: float = 10.0) -> None:
         spec = spec or ArmSpec()
-        if spec.num_segments != arm.NUM_NODES:
-            raise ValueError(f"the node schema has {arm.NUM_NODES} nodes; ArmSpec has {spec.num_segments} segments")
-        self.spec, self.control_hz, self.image_size = spec, control_hz, image_size
+        self.spec, self.control_hz = spec, control_hz
+        self.cameras = tuple(camera.name for camera in spec.cameras)
+        self.command_low, self.command_high = spec.command_range
         self.model = mujoco.MjModel.from_xml_string(build_xml(spec))
         self.data = mujoco.MjData(self.model)
         self.substeps = round(1.0 / (control_hz * spec.timestep))
@@ -38,7 +36,7 @@ class SoftArmEnv:
         self._payload_body = m.body("payload").id
         self._collar = (m.body_mass[self._payload_body], m.body_inertia[self._payload_body].copy())
         self._renderer: mujoco.Renderer | None = None
-        self.last_action = np.zeros(n, np.float32)
+        self.last_action = np.zeros(spec.num_actuators, np.float32)
         self.reset()
 
     # --- state -------------------------------------------------------------------------------------------------
@@ -76,8 +74,9 @@ class SoftArmEnv:
         self.model.body_inertia[self._payload_body] = base_inertia * total / base_mass
 
     def step(self, action: np.ndarray) -> None:
-        """Hold `action` (10 commands in [-1, 1], clipped) for one control period."""
-        action = np.clip(np.asarray(action, np.float64).reshape(self.spec.num_segments), -1.0, 1.0)
+        """Hold `action` (one command per actuator, clipped to its range) for one control period."""
+        action = np.asarray(action, np.float64).reshape(self.spec.num_actuators)
+        action = np.clip(action, self.command_low, self.command_high)
         if not np.isfinite(action).all():
             raise ValueError(f"action contains NaN or Inf: {action}")
         self.data.ctrl[:] = action
@@ -85,7 +84,7 @@ class SoftArmEnv:
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
 
     def tip_position(self) -> np.ndarray:
-        """Node 9's position in the base frame (m)."""
+        """The last node's position in the base frame (m)."""
         return self.data.site_xpos[self.node_sites[-1]] - self.mount_pos
 
     # --- the graph -----------------------------------------------------------------------------------------------
@@ -103,7 +102,7 @@ class SoftArmEnv:
         return forces
 
     def node_features(self) -> np.ndarray:
-        """[10, 19] float32, per the schema in softarm.arm."""
+        """[num_segments, 19] float32, per the schema in softarm.arm."""
         n, d = self.spec.num_segments, self.data
         nodes = np.zeros((n, arm.NUM_NODE_FEATURES))
         velocity = np.zeros(6)
@@ -116,22 +115,24 @@ class SoftArmEnv:
             mujoco.mj_objectVelocity(self.model, d, mujoco.mjtObj.mjOBJ_SITE, site, velocity, 1)
             nodes[i, 10:13] = velocity[:3]
         nodes[:, 13:16] = d.qpos[self.hinge_qpos] / self.spec.segment_length
-        nodes[:, 16] = self.last_action
-        nodes[:, 17] = d.act
+        if self.spec.actuation == "chambers":  # one actuator per segment
+            nodes[:, 16] = self.last_action
+            nodes[:, 17] = d.act
         nodes[:, 18] = self.contact_forces()
         return nodes.astype(np.float32)
 
     def state(self) -> np.ndarray:
-        """What a soft arm reports without shape sensing: its 10 chamber pressures (filtered activations)."""
+        """What a soft arm reports without shape sensing: its actuators' filtered commands (chamber pressures,
+        tendon tensions)."""
         return self.data.act.astype(np.float32).copy()
 
     # --- cameras ---------------------------------------------------------------------------------------------------
     def render(self) -> dict[str, np.ndarray]:
-        """{camera: uint8 [224, 224, 3]} from the base camera and the tip (wrist) camera."""
+        """{camera: uint8 [H, W, 3]} from each of the arm's cameras."""
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            self._renderer = mujoco.Renderer(self.model, *self.spec.image_size)
         images = {}
-        for camera in CAMERAS:
+        for camera in self.cameras:
             self._renderer.update_scene(self.data, camera)
             images[camera] = self._renderer.render().copy()
         return images

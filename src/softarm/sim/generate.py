@@ -4,7 +4,9 @@ Episode i of a run with seed s is the task's episode `s + i`, so a run is reprod
 resumes: finished files are kept, a file is written under a temporary name and renamed when complete. Several
 tasks may share a directory (file names and `generate_<task>.json` carry the task), which converts into one
 multi-task dataset.
-Evaluation draws its episodes from `EVAL_SEED` upward, far from any generated range.
+Evaluation draws its episodes from `EVAL_SEED` upward, far from any generated range. `arm` picks one of the built-in
+arms (`softarm.sim.arm_model.ARMS`); an episode records the node features that arm senses (naming them in the file
+when it senses fewer than the 19), its edges, its actuators' commands and its cameras.
 
 `noise` > 0 records demonstrations with corrections (DART, Laskey et al. 2017): the expert's commands are executed
 with Gaussian noise, so the arm strays from the expert's own path, and each step is labelled with the command the
@@ -20,10 +22,13 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from softarm import arm as arm_schema
 from softarm.data.raw import RawEpisode, write_episode
 from softarm.sim.agents import ExpertAgent
+from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
@@ -57,10 +62,10 @@ def _close_worker() -> None:
         _WORKER.clear()
 
 
-def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> tuple[int, bool]:
+def _record(arm: str, task_name: str, out_dir: Path, noise: float, episode_seed: int) -> tuple[int, bool]:
     """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success)."""
     if not _WORKER:
-        env = SoftArmEnv()
+        env = SoftArmEnv(ARMS[arm])
         static = StaticArm(env)
         _WORKER.update(env=env, static=static, expert=ExpertAgent(static))
     env, static, expert = _WORKER["env"], _WORKER["static"], _WORKER["expert"]
@@ -71,9 +76,13 @@ def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> t
     )
     if rollout.success or noise:
         path = _episode_path(out_dir, task_name, episode_seed)
+        sensed = env.spec.measured
+        partial = sensed != arm_schema.SCHEMA
+        columns = [arm_schema.feature_index(name) for name in sensed]
         episode = RawEpisode(
-            path=path, images=rollout.images, graph_nodes=rollout.graph_nodes, actions=rollout.actions,
+            path=path, images=rollout.images, graph_nodes=rollout.graph_nodes[:, :, columns], actions=rollout.actions,
             prompt=spec.prompt, fps=env.control_hz, state=rollout.state,
+            edges=np.array(arm_schema.chain_edges(env.spec.num_segments)), node_features=sensed if partial else None,
         )  # fmt: skip
         partial = path.with_name(f".{path.name}.partial")
         write_episode(partial, episode)
@@ -82,11 +91,21 @@ def _record(task_name: str, out_dir: Path, noise: float, episode_seed: int) -> t
 
 
 def generate(
-    task_name: str, episodes: int, out_dir: str | Path, *, seed: int = 0, noise: float = 0.0, workers: int = 1
+    task_name: str,
+    episodes: int,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    noise: float = 0.0,
+    workers: int = 1,
+    arm: str = DEFAULT_ARM,
 ) -> GenerateResult:
-    """Record `episodes` expert episodes of `task_name` (seeds `seed`...) into `out_dir`, in `workers` processes."""
+    """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
+    processes."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {sorted(TASKS)}")
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {sorted(ARMS)}")
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
     if noise < 0:
@@ -94,13 +113,16 @@ def generate(
     if seed + episodes > EVAL_SEED:
         raise ValueError(f"seeds {seed}..{seed + episodes - 1} would overlap the evaluation seeds (>= {EVAL_SEED})")
     out_dir = Path(out_dir)
-    manifest = {"task": task_name, "seed": seed, "noise": noise}
+    manifest = {"task": task_name, "seed": seed, "noise": noise, "arm": arm}
     manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if previous:
+        previous.setdefault("arm", DEFAULT_ARM)  # written before there were other arms
     if previous and {k: previous.get(k) for k in manifest} != manifest:
         raise ValueError(
             f"{out_dir} holds episodes of task {task_name!r} seed {previous.get('seed')} noise "
-            f"{previous.get('noise')}; choose another --out for seed {seed} noise {noise}"
+            f"{previous.get('noise')} arm {previous.get('arm')!r}; choose another --out for seed {seed} noise {noise} "
+            f"arm {arm!r}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     result = GenerateResult(out_dir, 0, 0, [])
@@ -115,7 +137,7 @@ def generate(
         s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
     ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
-    job = functools.partial(_record, task_name, out_dir, noise)
+    job = functools.partial(_record, arm, task_name, out_dir, noise)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)

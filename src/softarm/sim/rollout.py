@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from softarm.sim.env import CAMERAS, SoftArmEnv
+from softarm.sim.env import SoftArmEnv
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import EpisodeSpec
 
@@ -24,9 +24,9 @@ class Agent(Protocol):
 @dataclasses.dataclass
 class Rollout:
     spec: EpisodeSpec
-    graph_nodes: np.ndarray  # [T, 10, 19] what the agent saw at each step
-    state: np.ndarray  # [T, 10]
-    actions: np.ndarray  # [T, 10] what it commanded (before any execution noise)
+    graph_nodes: np.ndarray  # [T, N, 19] what the agent saw at each step
+    state: np.ndarray  # [T, A]
+    actions: np.ndarray  # [T, A] what it commanded (before any execution noise)
     errors: np.ndarray  # [T] tip-target distance (m) after each action
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3] (empty unless recorded)
     success: bool
@@ -63,7 +63,7 @@ def run_episode(
     env.place_balls(spec.balls(0))
     agent.reset(spec, hz)
     graph_nodes, state, actions, errors = [], [], [], []
-    images: dict[str, list[np.ndarray]] = {camera: [] for camera in CAMERAS} if record_images else {}
+    images: dict[str, list[np.ndarray]] = {camera: [] for camera in env.cameras} if record_images else {}
     stop_at = len(spec.targets) - 1
     for k in range(len(spec.targets) - 1):
         observation = {"graph_nodes": env.node_features(), "state": env.state(), "prompt": spec.prompt}
@@ -71,7 +71,7 @@ def run_episode(
             observation["images"] = env.render()
             for camera, frames in images.items():
                 frames.append(observation["images"][camera])
-        action = np.clip(np.asarray(agent.act(observation), np.float32), -1, 1)
+        action = np.clip(np.asarray(agent.act(observation), np.float32), env.command_low, env.command_high)
         graph_nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
         actions.append(action)

@@ -13,7 +13,7 @@ import numpy as np
 
 from softarm.sim.env import SoftArmEnv
 
-U_LIMIT = 0.95  # leave a little pressure headroom for disturbance
+HEADROOM = 0.025  # of each actuator's range, kept free at both ends for disturbance
 
 
 class StaticArm:
@@ -22,6 +22,9 @@ class StaticArm:
         self.data = mujoco.MjData(env.model)
         self.mount_pos, self.tip_site = env.mount_pos, env.node_sites[-1]
         self.stiffness = env.model.jnt_stiffness.copy()  # one hinge per dof, qpos and dof indices coincide
+        low, high = env.spec.command_range
+        self.bounds = (low + HEADROOM * (high - low), high - HEADROOM * (high - low))
+        self.middle = (low + high) / 2
 
     def equilibrium(self, u: np.ndarray, q0: np.ndarray | None = None, *, tol: float = 1e-7) -> np.ndarray:
         """Joint angles where the arm rests under constant commands `u`."""
@@ -48,7 +51,7 @@ class StaticArm:
         self, target: np.ndarray, u0: np.ndarray, *, iterations: int = 40, tol: float = 5e-4, damping: float = 0.02
     ) -> tuple[np.ndarray, float]:
         """Commands whose equilibrium puts the tip at `target` (base frame); returns (u, residual m)."""
-        u = np.clip(np.asarray(u0, np.float64), -U_LIMIT, U_LIMIT)
+        u = np.clip(np.asarray(u0, np.float64), *self.bounds)
         tip, q = self.tip(u)
         eps = 1e-3
         for _ in range(iterations):
@@ -60,10 +63,11 @@ class StaticArm:
                 du = u.copy()
                 du[k] += eps
                 jacobian[:, k] = (self.tip(du, q)[0] - tip) / eps
-            # Damped least squares plus a pull towards small, even pressures (the null space is 7-D).
+            # Damped least squares plus a pull towards the middle of the actuators' range, away from their limits
+            # (the null space has len(u) - 3 dims: pressures that cancel, tendons that pull against each other).
             jjt = jacobian @ jacobian.T + damping**2 * np.eye(3)
             step = jacobian.T @ np.linalg.solve(jjt, error)
             null = np.eye(len(u)) - jacobian.T @ np.linalg.solve(jjt, jacobian)
-            u = np.clip(u + step - 0.05 * null @ u, -U_LIMIT, U_LIMIT)
+            u = np.clip(u + step - 0.05 * null @ (u - self.middle), *self.bounds)
             tip, q = self.tip(u, q)
         return u, float(np.linalg.norm(target - tip))

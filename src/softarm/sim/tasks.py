@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from softarm.sim.arm_model import ArmSpec
 from softarm.sim.statics import StaticArm
 
 SUCCESS_RADIUS = 0.010  # m: reach succeeds when the tip stays within 10 mm of the target for `dwell` steps
@@ -25,7 +26,7 @@ class EpisodeSpec:
     task: str
     seed: int
     prompt: str
-    initial_command: np.ndarray  # [10] the pressures the arm rests under at t = 0
+    initial_command: np.ndarray  # [A] the commands the arm rests under at t = 0
     targets: np.ndarray  # [steps + 1, 3] target position (base frame, m) at t = k / control_hz
     time_limit: float  # s
     payload: float = 0.0  # kg on the tip collar
@@ -43,9 +44,16 @@ def _payload(rng: np.random.Generator, static: StaticArm) -> float:
     return payload
 
 
-def _random_shape(rng: np.random.Generator, scale: float) -> np.ndarray:
-    """A pressure pattern that bends the arm into a smooth 3-D curve: per-axis ramps plus a little noise."""
-    n = 10
+def _random_shape(rng: np.random.Generator, scale: float, spec: ArmSpec) -> np.ndarray:
+    """A command pattern that bends the arm into a smooth 3-D curve. Chambers: per-axis ramps along the arm plus a
+    little noise; tendons: each section pulled towards a random side by a random amount."""
+    n = spec.num_actuators
+    if spec.actuation == "tendons":
+        magnitude = rng.uniform(0, scale, spec.sections)
+        side = rng.uniform(0, 2 * math.pi, spec.sections)
+        angles = np.array([spec.tendon_angle(k) for k in range(spec.tendons_per_section)])
+        pattern = magnitude[:, None] * np.maximum(0.0, np.cos(side[:, None] - angles[None, :]))
+        return np.clip(pattern.reshape(n) + rng.normal(0, 0.05 * scale, n), 0.0, 0.9)
     x = np.linspace(0.0, 1.0, n // 2)
     pattern = np.empty(n)
     for axis in (0, 1):
@@ -65,10 +73,11 @@ class ReachTask:
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng = np.random.default_rng([seed, 0])
         payload = _payload(rng, static)
-        initial = _random_shape(rng, 0.4)
+        spec = static.env.spec
+        initial = _random_shape(rng, 0.4, spec)
         start, _ = static.tip(initial)
         while True:
-            target, _ = static.tip(_random_shape(rng, 0.9))
+            target, _ = static.tip(_random_shape(rng, 0.9, spec))
             if np.linalg.norm(target - start) >= self.min_distance:
                 break
         steps = round(self.time_limit * control_hz)
@@ -114,16 +123,18 @@ class FollowTask:
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng = np.random.default_rng([seed, 1])
         payload = _payload(rng, static)
-        initial = _random_shape(rng, 0.3)
+        spec = static.env.spec
+        initial = _random_shape(rng, 0.3, spec)
         steps = round(self.time_limit * control_hz)
         t = np.arange(steps + 1) / control_hz
+        rest = np.zeros(spec.num_actuators)
         while True:
-            centre, _ = static.tip(_random_shape(rng, 0.6))
+            centre, _ = static.tip(_random_shape(rng, 0.6, spec))
             phase, direction = rng.uniform(0, 2 * math.pi), rng.choice([-1.0, 1.0])
             angle = phase + direction * 2 * math.pi * t / self.period
             path = centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
             # keep circles whose every quarter is reachable at rest
-            if all(static.solve(p, np.zeros(10), iterations=25)[1] < 2e-3 for p in path[:: max(steps // 4, 1)]):
+            if all(static.solve(p, rest, iterations=25)[1] < 2e-3 for p in path[:: max(steps // 4, 1)]):
                 return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit, payload)
 
     def tracking_rmse(self, errors: np.ndarray, control_hz: float) -> float:
@@ -141,29 +152,23 @@ class FollowTask:
         return False
 
 
-# Three balls at fixed places, one named in the prompt: the policy must read the instruction, and, under an unknown
-# payload, know where its own tip is. Reachable under any payload in [0, MAX_PAYLOAD] (tests check it).
-CHOICES = {
-    "red": np.array([0.12, -0.10, -0.43]),
-    "green": np.array([-0.14, -0.06, -0.44]),
-    "blue": np.array([0.02, 0.13, -0.44]),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class ChooseTask(ReachTask):
-    """Reach the ball the prompt names, among three."""
+    """Reach the ball the prompt names, among three at the arm's fixed places (`ArmSpec.choices`): the policy must
+    read the instruction, and, under an unknown payload, know where its own tip is."""
 
     name: str = "choose"
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng = np.random.default_rng([seed, 3])
         payload = _payload(rng, static)
-        initial = _random_shape(rng, 0.4)
-        color = str(rng.choice(sorted(CHOICES)))
+        spec = static.env.spec
+        initial = _random_shape(rng, 0.4, spec)
+        choices = {color: np.array(position) for color, position in spec.choices.items()}
+        color = str(rng.choice(sorted(choices)))
         steps = round(self.time_limit * control_hz)
-        others = {c: p for c, p in CHOICES.items() if c != color}
-        targets = np.tile(CHOICES[color], (steps + 1, 1))
+        others = {c: p for c, p in choices.items() if c != color}
+        targets = np.tile(choices[color], (steps + 1, 1))
         prompt = f"reach the {color} ball"
         return EpisodeSpec(self.name, seed, prompt, initial, targets, self.time_limit, payload, color, others)
 
