@@ -26,7 +26,7 @@ def project(env: SoftArmEnv, camera: str, points: np.ndarray) -> np.ndarray:
     mujoco.mj_forward(env.model, env.data)
     position, rotation = env.data.cam_xpos[cam], env.data.cam_xmat[cam].reshape(3, 3)
     local = (points + env.mount_pos - position) @ rotation  # camera frame: x right, y up, looking along -z
-    focal = 0.5 * env.image_size / np.tan(np.radians(env.model.cam_fovy[cam] / 2))
+    focal = 0.5 * env.spec.image_size[0] / np.tan(np.radians(env.model.cam_fovy[cam] / 2))  # fovy is vertical
     return focal * local[:, :2] / -local[:, 2:3]
 
 

@@ -2,8 +2,8 @@
 
 The observation source here replays a recorded raw episode (docs/data_format.md), so the loop runs anywhere and
 reports how far the policy's actions are from the recorded ones (an open-loop check). On a real arm, replace
-`EpisodeReplay` with your driver: `observation()` returns the current camera frames, graph nodes, state and prompt,
-and `apply(action)` sends the 10 segment commands.
+`EpisodeReplay` with your driver: `observation()` returns the current camera frames, graph nodes (with the names of
+their columns), state and prompt, and `apply(action)` sends one command per actuator.
 
     python examples/robot_loop.py --host 127.0.0.1 --port 8000 --episode RAW_DIR/episode_000.h5 --replan 8
 """
@@ -31,6 +31,8 @@ class EpisodeReplay:
     def observation(self) -> dict:
         ep, t = self.episode, self.t
         obs = {"images": {cam: frames[t] for cam, frames in ep.images.items()}, "graph_nodes": ep.graph_nodes[t]}
+        if ep.node_features is not None:  # the recording names its columns: the server picks what its model reads
+            obs["graph_features"] = list(ep.node_features)
         if ep.state is not None:
             obs["state"] = ep.state[t]
         obs["prompt"] = ep.prompt

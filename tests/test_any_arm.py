@@ -228,3 +228,17 @@ def test_the_gripper_serves_requests_without_contact_force(trained: Path) -> Non
         with pytest.raises(RuntimeError, match=r"'graph_nodes' must be \[7, 12\] \(the measured features\) or "
                                                r"\[7, 19\] \(all of \['pos_x'"):  # fmt: skip
             client.infer({**request, "graph_nodes": compact[:, :4]})
+
+
+def test_info_describes_the_arm_of_a_dataset_and_of_a_checkpoint(
+    gripper: tuple[Path, Path], trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for path in (gripper[1], trained):
+        assert main(["info", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"Arm of {path}: 7 nodes, 12 actuators, state 6, cameras " in out
+        assert "  edges: [[0, 1], [1, 2], [0, 3], [3, 4], [0, 5], [5, 6]]" in out
+        assert "  measured node features: pos_x [m], pos_y [m], pos_z [m], quat_w [-]," in out
+        assert "  not measured (fed as 0): vel_x, vel_y, vel_z, angvel_x, angvel_y, angvel_z, contact_force" in out
+    assert main(["info", str(gripper[0])]) == 2
+    assert "is neither a prepared dataset (meta.json) nor a checkpoint" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from tests.conftest import raw_dir
 def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--preset", "tiny", "--fusion", "prefix"]) == 0
     out = capsys.readouterr().out
-    assert "Soft arm: 10 nodes x 19 features, 10-D action" in out
+    assert "Node features (the schema; an arm senses all or some of them, on any number of nodes):" in out
     assert " 18  contact_force   N" in out
     assert "Preset 'tiny' (pi0, fusion 'prefix'): 0.91 M parameters, of which the graph extension 0.106 M" in out
 

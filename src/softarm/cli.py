@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 import os
+from pathlib import Path
 import sys
 
 EXIT_PREEMPTED = 75  # `softarm train` stopped by SIGTERM / SIGINT after saving (EX_TEMPFAIL: run it again)
@@ -20,13 +21,43 @@ ARM_HELP = (
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+def describe_arm(path: Path) -> list[str]:
+    """The arm a prepared dataset or a checkpoint was made for, as lines of text."""
+    import json
+
+    from softarm import arm, layout
+
+    if (path / layout.META_FILE).is_file():
+        meta = json.loads((path / layout.META_FILE).read_text())
+        names, measured, edges = meta["features"], meta["measured"], meta["edges"]
+    elif (path / layout.CONFIG_FILE).is_file() and (path / layout.DATA_SPEC_FILE).is_file():
+        config = json.loads((path / layout.CONFIG_FILE).read_text())
+        meta = json.loads((path / layout.DATA_SPEC_FILE).read_text())
+        names = arm.column_names(config["node_features"], config.get("feature_names"))
+        measured, edges = config.get("measured_features") or names, config["edges"]
+    else:
+        raise FileNotFoundError(f"{path} is neither a prepared dataset ({layout.META_FILE}) nor a checkpoint "
+                                f"({layout.CONFIG_FILE} and {layout.DATA_SPEC_FILE})")  # fmt: skip
+    cameras = {slot: camera for slot, camera in meta["cameras"].items() if camera is not None}
+    unmeasured = [name for name in names if name not in measured]
+    return [
+        f"Arm of {path}: {meta['num_nodes']} nodes, {meta['action_dim']} actuators, "
+        f"state {meta['state_dim'] or 'none'}, cameras {cameras}",
+        f"  edges: {edges}",
+        f"  measured node features: {', '.join(f'{n} [{arm.feature_unit(n)}]' for n in measured)}",
+        f"  not measured (fed as 0): {', '.join(unmeasured) or 'none'}",
+    ]
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the arm's node schema and, for a preset, what the model adds to openpi's PI0Pytorch."""
+    """Print the node schema, the arm of a dataset or checkpoint, and for a preset what the model adds to π0."""
     from softarm import arm
 
-    print(f"Soft arm: {arm.NUM_NODES} nodes x {arm.NUM_NODE_FEATURES} features, {arm.ACTION_DIM}-D action")
+    print("Node features (the schema; an arm senses all or some of them, on any number of nodes):")
     for i, feature in enumerate(arm.NODE_FEATURES):
         print(f"  {i:2d}  {feature.name:<15} {feature.unit:<9} {feature.description}")
+    if args.path:
+        print("\n".join(describe_arm(Path(args.path))))
     if args.preset:
         from softarm.model import PI0GraphPytorch, count_parameters, preset
 
@@ -60,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
     options = DemoOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, seeds=args.seeds,
-        eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides),
+        eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides), arm=args.arm,
     )  # fmt: skip
     results = run_demo(args.out, options)
     for task, summaries in results.items():
@@ -187,7 +218,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
-    info = verbs.add_parser("info", help="the arm's node schema and a model preset's size")
+    info = verbs.add_parser("info", help="the node schema, the arm of a dataset or checkpoint, a model preset's size")
+    info.add_argument("path", nargs="?", help="a prepared dataset or a checkpoint: print the arm it was made for")
     info.add_argument("--preset", choices=["tiny", "pi0", "pi05"], help="also build this model preset and count it")
     info.add_argument(
         "--fusion", choices=["state", "prefix", "suffix", "none"], help="override the preset's fusion mode"
@@ -243,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="episode i uses task seed SEED + i")
     gen.add_argument(
         "--noise", type=float, default=0.0,
-        help="std of Gaussian noise added to the executed commands; the recorded label stays the expert's (DART)",
+        help="std of Gaussian noise added to the executed commands, in half command ranges; the recorded label stays "
+        "the expert's (DART)",
     )  # fmt: skip
     gen.add_argument("--workers", type=int, default=1, help="simulator processes recording episodes in parallel")
     gen.add_argument("--arm", default="pneumatic", help=ARM_HELP)
@@ -278,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="closed-loop episodes per policy, per task or all; 0 skips a task (default reach=50 choose=100 follow=30)",
     )  # fmt: skip
     demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
+    demo.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -28,6 +28,7 @@ from softarm.apps.demo_report import write_report
 from softarm.apps.evaluate import EvalOptions, evaluate
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
+from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.generate import generate
 from softarm.train.config import load_config
 from softarm.train.loop import train
@@ -36,8 +37,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 # name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
 MODELS = {"graph": "state", "no_graph": "none"}
 BASELINES = ("expert", "expert-blind", "random")
-# openpi's image slots <- the simulator's cameras: two fixed views that together give depth, and the wrist camera
-CAMERAS = {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}
+# openpi's image slots <- the pneumatic arm's cameras: two fixed views that together give depth, and the wrist camera.
+# Another arm's cameras go to the slots in the order of their names, as `softarm convert` maps them by default.
+CAMERAS = {DEFAULT_ARM: {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,7 @@ class DemoOptions:
     seeds: int = 1  # training seeds per model; the report pools their evaluations
     config: Path = DEFAULT_CONFIG
     overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
+    arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
 
 
 def _stage(number: int, text: str) -> None:
@@ -72,14 +75,14 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
     return final
 
 
-def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int) -> Path:
+def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, arm: str) -> Path:
     report = eval_dir / EVAL_FILE
     if report.is_file():
         summary = json.loads(report.read_text())["summary"]
         if summary["episodes"] == episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
             print(f"  {task} / {eval_dir.name}: {report} exists, reused")
             return report
-    eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy,
+    eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy, arm=arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
     evaluate(eval_options, eval_dir)
     return report
@@ -92,6 +95,9 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         raise FileNotFoundError(f"demo config {options.config} not found; pass --config configs/demo.yaml")
     if options.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {options.seeds}")
+    if options.arm not in ARMS:
+        raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
+    arm = ARMS[options.arm]
     trained = list(options.episodes)
     missing = [task for task in trained if options.eval_episodes.get(task, 0) < 1]
     if missing:
@@ -101,14 +107,16 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     _stage(1, f"simulating expert episodes ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}){noise} "
               "(MuJoCo)")  # fmt: skip
     for task, count in options.episodes.items():
-        generated = generate(task, count, out / "raw", seed=0, noise=options.noise, workers=min(4, os.cpu_count() or 1))
+        generated = generate(task, count, out / "raw", seed=0, noise=options.noise, workers=min(4, os.cpu_count() or 1),
+                             arm=options.arm)  # fmt: skip
         print(f"  {task}: {generated.written} episodes written, {generated.reused} reused")
     prepared = out / "prepared"
     _stage(2, "converting them into one training dataset")
     if (prepared / META_FILE).is_file():
         print(f"  {prepared} exists, reused")
     else:
-        convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=CAMERAS))
+        cameras = CAMERAS.get(options.arm)
+        convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=cameras))
     _stage(3, f"training the small real pi0 on {' + '.join(trained)}, with the graph and without it "
               f"({options.seeds} seed(s))")  # fmt: skip
     runs = {name: [out / "runs" / (name if seed == 0 else f"{name}_seed{seed}") for seed in range(options.seeds)]
@@ -128,19 +136,27 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
                 zip(checkpoints[policy], runs[policy], strict=True)
             ]  # fmt: skip
             count = options.eval_episodes[task]
-            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count) for ck, d in targets]
+            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count, options.arm) for ck, d in targets]
     _stage(5, "writing the report")
     untrained = [task for task in tasks if task not in trained]
     dart = (f", its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
             "are the labels (DART)") if options.noise else ""  # fmt: skip
+    sensed = (
+        f"{len(arm.measured)} of the 19 node features sensed"
+        if len(arm.measured) < 19
+        else "all 19 node features sensed"
+    )
+    cameras = ", ".join(f"{c.name} ({'wrist' if c.wrist else 'fixed'})" for c in arm.cameras)
     intro = (
+        f"Arm: `{options.arm}`, {arm.num_segments} segments, {arm.num_actuators} {arm.actuation}, {sensed}; "
+        f"cameras {cameras}, {arm.image_size[0]}x{arm.image_size[1]}. "
         f"Demonstrations: {', '.join(f'{n} {t}' for t, n in options.episodes.items())} episodes of the scripted "
         f"expert{dart}. Every episode carries a random 0-50 g payload on the tip, unknown to the policies. "
         "Both models are the same small real PI0Pytorch (configs/demo.yaml), trained from scratch on the same "
-        "episodes with the same seed and steps; 'pi0 + graph' also reads the 10 x 19 node graph (fusion `state`), "
-        "'pi0, no graph' has only the 10 chamber pressures in its state slot. Cameras: base and side (fixed), tip "
-        "(wrist). The payload-blind expert plans for 25 g whatever the tip carries: what a controller without shape "
-        "sensing achieves. Evaluation episodes are held out (seeds from 1,000,000)."
+        f"episodes with the same seed and steps; 'pi0 + graph' also reads the {arm.num_segments}-node graph (fusion "
+        f"`state`), 'pi0, no graph' has only the {arm.num_actuators} actuator states in its state slot. The "
+        "payload-blind expert plans for 25 g whatever the tip carries: what a controller without shape sensing "
+        "achieves. Evaluation episodes are held out (seeds from 1,000,000)."
     )
     if untrained:
         intro += (

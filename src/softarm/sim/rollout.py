@@ -51,12 +51,14 @@ def run_episode(
 ) -> Rollout:
     """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success.
 
-    `action_noise` > 0 executes the agent's command plus Gaussian noise of that standard deviation (seeded by the
-    episode) while `actions` records the command itself: DART-style demonstrations, whose states stray from the
-    agent's own path and whose labels say how to get back."""
+    `action_noise` > 0 executes the agent's command plus Gaussian noise of that standard deviation in half command
+    ranges (1 for chambers in [-1, 1], 0.5 for tendons in [0, 1]; seeded by the episode) while `actions` records the
+    command itself: DART-style demonstrations, whose states stray from the agent's own path and whose labels say how
+    to get back."""
     if action_noise < 0:
         raise ValueError(f"action noise must be >= 0, got {action_noise}")
     noise = np.random.default_rng([spec.seed, 4])
+    scale = (env.command_high - env.command_low) / 2
     hz = env.control_hz
     env.set_payload(spec.payload)
     env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
@@ -75,7 +77,7 @@ def run_episode(
         graph_nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
         actions.append(action)
-        env.step(action + noise.normal(0.0, action_noise, action.shape) if action_noise else action)
+        env.step(action + noise.normal(0.0, action_noise * scale, action.shape) if action_noise else action)
         env.place_balls(spec.balls(k + 1))
         errors.append(float(np.linalg.norm(env.tip_position() - spec.targets[k + 1])))
         if stop_on_success and stop_at == len(spec.targets) - 1 and task.done(np.asarray(errors)):
