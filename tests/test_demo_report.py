@@ -56,6 +56,7 @@ def test_report_splits_by_task_and_payload_band_and_separates_only_where_interva
         "points; the model with the graph succeeds more often, and the 95 % intervals do not overlap." in report
     )
     assert "Light or heavy payload, choose: 40/40 (100 %, 91-100) with the graph, 0/40 (0 %, 0-9) without" in report
+    assert "furthest off, and the payload-blind expert reaches 0/40 of these episodes):" in report
     assert "pi0 + graph 0.3000, pi0, no graph 0.3000" in report
     for name in ("success.png", "loss.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -167,7 +167,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         gif = out / "eval" / task / ("graph" if task in trained else "expert") / "rollouts.gif"
         if gif.is_file():
             shutil.copyfile(gif, out / f"rollouts_{task}.gif")
-    write_report(out, evaluations, runs, intro=intro)
+    write_report(out, evaluations, runs, intro=intro, cameras=[camera.name for camera in arm.cameras])
     return {
         task: {policy: json.loads(files[0].read_text())["summary"] for policy, files in policies.items()}
         for task, policies in evaluations.items()

@@ -50,7 +50,7 @@ def successes(rows: Sequence[dict], band: tuple[float, float] = (0.0, float("inf
 
 
 def extremes(rows: Sequence[dict]) -> tuple[int, int]:
-    """Successes in the light and heavy bands together: the episodes a payload-blind plan misses."""
+    """Successes in the light and heavy bands together: where a plan for the mean payload is furthest off."""
     light, heavy = (successes(rows, PAYLOAD_BANDS[band]) for band in EXTREMES)
     return light[0] + heavy[0], light[1] + heavy[1]
 
@@ -174,9 +174,10 @@ def load_evaluations(paths: Mapping[str, Mapping[str, Sequence[Path]]]) -> tuple
 
 def write_report(
     out: Path, evaluations: Mapping[str, Mapping[str, Sequence[Path]]], runs: Mapping[str, Sequence[Path]],
-    *, intro: str = "",
+    *, intro: str = "", cameras: Sequence[str] = ("base", "side", "tip"),
 ) -> Path:  # fmt: skip
-    """report.md, success.png and loss.png in `out` from the evaluations and the training runs."""
+    """report.md, success.png and loss.png in `out` from the evaluations and the training runs; `cameras` are the
+    arm's, side by side in the rollout GIFs."""
     episodes, counts = load_evaluations(evaluations)
     tasks = list(episodes)
     plot_losses(out / LOSS_PLOT, runs)
@@ -203,15 +204,17 @@ def write_report(
             lines += ["No model was trained on this task in this run.", ""]
         if (out / f"rollouts_{task}.gif").is_file():
             whose = "graph model" if "graph" in episodes[task] else "scripted expert"
-            lines += [f"Rollouts of the {whose} (base | side | tip camera): ![{task}](rollouts_{task}.gif)", ""]
+            views = " | ".join(cameras)
+            lines += [f"Rollouts of the {whose} ({views} camera): ![{task}](rollouts_{task}.gif)", ""]
     present = [t for t in tasks if all(m in episodes[t] for m in MODELS)]
     if present:
         graph, no_graph = (pooled(episodes, m, present) for m in MODELS)
+        blind_hits, blind_n = extremes(pooled(episodes, "expert-blind", present))
+        blind = f", and the payload-blind expert reaches {blind_hits}/{blind_n} of these episodes" if blind_n else ""
         lines += [
             "## Graph vs no graph, pooled over the tasks",
             "",
-            "Where the payload matters (light or heavy: a plan that ignores the payload misses there, and only a "
-            "policy that senses its shape can still be right):",
+            f"Where the payload matters most (light or heavy: a plan for the mean payload is furthest off{blind}):",
             "",
             verdict(extremes(graph), extremes(no_graph), "Light or heavy payload, " + ", ".join(present)),
             "",
