@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -110,13 +111,23 @@ class NodeLayout:
     def select(self, values: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """Columns named `names` ([..., len(names)]) into this layout ([..., width]): measured features by name,
         unmeasured ones 0; a column this layout does not read is dropped. ValueError names a missing feature."""
-        missing = [name for name in self.measured if name not in names]
-        if missing:
-            raise ValueError(f"lacks measured feature {missing[0]!r} (has {list(names)})")
+        names = tuple(names)
+        if names == self.features == self.measured:  # already this layout, nothing to fill: every training sample
+            return np.asarray(values, np.float32)
+        target, source = _column_map(self, names)
         out = np.zeros((*values.shape[:-1], self.width), np.float32)
-        source = [list(names).index(name) for name in self.measured]
-        out[..., [self.features.index(name) for name in self.measured]] = values[..., source]
+        out[..., target] = values[..., source]
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _column_map(layout: NodeLayout, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(where each measured feature goes in `layout`, where it comes from in `names`), computed once per pair."""
+    missing = [name for name in layout.measured if name not in names]
+    if missing:
+        raise ValueError(f"lacks measured feature {missing[0]!r} (has {list(names)})")
+    target = np.array([layout.features.index(name) for name in layout.measured])
+    return target, np.array([names.index(name) for name in layout.measured])
 
 
 def _check_names(names: Sequence[str], what: str) -> None:
