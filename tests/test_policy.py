@@ -16,7 +16,7 @@ from softarm.data.loader import SoftArmDataset, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
-from softarm.policy import SoftArmPolicy
+from softarm.policy import SoftArmPolicy, compile_mode
 from tests.conftest import POLICY_CAMERAS, observation
 
 
@@ -93,3 +93,30 @@ def test_bad_observations_are_named(checkpoint, change: dict, message: str) -> N
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"is not a softarm checkpoint: model_config\.json is missing"):
         SoftArmPolicy.from_checkpoint(tmp_path)
+
+
+def test_compile_mode_is_max_autotune_on_cuda_and_eager_on_a_cpu() -> None:
+    assert compile_mode("auto", torch.device("cuda")) == "max-autotune"
+    assert compile_mode("auto", torch.device("cpu")) is None
+    assert compile_mode("none", torch.device("cuda")) is None
+    assert compile_mode("reduce-overhead", torch.device("cpu")) == "reduce-overhead"
+    with pytest.raises(ValueError, match=r"compile mode must be one of \['auto', 'none', 'default'"):
+        compile_mode("fast", torch.device("cpu"))
+
+
+def test_compiled_sampling_gives_the_eager_actions(checkpoint) -> None:
+    """torch.compile (inductor, on this CPU) of the sampling path, with every prefix position kept for static
+    shapes, against the eager policy; warm-up pays the compilation and leaves the RNG streams alone."""
+    eager = SoftArmPolicy.from_checkpoint(checkpoint[0], num_steps=2)  # 2 denoising steps: a graph 5x smaller
+    assert eager.compile_mode is None  # auto: eager on a CPU
+    compiled = SoftArmPolicy.from_checkpoint(checkpoint[0], compile="default", num_steps=2)
+    assert compiled.model.drop_prefix_padding is False
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert compiled.warm_up(repeats=1) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+    for t in (2, 9):
+        torch.manual_seed(t)
+        expected = eager.infer(observation(0, 20, t))["actions"]
+        torch.manual_seed(t)
+        np.testing.assert_allclose(compiled.infer(observation(0, 20, t))["actions"], expected, atol=1e-4)

@@ -277,3 +277,16 @@ def test_bf16_precisions_train(prepared: Path, tmp_path: Path, precision: str) -
     assert load_model(tmp_path / "run" / "checkpoints" / "2").config.dtype == (
         "bfloat16" if precision == "bf16" else "float32"
     )
+
+
+def test_compiled_training_matches_eager(prepared: Path, tmp_path: Path) -> None:
+    """train.compile: the step runs a torch.compile'd model (inductor, on this CPU) and learns what eager learns;
+    the checkpoint holds the plain parameter names."""
+    common = ("train.steps=2", "train.save_every=2", "train.val_every=100", "train.ema_decay=null")
+    eager = train(config(prepared, tmp_path / "eager", *common))
+    compiled = train(config(prepared, tmp_path / "compiled", *common, "train.compile=true"))
+    assert compiled.metrics["loss"] == pytest.approx(eager.metrics["loss"], abs=1e-4)
+    for (name, a), (_, b) in zip(eager.model.named_parameters(), compiled.model.named_parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3, msg=name)
+    saved = safetensors.torch.load_file(str(tmp_path / "compiled" / "checkpoints" / "2" / "model.safetensors"))
+    assert not any("_orig_mod" in key for key in saved)

@@ -182,7 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from softarm.serve import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
+          compile=args.compile)  # fmt: skip
     return 0
 
 
@@ -266,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--device", default="auto")
     srv.add_argument("--api-key-file", help="clients must send this key (openpi-client's api_key); or $SOFTARM_API_KEY")
+    srv.add_argument("--compile", default="auto", help="torch.compile mode of the sampling path: auto (max-autotune on "
+                     "CUDA, none on a CPU), none, default, reduce-overhead, max-autotune")  # fmt: skip
     srv.set_defaults(func=cmd_serve)
     sim = verbs.add_parser("sim", help="the simulated soft arm").add_subparsers(dest="sim_verb", required=True)
     gen = sim.add_parser("generate", help="record scripted-expert episodes as raw HDF5")

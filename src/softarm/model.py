@@ -224,6 +224,9 @@ class PI0GraphPytorch(PI0Pytorch):
         # openpi's training-time image augmentation (crop, rotation, colour jitter); off for fixed cameras whose
         # pixel positions carry the answer, e.g. where a target sits in a simulated scene.
         self.augment_images = True
+        # Prefix positions padded in every sample of a batch are dropped (2-3x faster); a compiled model keeps them,
+        # for shapes that do not change with the prompt's length (no recompilation, CUDA graphs possible).
+        self.drop_prefix_padding = True
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
@@ -258,9 +261,9 @@ class PI0GraphPytorch(PI0Pytorch):
             self._graph = None
 
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
-        embs, pad_masks, att_masks = drop_shared_padding(
-            *super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
-        )
+        embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        if self.drop_prefix_padding:
+            embs, pad_masks, att_masks = drop_shared_padding(embs, pad_masks, att_masks)
         if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
         graph_embs = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)

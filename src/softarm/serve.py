@@ -169,7 +169,12 @@ def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
 
 
 def serve(
-    checkpoint: str, host: str = "0.0.0.0", port: int = 8000, device: str = "auto", api_key_file: str | None = None
+    checkpoint: str,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    device: str = "auto",
+    api_key_file: str | None = None,
+    compile: str = "auto",
 ) -> None:
     from softarm.policy import SoftArmPolicy
 
@@ -177,7 +182,9 @@ def serve(
     if warning := exposure_warning(host, port, api_key):
         logger.warning(warning)
     model_thread = model_worker()
-    policy = model_thread.submit(SoftArmPolicy.from_checkpoint, checkpoint, device=device).result()
+    policy = model_thread.submit(SoftArmPolicy.from_checkpoint, checkpoint, device=device, compile=compile).result()
+    logger.info("warming up (compile mode %s) ...", policy.compile_mode or "none: eager")
+    logger.info("warm-up took %.1f s; the first request will not pay it", model_thread.submit(policy.warm_up).result())
     logger.info("serving %s on %s:%d%s", checkpoint, host, port, " (API key required)" if api_key else "")
     server = SoftArmPolicyServer(policy, host, port, policy.metadata, api_key=api_key, model_thread=model_thread)
     server.serve_forever()

@@ -99,6 +99,7 @@ class TrainSection:
     grad_accum: int = 1
     precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the training step's model (keeps padded prefix positions: static shapes)
     seed: int = 0
     out_dir: str = "runs/debug"
     init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)

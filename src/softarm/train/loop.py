@@ -331,6 +331,9 @@ def build_state(run: Run) -> ckpt.TrainState:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
+    if t.compile:  # the step calls the compiled wrapper; checkpoints read the plain model's parameter names
+        model.drop_prefix_padding = False  # one shape for every batch: compiled once, not per prompt length
+        net = torch.compile(net)
     state = ckpt.TrainState(model=model, net=net, optimizer=optimizer, trainable=trainable, ema=ema)
     if checkpoints:
         fsdp.load_optimizer_state(model, optimizer, ckpt.load_trainer_state(checkpoints[-1], state))
