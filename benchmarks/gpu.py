@@ -5,7 +5,8 @@
    seconds per step, peak memory, and an estimated MFU (model FLOPs per step / step time / the GPU's dense bf16 peak;
    6 FLOPs per parameter and token for a full update, 4 with LoRA, recomputation not counted).
 2. Inference: `sample_actions` (10 denoising steps, batch 1) eager and under torch.compile, with 1, 2 and 3 cameras:
-   median milliseconds per chunk after warm-up, and the compile time.
+   median milliseconds per chunk after warm-up, and the compile time; and eager with real-time chunking guidance
+   (a previous chunk of 8 actions, delay 2: one extra backward pass through the action expert per step).
 
 Without CUDA it prints why it skips and exits 0. `--preset tiny --device cpu` runs the same code on the tiny preset,
 to check the script itself anywhere.
@@ -26,6 +27,7 @@ import torch
 from softarm.layout import IMAGE_SIZE, IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, preset
 from softarm.openpi_compat import unchecked_observation
+from softarm.rtc import ActionPrefix
 from softarm.train.lora import apply_lora
 
 # dense bf16 tensor-core peaks, TFLOP/s (vendor data sheets); another GPU gets no MFU figure
@@ -117,23 +119,25 @@ def latency_figures(args, device: torch.device) -> list[dict]:
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     model = PI0GraphPytorch(preset(args.preset, fusion="state", dtype=dtype)).to(device).eval().trust_validated_inputs()
     rows = []
-    for mode in ("eager", args.compile_mode):
-        model.drop_prefix_padding = mode == "eager"  # as SoftArmPolicy serves: compiled keeps static shapes
-        sample = model.sample_actions if mode == "eager" else torch.compile(model.sample_actions, mode=mode)
+    previous = torch.randn(1, model.config.action_horizon, 32, device=device)
+    for mode in ("eager", args.compile_mode, "guided"):
+        model.drop_prefix_padding = mode != args.compile_mode  # as SoftArmPolicy serves: compiled keeps static shapes
+        sample = model.sample_actions if mode != args.compile_mode else torch.compile(model.sample_actions, mode=mode)
+        prefix = ActionPrefix(previous, overlap=8, delay=2) if mode == "guided" else None
         for cameras in (1, 2, 3):
             observation, graph, _ = batch(model, 1, cameras, device)
             start = time.perf_counter()
-            with torch.inference_mode():
-                sample(device, observation, graph_nodes=graph)
+            with torch.inference_mode(mode != "guided"):  # guidance differentiates through the action expert
+                sample(device, observation, graph_nodes=graph, prefix=prefix)
                 sync(device)
                 first = time.perf_counter() - start
                 for _ in range(2):  # compiled: CUDA graphs are recorded on a later call
-                    sample(device, observation, graph_nodes=graph)
+                    sample(device, observation, graph_nodes=graph, prefix=prefix)
                 times = []
                 for _ in range(args.repeats):
                     sync(device)
                     start = time.perf_counter()
-                    sample(device, observation, graph_nodes=graph)
+                    sample(device, observation, graph_nodes=graph, prefix=prefix)
                     sync(device)
                     times.append(time.perf_counter() - start)
             rows.append({"mode": mode, "cameras": cameras, "first call s": first,
@@ -177,12 +181,14 @@ def main() -> None:
                   f"{f['trainable M']:.4g} |")  # fmt: skip
     print(f"\ninference, batch 1, 10 denoising steps; compiled = torch.compile(mode={args.compile_mode!r})")
     rows = latency_figures(args, device)
-    print("| cameras | eager ms/chunk | compiled ms/chunk | speed-up | compile (first call) s |\n|---|---|---|---|---|")
+    print("| cameras | eager ms/chunk | compiled ms/chunk | speed-up | compile (first call) s | eager + RTC guidance "
+          "ms/chunk | guidance cost |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for cameras in (1, 2, 3):
-        eager, compiled = (next(r for r in rows if r["cameras"] == cameras and r["mode"] == m)
-                           for m in ("eager", args.compile_mode))  # fmt: skip
+        eager, compiled, guided = (next(r for r in rows if r["cameras"] == cameras and r["mode"] == m)
+                                   for m in ("eager", args.compile_mode, "guided"))  # fmt: skip
         print(f"| {cameras} | {eager['ms/chunk']:.1f} | {compiled['ms/chunk']:.1f} | "
-              f"{eager['ms/chunk'] / compiled['ms/chunk']:.2f}x | {compiled['first call s']:.1f} |")  # fmt: skip
+              f"{eager['ms/chunk'] / compiled['ms/chunk']:.2f}x | {compiled['first call s']:.1f} | "
+              f"{guided['ms/chunk']:.1f} | {guided['ms/chunk'] / eager['ms/chunk']:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

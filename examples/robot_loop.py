@@ -6,11 +6,19 @@ reports how far the policy's actions are from the recorded ones (an open-loop ch
 their columns), state and prompt, and `apply(action)` sends one command per actuator.
 
     python examples/robot_loop.py --host 127.0.0.1 --port 8000 --episode RAW_DIR/episode_000.h5 --replan 8
+    python examples/robot_loop.py ... --mode async      # keep moving while the policy thinks (real-time chunking)
+
+`--mode sync` (default) waits for each chunk: the arm pauses for the round trip. `--mode async` requests the next
+chunk from a background thread while the arm executes the current one, sending the current chunk's unexecuted
+actions and the expected delay (`prev_actions`, `delay`: the measured round trip in control steps), and switches
+to the new chunk at the step the arm has reached; `--no-rtc` leaves the two keys out (plain asynchronous switching).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import threading
 import time
 
 import numpy as np
@@ -43,22 +51,78 @@ class EpisodeReplay:
         self.t = min(self.t + 1, self.episode.length - 1)
 
 
-def run(host: str, port: int, arm: EpisodeReplay, steps: int, replan: int, realtime: bool = False) -> dict:
+class AsyncChunks:
+    """Asynchronous execution: `act(observation)` returns this control step's command at once, from the current
+    chunk, while a background thread fetches the next chunk `delay` steps before `replan` of the current one are
+    done. The delay is the round trip measured so far in control steps (running mean, rounded up); the reply takes
+    over at the step the arm has actually reached since the request."""
+
+    def __init__(self, client: WebsocketClientPolicy, replan: int, period: float, rtc: bool = True) -> None:
+        self.client, self.replan, self.period, self.rtc = client, replan, period, rtc
+        self.chunk: np.ndarray | None = None
+        self.index = self.executed = self.step = 0
+        self.round_trip_s: float | None = None
+        self.in_flight: threading.Thread | None = None
+        self.reply: tuple[np.ndarray, int] | None = None  # (chunk, control step of its request)
+        self.delays: list[int] = []  # control steps each reply took, as measured
+
+    @property
+    def delay(self) -> int:
+        return 0 if self.round_trip_s is None else math.ceil(self.round_trip_s / self.period)
+
+    def _request(self, observation: dict, sent_at: int) -> None:
+        start = time.monotonic()
+        chunk = np.asarray(self.client.infer(observation)["actions"])
+        elapsed = time.monotonic() - start
+        self.round_trip_s = elapsed if self.round_trip_s is None else 0.8 * self.round_trip_s + 0.2 * elapsed
+        self.reply = (chunk, sent_at)
+
+    def act(self, observation: dict) -> np.ndarray:
+        if self.chunk is None:  # the first chunk is waited for
+            self._request(observation, self.step)
+        if self.reply is not None:  # a new chunk has arrived: it takes over where the arm is now
+            (chunk, sent_at), self.reply, self.in_flight = self.reply, None, None
+            self.chunk, self.index, self.executed = chunk, min(self.step - sent_at, len(chunk) - 1), 0
+            self.delays.append(self.step - sent_at)
+        if self.in_flight is None and self.executed >= max(0, self.replan - self.delay):
+            remaining = self.chunk[self.index :]
+            if self.rtc and len(remaining):
+                delay = min(self.delay, len(remaining), len(self.chunk) - 1)
+                observation = {**observation, "prev_actions": remaining, "delay": delay}
+            self.in_flight = threading.Thread(target=self._request, args=(observation, self.step), daemon=True)
+            self.in_flight.start()
+        action = self.chunk[min(self.index, len(self.chunk) - 1)]  # past the chunk's end: hold its last command
+        self.index, self.executed, self.step = self.index + 1, self.executed + 1, self.step + 1
+        return action
+
+
+def run(
+    host: str, port: int, arm: EpisodeReplay, steps: int, replan: int, realtime: bool = False, mode: str = "sync",
+    rtc: bool = True,
+) -> dict:  # fmt: skip
     client = WebsocketClientPolicy(host, port)
     meta = client.get_server_metadata()
     if replan > meta["action_horizon"]:
         raise SystemExit(f"--replan {replan} exceeds the policy's action horizon {meta['action_horizon']}")
-    broker = ActionChunkBroker(client, action_horizon=replan)  # execute `replan` steps of each chunk, then re-plan
     period = 1.0 / arm.episode.fps
+    if mode == "async":
+        chunks = AsyncChunks(client, replan, period, rtc=rtc and "rtc" in meta)
+        policy, realtime = chunks.act, True  # asynchronous execution only makes sense at the control rate
+    else:
+        broker = ActionChunkBroker(client, action_horizon=replan)  # execute `replan` steps of each chunk, re-plan
+        policy = lambda observation: broker.infer(observation)["actions"]  # noqa: E731
     for _ in range(steps):
         tick = time.monotonic()
-        arm.apply(broker.infer(arm.observation())["actions"])
+        arm.apply(policy(arm.observation()))
         if realtime:
             time.sleep(max(0.0, period - (time.monotonic() - tick)))
     recorded = arm.episode.actions[: len(arm.commands)]
     commands = np.stack(arm.commands)
     mse = float(((commands - recorded) ** 2).mean())
-    return {"steps": len(commands), "action_dim": commands.shape[1], "mse_vs_recorded": mse}
+    result = {"steps": len(commands), "action_dim": commands.shape[1], "mse_vs_recorded": mse}
+    if mode == "async":
+        result["measured_delays"] = chunks.delays
+    return result
 
 
 def main() -> None:
@@ -69,10 +133,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--replan", type=int, default=8, help="actions executed from each chunk")
     parser.add_argument("--realtime", action="store_true", help="pace the loop at the episode's fps")
+    parser.add_argument("--mode", choices=["sync", "async"], default="sync",
+                        help="async: fetch the next chunk while executing the current one (paced at fps)")  # fmt: skip
+    parser.add_argument("--no-rtc", action="store_true", help="async without prev_actions/delay in the requests")
     args = parser.parse_args()
-    result = run(args.host, args.port, EpisodeReplay(args.episode), args.steps, args.replan, args.realtime)
+    result = run(args.host, args.port, EpisodeReplay(args.episode), args.steps, args.replan, args.realtime, args.mode,
+                 rtc=not args.no_rtc)  # fmt: skip
     print(
         f"{result['steps']} steps of {result['action_dim']}-D commands; MSE vs recorded {result['mse_vs_recorded']:.4f}"
+        + (f"; reply delays (control steps) {result['measured_delays']}" if "measured_delays" in result else "")
     )
 
 

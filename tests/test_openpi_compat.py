@@ -25,6 +25,16 @@ def test_pi0_hooks_match_and_a_changed_one_is_named(monkeypatch: pytest.MonkeyPa
         openpi_compat.check_pi0_hooks()
 
 
+def test_sampling_takes_every_denoising_step_through_the_overridable_method() -> None:
+    """RTC guidance lives in PI0GraphPytorch.denoise_step: openpi's loop must call it once per step, through self."""
+    model = build_base_model(preset("tiny")).eval()
+    calls = []
+    official = model.denoise_step
+    model.denoise_step = lambda *args: calls.append(args[-1][0].item()) or official(*args)
+    model.sample_actions("cpu", make_observation(model.config), num_steps=4)
+    assert calls == pytest.approx([1.0, 0.75, 0.5, 0.25])  # flow time from noise (1) towards data (0)
+
+
 def test_backbone_factories_reach_the_official_construction_and_are_restored() -> None:
     originals = gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM
     config = preset("tiny")

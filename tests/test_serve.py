@@ -108,6 +108,14 @@ def test_example_robot_loop(server: int, tmp_path: Path) -> None:
     assert np.isfinite(result["mse_vs_recorded"])
     assert arm.t == 20
     assert np.stack(arm.commands).shape == (20, 10)
+    # asynchronous: paced at the episode's 10 Hz, the next chunk fetched while the arm moves, with prev_actions/delay
+    arm = robot_loop.EpisodeReplay(str(tmp_path / "ep.h5"))
+    result = robot_loop.run("127.0.0.1", server, arm, steps=20, replan=8, mode="async")
+    assert result["steps"] == 20
+    assert np.isfinite(result["mse_vs_recorded"])
+    assert len(result["measured_delays"]) >= 2  # the first chunk, then one per 8 steps or sooner
+    assert result["measured_delays"][0] == 0
+    assert all(0 <= d <= 8 for d in result["measured_delays"])
 
 
 def test_api_key_required_when_set(policy: SoftArmPolicy, caplog: pytest.LogCaptureFixture) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -343,6 +344,15 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     # a 2-step model does not solve reach; it must still have run every step of both episodes
     assert [e["steps"] for e in report["episodes"]] == [50, 50]
     assert summary["success_rate_wilson95"][0] == 0.0
+    # under 200 ms of simulated latency with real-time chunking: the same episodes, each chunk switch measured
+    late = evaluate(dataclasses.replace(options, latency_ms=200, execution="rtc", videos=0), tmp_path / "rtc")
+    episodes = json.loads((tmp_path / "rtc" / "eval.json").read_text())["episodes"]
+    assert (late["execution"], late["latency_ms"]) == ("rtc", 200)
+    assert [e["steps"] for e in episodes] == [50, 50]
+    assert all(0 < e["switch_jump"] <= 1 and 0 < e["chunk_gap"] <= 1 and e["jerk_rms"] > 0 for e in episodes)
+    assert late["switch_jump_mean"] == pytest.approx(np.mean([e["switch_jump"] for e in episodes]))
+    with pytest.raises(ValueError, match="use them with --policy model"):
+        evaluate(EvalOptions(policy="expert", latency_ms=100), tmp_path / "expert")
 
 
 def test_payload_blind_expert_misses_light_and_heavy_loads(tmp_path: Path) -> None:

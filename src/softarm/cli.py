@@ -203,7 +203,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     options = EvalOptions(
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
-        replan=args.replan, videos=args.videos, device=args.device, arm=args.arm,
+        replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
+        execution=args.execution,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -300,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--videos", type=int, default=3, help="episodes recorded into rollouts.gif")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--arm", default="pneumatic", help=ARM_HELP)
+    ev.add_argument("--latency-ms", type=float, default=0.0, help="simulated inference latency (model policy)")
+    ev.add_argument("--execution", default="sync", choices=["sync", "async", "rtc"],
+                    help="during inference the arm holds (sync), keeps executing the old chunk (async), or does so "
+                         "and the new chunk joins it (rtc: prev_actions and delay sent with the request)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")

@@ -10,6 +10,10 @@ graph enters. Three fusion modes:
 - ``suffix``: node tokens, projected to the action-expert width, go before the action tokens; only the action
   expert sees them.
 - ``none``:   no graph at all: the base PI0Pytorch (the graph is ignored), the baseline the graph must beat.
+
+Real-time chunking (`softarm.rtc`) works through the same hooks: sampling given the previous chunk's actions steers
+openpi's own denoising loop (guidance in `denoise_step`), and training-time conditioning gives a prefix of action
+tokens clean through `embed_suffix`.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import torch
 from torch import nn
 
-from softarm import arm, openpi_compat
+from softarm import arm, openpi_compat, rtc
 from softarm.graph_encoder import GraphEncoder, GraphEncoding
+from softarm.rtc import ActionPrefix
 
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
@@ -74,6 +79,12 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking where
     # to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
     ignored_features: tuple[str, ...] = ()
+    # Real-time chunking (softarm.rtc). Inference-time guidance: the clip on the guidance weight (the paper's beta)
+    # and the weights' decay over the overlap. Training-time conditioning: the longest delay (control steps) the
+    # model was trained to take as a clean prefix (train.rtc_max_delay); 0 = trained without it.
+    rtc_max_guidance_weight: float = 5.0
+    rtc_schedule: str = "exp"
+    rtc_max_delay: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,6 +109,17 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         if self.fusion == "state" and self.pi05:
             raise ValueError(
                 "fusion 'state' needs pi0's continuous state slot; pi0.5 has none: use 'prefix' or 'suffix'"
+            )
+        if self.rtc_schedule not in rtc.SCHEDULES:
+            raise ValueError(f"rtc_schedule must be one of {rtc.SCHEDULES}, got {self.rtc_schedule!r}")
+        if self.rtc_max_guidance_weight < 0:
+            raise ValueError(f"rtc_max_guidance_weight must be >= 0, got {self.rtc_max_guidance_weight}")
+        if not 0 <= self.rtc_max_delay < self.action_horizon:
+            raise ValueError(f"rtc_max_delay must be in 0..{self.action_horizon - 1}, got {self.rtc_max_delay}")
+        if self.rtc_max_delay and self.pi05:
+            raise ValueError(
+                "training-time RTC gives each action token its own flow time, which pi0's action-time MLP takes; "
+                "pi0.5 conditions its action expert on one time per sample (adaRMS): use inference-time RTC"
             )
         if self.action_dim != 32:
             raise ValueError(
@@ -227,6 +249,8 @@ class PI0GraphPytorch(PI0Pytorch):
         # Prefix positions padded in every sample of a batch are dropped (2-3x faster); a compiled model keeps them,
         # for shapes that do not change with the prompt's length (no recompilation, CUDA graphs possible).
         self.drop_prefix_padding = True
+        self._prefix: ActionPrefix | None = None  # the previous chunk, during a sample_actions call
+        self._clean_tokens: torch.Tensor | None = None  # [B, H] action tokens given clean (training-time RTC)
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
@@ -260,6 +284,28 @@ class PI0GraphPytorch(PI0Pytorch):
         finally:
             self._graph = None
 
+    @contextlib.contextmanager
+    def _prefix_inputs(self, prefix: ActionPrefix | None) -> Iterator[None]:
+        """Make the previous chunk visible to denoise_step during one sample_actions call."""
+        self._prefix = prefix
+        try:
+            yield
+        finally:
+            self._prefix = None
+
+    @contextlib.contextmanager
+    def _clean_inputs(self, clean_tokens: torch.Tensor | None) -> Iterator[None]:
+        """Make the action tokens given clean ([B, H] bool) visible to embed_suffix during one call."""
+        self._clean_tokens = clean_tokens
+        try:
+            yield
+        finally:
+            self._clean_tokens = None
+
+    def conditions_on(self, prefix: ActionPrefix) -> bool:
+        """Whether this model takes `prefix` as clean tokens (trained for its delay) rather than by guidance."""
+        return 0 < prefix.delay <= self.config.rtc_max_delay
+
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
         embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
         if self.drop_prefix_padding:
@@ -281,6 +327,12 @@ class PI0GraphPytorch(PI0Pytorch):
         if self._graph is not None and self.config.fusion == "state":
             state = state + self.graph_state_gate * self._graph.embedding.to(state.dtype)
         embs, pad_masks, att_masks, adarms_cond = super().embed_suffix(state, noisy_actions, timestep)
+        if self._clean_tokens is not None:
+            # Per-token flow time: the clean tokens' embeddings are the official ones at t = 0 (data); the action
+            # tokens are the last H of the suffix.
+            clean_embs = super().embed_suffix(state, noisy_actions, torch.zeros_like(timestep))[0]
+            at = nn.functional.pad(self._clean_tokens, (embs.shape[1] - self._clean_tokens.shape[1], 0))
+            embs = torch.where(at[:, :, None], clean_embs, embs)
         if self._graph is None or self.config.fusion != "suffix":
             return embs, pad_masks, att_masks, adarms_cond
         graph_embs = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
@@ -300,16 +352,54 @@ class PI0GraphPytorch(PI0Pytorch):
     def _preprocess_observation(self, observation, *, train=True):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
 
-    def forward(self, observation, actions, graph_nodes=None, noise=None, time=None) -> torch.Tensor:
-        """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in."""
-        with self._graph_inputs(graph_nodes):
+    def forward(self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None) -> torch.Tensor:
+        """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in. `delay` [B]
+        (training-time RTC): the first delay[b] action tokens of sample b are given clean, at flow time 0; their
+        loss is not meaningful and the caller leaves it out."""
+        clean = None
+        if delay is not None:
+            clean = torch.arange(actions.shape[1], device=actions.device) < delay[:, None]
+            noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise
+            noise = torch.where(clean[:, :, None], actions, noise)  # x_t = actions there, whatever t is
+        with self._graph_inputs(graph_nodes), self._clean_inputs(clean):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
-    def sample_actions(self, device, observation, graph_nodes=None, noise=None, num_steps=10) -> torch.Tensor:
-        """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in."""
-        with self._graph_inputs(graph_nodes):
+    def sample_actions(
+        self, device, observation, graph_nodes=None, noise=None, num_steps=10, prefix: ActionPrefix | None = None
+    ) -> torch.Tensor:
+        """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in. With `prefix`
+        (the previous chunk), real-time chunking: a model trained for the delay starts its committed steps at the
+        previous actions and keeps them (clean tokens); otherwise guidance steers the chunk towards them."""
+        if prefix is not None and self.conditions_on(prefix):
+            shape = (observation.state.shape[0], self.config.action_horizon, self.config.action_dim)
+            noise = self.sample_noise(shape, device) if noise is None else noise
+            clean = prefix.clean_tokens()
+            noise = torch.where(clean[:, :, None], prefix.actions.to(noise.dtype), noise)
+        with self._graph_inputs(graph_nodes), self._prefix_inputs(prefix):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
+
+    def denoise_step(self, state, prefix_pad_masks, past_key_values, x_t, timestep):
+        """The velocity at x_t (openpi's step, through the cached prefix), steered by the previous chunk if any."""
+        prefix = self._prefix
+        if prefix is None:
+            return super().denoise_step(state, prefix_pad_masks, past_key_values, x_t, timestep)
+        if self.conditions_on(prefix):
+            clean = prefix.clean_tokens()
+            with self._clean_inputs(clean):
+                velocity = super().denoise_step(state, prefix_pad_masks, past_key_values, x_t, timestep)
+            return torch.where(clean[:, :, None], 0.0, velocity)  # the committed steps stay the previous actions
+        weights = rtc.prefix_weights(x_t.shape[1], prefix.overlap, prefix.delay, self.config.rtc_schedule)
+        weights = weights.to(x_t.device)[None, :, None]
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            velocity = super().denoise_step(state, prefix_pad_masks, past_key_values, x, timestep)
+            estimate = x - timestep[:, None, None] * velocity  # the chunk one Euler step to the data end would give
+            error = weights * (prefix.actions.to(estimate.dtype) - estimate).detach()
+            (correction,) = torch.autograd.grad(estimate, x, error)
+        # openpi integrates from t = 1 down to 0, so a step moves x against the velocity: subtract to move with it
+        weight = rtc.guidance_weight(float(timestep[0]), self.config.rtc_max_guidance_weight)
+        return velocity.detach() - weight * correction
 
     def trust_validated_inputs(self) -> PI0GraphPytorch:
         """Skip the graph encoder's NaN/Inf check (a host sync per call) for inputs the data path has validated."""

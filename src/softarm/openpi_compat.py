@@ -26,6 +26,8 @@ PI0_HOOKS: dict[str, tuple[str, ...]] = {
     "_preprocess_observation": ("self", "observation", "train"),
     "forward": ("self", "observation", "actions", "noise", "time"),
     "sample_actions": ("self", "device", "observation", "noise", "num_steps"),
+    # sample_actions calls it once per denoising step with the cached prefix: where RTC guidance steers
+    "denoise_step": ("self", "state", "prefix_pad_masks", "past_key_values", "x_t", "timestep"),
 }
 
 

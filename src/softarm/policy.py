@@ -3,6 +3,8 @@
 Preprocessing is the training chain itself (`softarm.data.transforms.input_transform`), with openpi's ResizeImages
 added because robot cameras arrive at their native size; the EMA weights are used when the checkpoint has them. On
 CUDA the sampling path is compiled (openpi's max-autotune) unless told otherwise; `warm_up` pays that cost up front.
+Given the previous chunk's unexecuted actions and the inference delay, sampling is real-time chunking
+(`softarm.rtc`), eager.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from softarm.layout import (
     TOKENIZER_FILE,
 )
 from softarm.model import PI0GraphPytorch
+from softarm.rtc import ActionPrefix
 from softarm.weights import load_model
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -115,18 +118,64 @@ class SoftArmPolicy:
             },
             "fusion": config.fusion,
             "pi05": config.pi05,
+            # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
+            # not yet executed, arm units) and "delay" (control steps that will execute before this reply arrives)
+            "rtc": {
+                "prev_actions": True,
+                "max_guidance_weight": config.rtc_max_guidance_weight,
+                "schedule": config.rtc_schedule,
+                "trained_max_delay": config.rtc_max_delay,  # delays up to this: clean prefix; above: guidance
+            },
         }
 
-    def infer(self, observation: dict) -> dict:
+    def infer(self, observation: dict, prev_actions=None, delay: int = 0) -> dict:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S],
-        "graph_features"?: [F names]} (see SoftArmInputs for the columns graph_nodes may have)."""
+        "graph_features"?: [F names], "prev_actions"?: [L, A], "delay"?: int} (see SoftArmInputs for the columns
+        graph_nodes may have). `prev_actions` / `delay` may also be given as arguments."""
+        if prev_actions is not None:
+            observation = {**observation, "prev_actions": prev_actions, "delay": delay}
         return self.act(self.prepare(observation))
 
     def prepare(self, observation: dict) -> dict:
         """Validate and transform one observation (ValueError naming the key if malformed); no model work, so a
         server can answer a bad request without waiting for the model."""
         keys = ("images", "graph_nodes", "graph_features", "prompt", "state")
-        return self._inputs({k: v for k, v in observation.items() if k in keys})
+        inputs = {k: v for k, v in observation.items() if k in keys}
+        overlap, delay = self._previous_chunk(observation)
+        if overlap:  # normalised and padded to 32 dims by the training chain, then to the chunk's length
+            inputs["actions"] = np.asarray(observation["prev_actions"], np.float32)
+        prepared = self._inputs(inputs)
+        if overlap:
+            actions = prepared["actions"]
+            horizon = self.model.config.action_horizon
+            prepared["actions"] = np.concatenate([actions, np.zeros((horizon - overlap, actions.shape[1]), np.float32)])
+            prepared["action_is_pad"] = np.arange(horizon) >= overlap
+            prepared["rtc"] = {"overlap": overlap, "delay": delay}
+        return prepared
+
+    def _previous_chunk(self, observation: dict) -> tuple[int, int]:
+        """The checked length of "prev_actions" (0 without) and "delay"."""
+        horizon, action_dim = self.model.config.action_horizon, self.spec["action_dim"]
+        delay = observation.get("delay", 0)
+        if "prev_actions" not in observation:
+            if delay not in (0, None):
+                raise ValueError("'delay' needs 'prev_actions': the previous chunk's actions not yet executed")
+            return 0, 0
+        prev = np.asarray(observation["prev_actions"])
+        expected = f"expected a float array [L, {action_dim}] with 1 <= L <= {horizon}, the previous chunk's actions"
+        shaped = prev.ndim == 2 and prev.shape[1] == action_dim and 1 <= len(prev) <= horizon
+        if prev.dtype.kind not in "fiu" or not shaped:
+            raise ValueError(f"'prev_actions': {expected} not yet executed; got {prev.dtype} {list(prev.shape)}")
+        if not np.isfinite(prev).all():
+            raise ValueError("'prev_actions': contains NaN or Inf")
+        if isinstance(delay, bool) or not isinstance(delay, int | np.integer):
+            raise ValueError(f"'delay': expected an integer number of control steps, got {delay!r}")
+        if not 0 <= delay <= min(len(prev), horizon - 1):
+            raise ValueError(
+                f"'delay': expected 0 to {min(len(prev), horizon - 1)} control steps (no more than the {len(prev)} "
+                f"prev_actions given, fewer than the {horizon}-step chunk), got {delay}"
+            )
+        return len(prev), int(delay)
 
     def warm_up(self, repeats: int | None = None) -> float:
         """Run inference on a blank observation of the served shapes so that compilation (and CUDA's lazy set-up)
@@ -145,11 +194,18 @@ class SoftArmPolicy:
                 self.infer(observation)
         return time.monotonic() - start
 
-    @torch.inference_mode()
     def act(self, prepared: dict) -> dict:
-        """The action chunk in the arm's units for a `prepare`d observation."""
+        """The action chunk in the arm's units for a `prepare`d observation. With a previous chunk the reply's first
+        `delay` actions are the ones executed while it was computed (frozen, or guided towards the old ones)."""
         start = time.monotonic()
-        batch = to_device(default_collate([prepared]), self.device)
-        actions = self._sample(self.device, batch.observation, graph_nodes=batch.graph_nodes, num_steps=self.num_steps)
+        rtc = prepared.get("rtc")
+        batch = to_device(default_collate([{k: v for k, v in prepared.items() if k != "rtc"}]), self.device)
+        prefix = ActionPrefix(batch.actions, rtc["overlap"], rtc["delay"]) if rtc else None
+        guided = prefix is not None and not self.model.conditions_on(prefix)
+        sample = self._sample if prefix is None else self.model.sample_actions  # one compiled shape: no prefix
+        with torch.inference_mode(not guided):  # guidance differentiates through the action expert
+            actions = sample(
+                self.device, batch.observation, graph_nodes=batch.graph_nodes, num_steps=self.num_steps, prefix=prefix
+            )
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

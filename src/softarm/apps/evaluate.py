@@ -1,14 +1,14 @@
 """`softarm eval`: closed-loop rollouts on the simulated arm, scored the way soft-arm papers report them.
 
 A trained checkpoint runs through `SoftArmPolicy`, the class the server wraps, with receding-horizon control: the
-first `replan` actions of each 16-step chunk are executed, then the policy sees the arm again. The scripted expert
-(upper bound) and random pressures (floor) run through the same loop. Episodes come from the evaluation seeds,
-never from the generated training range.
+first `replan` actions of each 16-step chunk are executed, then the policy sees the arm again. With `latency_ms`
+the inference takes that long in simulated time, and `execution` says what the arm does meanwhile (`ModelAgent`).
+The scripted expert (upper bound) and random pressures (floor) run through the same loop. Episodes come from the
+evaluation seeds, never from the generated training range.
 """
 
 from __future__ import annotations
 
-from collections import deque
 import dataclasses
 import json
 import math
@@ -30,6 +30,7 @@ from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import MAX_PAYLOAD, TASKS, EpisodeSpec
 
 POLICIES = ("model", "expert", "expert-blind", "random")
+EXECUTIONS = ("sync", "async", "rtc")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -44,27 +45,78 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 class ModelAgent:
-    """A trained policy under receding-horizon control over its action chunks."""
+    """A trained policy under receding-horizon control over its action chunks, with an inference latency of `delay`
+    control steps in simulated time: a request sent at step k is answered at step k + delay.
 
-    def __init__(self, policy, replan: int) -> None:
-        self.policy, self.replan = policy, replan
-        self.queue: deque[np.ndarray] = deque()
+    - `sync`: each chunk's first `replan` actions are executed; then the next request goes out and the arm holds its
+      last command until the reply, which it executes from its first action.
+    - `async`: the arm keeps executing the current chunk; the next request goes out `delay` steps before `replan`
+      of its actions are done, and the reply takes over at its step `delay` (the steps already past).
+    - `rtc`: as async, and the request carries the current chunk's unexecuted actions and the delay
+      (`prev_actions`, `delay`), so the new chunk joins the old one (softarm.rtc).
+
+    The first chunk of an episode is waited for in every mode. With delay 0, sync and async are the plain loop; rtc
+    still sends the overlap, which guidance pulls the new chunk towards."""
+
+    def __init__(self, policy, replan: int, delay: int = 0, execution: str = "sync") -> None:
+        if execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {execution!r}; choose one of {EXECUTIONS}")
+        if delay < 0 or replan < 1:
+            raise ValueError(f"delay must be >= 0 and replan >= 1, got {delay} and {replan}")
+        self.policy, self.replan, self.delay, self.execution = policy, replan, delay, execution
         self.infer_ms: list[float] = []
+        self.switches: list[int] = []  # steps at which a new chunk took over, this episode
+        self.gaps: list[np.ndarray] = []  # |new command - what the old chunk planned for that step|, per switch
+
+    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
+        torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
+        self.step, self.last = 0, np.asarray(spec.initial_command, np.float32)
+        self.chunk: np.ndarray | None = None
+        self.index = self.executed = 0  # next action of the chunk; actions of it executed so far
+        self.pending: tuple[int, np.ndarray, int] | None = None  # (arrival step, chunk, first action to execute)
+        self.switches, self.gaps = [], []
 
     @property
     def needs_images(self) -> bool:
-        return not self.queue
+        return self._request_due()
 
-    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
-        self.queue.clear()
-        torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
+    def _request_due(self) -> bool:
+        if self.pending is not None:
+            return False
+        if self.chunk is None:
+            return True
+        if self.execution == "sync":
+            return self.executed >= self.replan
+        return self.executed >= max(0, self.replan - self.delay)
 
     def act(self, observation: dict) -> np.ndarray:
-        if not self.queue:
-            result = self.policy.infer(observation)
+        if self._request_due():
+            remaining = self.chunk[self.index :] if self.chunk is not None else None
+            streaming = self.execution != "sync" and remaining is not None
+            if self.execution == "rtc" and remaining is not None and len(remaining):
+                result = self.policy.infer(
+                    observation, prev_actions=remaining, delay=min(self.delay, len(remaining), len(self.chunk) - 1)
+                )
+            else:
+                result = self.policy.infer(observation)
             self.infer_ms.append(result["policy_timing"]["infer_ms"])
-            self.queue.extend(np.asarray(result["actions"])[: self.replan])
-        return self.queue.popleft()
+            self.pending = (self.step + self.delay, np.asarray(result["actions"]), self.delay if streaming else 0)
+        planned = None
+        if self.pending is not None and self.pending[0] == self.step:
+            if self.chunk is not None:  # what the old chunk would have commanded now
+                planned = self.chunk[min(self.index, len(self.chunk) - 1)]
+            _, self.chunk, self.index = self.pending
+            self.pending, self.executed = None, 0
+            self.switches.append(self.step)
+        waiting = self.chunk is None or (self.execution == "sync" and self.pending is not None)
+        if not waiting and self.index < len(self.chunk):  # past a chunk's end (latency too long) the arm holds
+            self.last = self.chunk[self.index]
+            self.index += 1
+            self.executed += 1
+        if planned is not None:
+            self.gaps.append(np.abs(self.last - planned))
+        self.step += 1
+        return self.last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +130,29 @@ class EvalOptions:
     videos: int = 3  # episodes rendered into rollouts.gif
     device: str = "auto"
     arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
+    latency_ms: float = 0.0  # simulated inference latency (model policy)
+    execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
+
+
+def delay_steps(latency_ms: float, control_hz: float) -> int:
+    """Control steps that pass during an inference of `latency_ms` (a reply arriving mid-step is used next step)."""
+    return math.ceil(latency_ms * control_hz / 1000 - 1e-9)
+
+
+def smoothness(actions: np.ndarray, switches: list[int], gaps: list[np.ndarray], command_range: np.ndarray) -> dict:
+    """How the executed commands move, in fractions of the command range: the largest step at a chunk switch
+    (max |a_t - a_t-1| over actuators, the worst switch of the episode; it includes the arm's own motion), the
+    largest gap between the new chunk and what the old one planned for that step (the discontinuity itself), and
+    the RMS jerk (third difference per step^3); all 0 for a constant command."""
+    scaled = actions / command_range
+    steps = np.abs(np.diff(scaled, axis=0, prepend=scaled[:1])).max(axis=1)
+    jumps = [float(steps[k]) for k in switches if 0 < k < len(steps)]
+    jerk = np.diff(scaled, n=3, axis=0)
+    return {
+        "switch_jump": max(jumps, default=0.0),
+        "chunk_gap": max((float((gap / command_range).max()) for gap in gaps), default=0.0),
+        "jerk_rms": float(np.sqrt((jerk**2).mean())) if len(jerk) else 0.0,
+    }
 
 
 def _episode_row(task, rollout: Rollout, hz: float) -> dict:
@@ -113,6 +188,11 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
         "time_to_success_s_median": float(np.median(times)) if times else None,
         "time_to_success_s_mean": float(np.mean(times)) if times else None,
     }
+    if "switch_jump" in rows[0]:
+        summary |= {"latency_ms": options.latency_ms, "execution": options.execution,
+                    "switch_jump_mean": float(np.mean([r["switch_jump"] for r in rows])),
+                    "chunk_gap_mean": float(np.mean([r["chunk_gap"] for r in rows])),
+                    "jerk_rms_mean": float(np.mean([r["jerk_rms"] for r in rows]))}  # fmt: skip
     if "tracking_rmse_mm" in rows[0]:
         rmse = np.array([r["tracking_rmse_mm"] for r in rows])
         summary |= {"tracking_rmse_mm_median": float(np.median(rmse)), "tracking_rmse_mm_mean": float(rmse.mean())}
@@ -132,7 +212,9 @@ def make_agent(options: EvalOptions, static: StaticArm):
         raise ValueError("--policy model needs --checkpoint DIR (a directory written by softarm train)")
     from softarm.policy import SoftArmPolicy
 
-    return ModelAgent(SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device), options.replan)
+    policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device)
+    delay = delay_steps(options.latency_ms, static.env.control_hz)
+    return ModelAgent(policy, options.replan, delay, options.execution)
 
 
 def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
@@ -143,6 +225,12 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
     if options.episodes < 1 or options.replan < 1:
         raise ValueError("--episodes and --replan must be at least 1")
+    if options.execution not in EXECUTIONS:
+        raise ValueError(f"unknown --execution {options.execution!r}; choose one of {EXECUTIONS}")
+    if options.latency_ms < 0:
+        raise ValueError(f"--latency-ms must be >= 0, got {options.latency_ms}")
+    if options.policy != "model" and (options.latency_ms or options.execution != "sync"):
+        raise ValueError("--latency-ms and --execution simulate a model's inference; use them with --policy model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[options.task]
@@ -156,6 +244,8 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
             spec = task.sample(options.seed + i, static, env.control_hz)
             rollout = run_episode(env, static, task, spec, agent, record_images=i < options.videos)
             rows.append(_episode_row(task, rollout, env.control_hz))
+            if isinstance(agent, ModelAgent):
+                rows[-1] |= smoothness(rollout.actions, agent.switches, agent.gaps, env.command_high - env.command_low)
             curves.append(1000 * rollout.errors)
             if rollout.images:
                 videos.append(rollout)

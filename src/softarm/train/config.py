@@ -100,6 +100,10 @@ class TrainSection:
     precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the training step's model (keeps padded prefix positions: static shapes)
+    # training-time real-time chunking: each sample's first d action tokens clean and out of the loss, d drawn
+    # from 0..rtc_max_delay control steps (`uniform` or `exp`, favouring short delays); 0 = off
+    rtc_max_delay: int = 0
+    rtc_delays: Literal["uniform", "exp"] = "uniform"
     seed: int = 0
     out_dir: str = "runs/debug"
     init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)
@@ -137,6 +141,12 @@ class TrainConfig:
             raise ConfigError(f"data.path: {meta_path} has format {meta.get('format')!r}, this softarm reads "
                               f"{FORMAT_VERSION} (convert the raw episodes again)")  # fmt: skip
         model = self.model.build(dataset_fields(meta), f"the dataset {self.data.path}")
+        if "rtc_max_delay" in self.model.overrides:
+            raise ConfigError("model.overrides.rtc_max_delay: set train.rtc_max_delay instead (training decides it)")
+        try:
+            model = dataclasses.replace(model, rtc_max_delay=self.train.rtc_max_delay)
+        except ValueError as e:
+            raise ConfigError(f"train.rtc_max_delay: {e}") from None
         tokenizer = (
             Path(self.data.tokenizer).expanduser() if self.data.tokenizer else Path(self.data.path) / TOKENIZER_FILE
         )

@@ -27,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from softarm import rtc
 from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.data.tokenizer import SentencePieceTokenizer
@@ -81,9 +82,17 @@ def learning_rate(step: int, optim) -> float:
     return optim.end_lr + (optim.lr - optim.end_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def masked_loss(model: torch.nn.Module, batch: Batch, action_padding: str) -> torch.Tensor:
-    losses = model(batch.observation, batch.actions, graph_nodes=batch.graph_nodes)
-    mask = batch.loss_mask(action_padding).to(losses.dtype)
+def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> torch.Tensor:
+    """The mean flow-matching loss over the trained elements; with train.rtc_max_delay, a random prefix of each
+    sample's action tokens is given clean (training-time RTC) and left out."""
+    delay, max_delay = None, config.train.rtc_max_delay
+    if max_delay:
+        delay = rtc.sample_delays(len(batch.actions), max_delay, config.train.rtc_delays, batch.actions.device)
+    losses = model(batch.observation, batch.actions, graph_nodes=batch.graph_nodes, delay=delay)
+    mask = batch.loss_mask(config.data.action_padding)
+    if delay is not None:
+        mask = mask & (torch.arange(mask.shape[1], device=mask.device) >= delay[:, None])[:, :, None]
+    mask = mask.to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -113,7 +122,7 @@ def validate(run: Run, model: torch.nn.Module, loader: DataLoader) -> float:
             if i >= run.config.train.val_batches:
                 break
             with run.autocast():
-                losses.append(float(masked_loss(model, to_device(raw, run.device), run.config.data.action_padding)))
+                losses.append(float(masked_loss(model, to_device(raw, run.device), run.config)))
     model.train(was_training)
     total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=run.device)
     if torch.distributed.is_initialized():  # every rank saw its own shard: average over all of them
@@ -365,7 +374,7 @@ def train_step(run: Run, state: ckpt.TrainState, batches: Iterator[dict]) -> dic
         raw = next(batches)
         episodes += raw["episode"].tolist()
         with gradient_sync(run, state, on=micro == t.grad_accum - 1), run.autocast():
-            loss = masked_loss(state.net, to_device(raw, run.device), run.config.data.action_padding) / t.grad_accum
+            loss = masked_loss(state.net, to_device(raw, run.device), run.config) / t.grad_accum
         loss.backward()
         total += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(state.trainable, o.clip_norm)
