@@ -75,7 +75,7 @@ def test_without_a_previous_chunk_sampling_and_training_are_openpis() -> None:
     reference = PI0GraphPytorch(config).eval()
     reference.load_state_dict(model.state_dict())
     reference.denoise_step = types.MethodType(PI0Pytorch.denoise_step, reference)  # the official step
-    with reference._graph_inputs(graph):
+    with reference._call_inputs(graph):
         official = PI0Pytorch.sample_actions(reference, "cpu", obs, noise=noise)
     assert torch.equal(ours, official)
     time = torch.tensor([0.3, 0.8])
@@ -88,7 +88,7 @@ def test_clean_action_tokens_are_embedded_at_the_data_end_of_flow_time() -> None
     model = PI0GraphPytorch(preset("tiny")).eval()
     state, noisy, t = torch.randn(2, 32), torch.randn(2, 16, 32), torch.tensor([0.7, 0.4])
     clean = torch.arange(16) < torch.tensor([[3], [0]])
-    with torch.no_grad(), model._clean_inputs(clean):
+    with torch.no_grad(), model._call_inputs(None, clean_tokens=clean):
         mixed = model.embed_suffix(state, noisy, t)[0]
     with torch.no_grad():
         at_t = model.embed_suffix(state, noisy, t)[0]

@@ -276,31 +276,21 @@ class PI0GraphPytorch(PI0Pytorch):
             self.graph_suffix_proj = nn.Linear(config.graph_width, self.action_in_proj.out_features)
 
     @contextlib.contextmanager
-    def _graph_inputs(self, graph_nodes: torch.Tensor | None) -> Iterator[None]:
-        """Encode the graph once per call and make it visible to embed_prefix / embed_suffix during that call."""
+    def _call_inputs(
+        self,
+        graph_nodes: torch.Tensor | None,
+        prefix: ActionPrefix | None = None,
+        clean_tokens: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Encode the graph once per call and make it, the previous chunk (for denoise_step) and the action tokens
+        given clean ([B, H] bool, for embed_suffix) visible to the hooks during that call. One context manager:
+        torch.compile traces one, not several nested."""
         self._graph = None if graph_nodes is None or self.config.fusion == "none" else self.graph_encoder(graph_nodes)
+        self._prefix, self._clean_tokens = prefix, clean_tokens
         try:
             yield
         finally:
-            self._graph = None
-
-    @contextlib.contextmanager
-    def _prefix_inputs(self, prefix: ActionPrefix | None) -> Iterator[None]:
-        """Make the previous chunk visible to denoise_step during one sample_actions call."""
-        self._prefix = prefix
-        try:
-            yield
-        finally:
-            self._prefix = None
-
-    @contextlib.contextmanager
-    def _clean_inputs(self, clean_tokens: torch.Tensor | None) -> Iterator[None]:
-        """Make the action tokens given clean ([B, H] bool) visible to embed_suffix during one call."""
-        self._clean_tokens = clean_tokens
-        try:
-            yield
-        finally:
-            self._clean_tokens = None
+            self._graph, self._prefix, self._clean_tokens = None, None, None
 
     def conditions_on(self, prefix: ActionPrefix) -> bool:
         """Whether this model takes `prefix` as clean tokens (trained for its delay) rather than by guidance."""
@@ -361,7 +351,7 @@ class PI0GraphPytorch(PI0Pytorch):
             clean = torch.arange(actions.shape[1], device=actions.device) < delay[:, None]
             noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise
             noise = torch.where(clean[:, :, None], actions, noise)  # x_t = actions there, whatever t is
-        with self._graph_inputs(graph_nodes), self._clean_inputs(clean):
+        with self._call_inputs(graph_nodes, clean_tokens=clean):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
@@ -376,7 +366,7 @@ class PI0GraphPytorch(PI0Pytorch):
             noise = self.sample_noise(shape, device) if noise is None else noise
             clean = prefix.clean_tokens()
             noise = torch.where(clean[:, :, None], prefix.actions.to(noise.dtype), noise)
-        with self._graph_inputs(graph_nodes), self._prefix_inputs(prefix):
+        with self._call_inputs(graph_nodes, prefix):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def denoise_step(self, state, prefix_pad_masks, past_key_values, x_t, timestep):
@@ -386,8 +376,11 @@ class PI0GraphPytorch(PI0Pytorch):
             return super().denoise_step(state, prefix_pad_masks, past_key_values, x_t, timestep)
         if self.conditions_on(prefix):
             clean = prefix.clean_tokens()
-            with self._clean_inputs(clean):
+            self._clean_tokens = clean
+            try:
                 velocity = super().denoise_step(state, prefix_pad_masks, past_key_values, x_t, timestep)
+            finally:
+                self._clean_tokens = None
             return torch.where(clean[:, :, None], 0.0, velocity)  # the committed steps stay the previous actions
         weights = rtc.prefix_weights(x_t.shape[1], prefix.overlap, prefix.delay, self.config.rtc_schedule)
         weights = weights.to(x_t.device)[None, :, None]

@@ -65,7 +65,7 @@ class ModelAgent:
             raise ValueError(f"delay must be >= 0 and replan >= 1, got {delay} and {replan}")
         self.policy, self.replan, self.delay, self.execution = policy, replan, delay, execution
         self.infer_ms: list[float] = []
-        self.switches: list[int] = []  # steps at which a new chunk took over, this episode
+        self.switches: list[int] = []  # steps at which a new chunk took over from another, this episode
         self.gaps: list[np.ndarray] = []  # |new command - what the old chunk planned for that step|, per switch
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
@@ -103,11 +103,11 @@ class ModelAgent:
             self.pending = (self.step + self.delay, np.asarray(result["actions"]), self.delay if streaming else 0)
         planned = None
         if self.pending is not None and self.pending[0] == self.step:
-            if self.chunk is not None:  # what the old chunk would have commanded now
+            if self.chunk is not None:  # what the old chunk would have commanded now (none before the first chunk)
                 planned = self.chunk[min(self.index, len(self.chunk) - 1)]
+                self.switches.append(self.step)
             _, self.chunk, self.index = self.pending
             self.pending, self.executed = None, 0
-            self.switches.append(self.step)
         waiting = self.chunk is None or (self.execution == "sync" and self.pending is not None)
         if not waiting and self.index < len(self.chunk):  # past a chunk's end (latency too long) the arm holds
             self.last = self.chunk[self.index]
