@@ -13,7 +13,6 @@ et al. 2016) as a reference for how well the data itself lets a network locate t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 import time
 
@@ -22,21 +21,18 @@ import torch
 from torch import nn
 import yaml
 
+from softarm.data.prepared import PreparedDataset
+from softarm.layout import GRAPH_NODES
 from softarm.model import PI0GraphPytorch, VisionSpec, preset
 
 
 def load(prepared: Path, cameras: list[str]):
-    meta = json.loads((prepared / "meta.json").read_text())
-    frames = meta["arrays"]["nodes"]["shape"][0]
-    images = [
-        np.memmap(prepared / f"image_{c}.bin", dtype=np.uint8, mode="r").reshape(frames, 224, 224, 3) for c in cameras
-    ]
-    nodes = np.memmap(prepared / "nodes.bin", dtype=np.float32, mode="r").reshape(
-        frames, *meta["arrays"]["nodes"]["shape"][1:]
-    )
-    targets = np.zeros((frames, 3), np.float32)
+    dataset = PreparedDataset(prepared, "all")
+    images = [dataset.arrays[f"image_{c}"] for c in cameras]
+    nodes = dataset.arrays[GRAPH_NODES]
+    targets = np.zeros((len(nodes), 3), np.float32)
     split: dict[str, list[int]] = {"train": [], "val": []}
-    for episode in meta["episodes"]:
+    for episode in dataset.episodes:
         start, length = episode["start"], episode["length"]
         targets[start : start + length] = nodes[start + length - 1, -1, :3]  # where the tip ended: the target
         split[episode["split"]] += range(start, start + length)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from softarm import arm
-from softarm.model import PI0GraphPytorch, SoftArmModelConfig, build_base_model, preset
+from softarm.model import ConvStem, PI0GraphPytorch, SoftArmModelConfig, VisionSpec, build_base_model, preset
 from tests.conftest import make_actions, make_graph, make_observation
 
 CPU = torch.device("cpu")
@@ -156,6 +156,9 @@ def test_presets() -> None:
     assert (pi05.pi05, pi05.fusion, pi05.max_token_len, pi05.discrete_state_input) == (True, "suffix", 200, True)
     assert tiny.vision is not None
     assert tiny.vision.patch_size == 56
+    sees = preset("tiny_vision")
+    assert (sees.vision.width, sees.vision.depth, sees.vision.patch_size, sees.vision.stem) == (64, 2, 28, "conv")
+    assert (sees.paligemma_variant, sees.vocab_size, sees.graph_width) == ("dummy", 1024, 64)
     model = PI0GraphPytorch(tiny)
     image_tokens = model.paligemma_with_expert.embed_image(torch.zeros(1, 3, 224, 224))
     assert image_tokens.shape == (1, 16, 64)
@@ -173,11 +176,38 @@ def test_presets() -> None:
         ({"action_dim": 10}, "action_dim must be 32, got 10"),
         ({"graph_depth": 0}, "graph_depth must be positive, got 0"),
         ({"edges": [(0, 12)]}, r"edge 0 = \(0, 12\) refers to a node outside 0..9"),
+        ({"vision": {"stem": "cnn"}}, "vision.stem must be 'patch' or 'conv', got 'cnn'"),
     ],
 )
 def test_config_errors(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         preset("tiny", **overrides)
+
+
+def test_conv_stem_keeps_the_token_grid_and_trains() -> None:
+    """`vision.stem: conv` swaps SigLIP's patch projection for strided convs with the same output grid; the config
+    (and so a checkpoint) records it, the tower's tokens still see where in a patch something is, and it learns."""
+    vision = VisionSpec(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=28, stem="conv")
+    config = preset("tiny", vision=vision, fusion="none")
+    assert SoftArmModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert SoftArmModelConfig.from_dict({**config.to_dict(), "vision": {"patch_size": 28}}).vision.stem == "patch"
+    torch.manual_seed(0)
+    model = PI0GraphPytorch(config)
+    stem = model.paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding
+    assert isinstance(stem, ConvStem)
+    strides = [m.stride for m in stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2), (2, 2), (7, 7)]  # 2 * 2 * 7 = the 28-px patch
+    image = torch.zeros(1, 3, 224, 224)
+    tokens = model.paligemma_with_expert.embed_image(image)
+    assert tokens.shape == (1, 64, 64)  # 8 x 8 patches, projected to the tiny VLM's width
+    shifted = image.clone()
+    shifted[:, 0, 4:8, 4:8] = 1.0  # a red dot inside the first patch, then the same dot 12 px to the right
+    moved = shifted.roll(12, dims=3)
+    difference = model.paligemma_with_expert.embed_image(shifted) - model.paligemma_with_expert.embed_image(moved)
+    assert difference.abs().max() > 1e-3
+    loss = model(make_observation(config), make_actions(config)).mean()
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stem.parameters())
 
 
 def test_unknown_config_keys_are_named() -> None:

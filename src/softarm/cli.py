@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     info = verbs.add_parser("info", help="the node schema, the arm of a dataset or checkpoint, a model preset's size")
     info.add_argument("path", nargs="?", help="a prepared dataset or a checkpoint: print the arm it was made for")
-    info.add_argument("--preset", choices=["tiny", "pi0", "pi05"], help="also build this model preset and count it")
+    info.add_argument("--preset", choices=["tiny", "tiny_vision", "pi0", "pi05"],
+                      help="also build this model preset and count it")  # fmt: skip
     info.add_argument(
         "--fusion", choices=["state", "prefix", "suffix", "none"], help="override the preset's fusion mode"
     )

@@ -39,7 +39,7 @@ def dataset_fields(meta: dict) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    preset: Literal["tiny", "pi0", "pi05"] = "tiny"
+    preset: Literal["tiny", "tiny_vision", "pi0", "pi05"] = "tiny"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # any SoftArmModelConfig field
 
     def build(self, dataset: dict[str, Any] | None = None, where: str = "the dataset") -> SoftArmModelConfig:
