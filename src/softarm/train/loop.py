@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import contextlib
 import dataclasses
 import datetime
+import gc
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import random
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 from openpi.shared import normalize
@@ -61,6 +63,18 @@ def setup_distributed(timeout_s: int) -> Dist:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def close_distributed(state: ckpt.TrainState) -> None:
+    """Destroy the process group without gloo's exit deadlock: ~ProcessGroupGloo joins its worker threads holding
+    the GIL, while a worker still releasing the last collective's tensors waits for the GIL (seen as a rank hanging
+    after its last step). So all work ends first (barrier), the DDP wrapper, whose Reducer would otherwise hold the
+    last reference to the group, goes while the group is still registered, and the workers get the GIL (sleep)."""
+    torch.distributed.barrier()
+    state.net = state.model
+    gc.collect()
+    time.sleep(0.1)
+    torch.distributed.destroy_process_group()
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
@@ -195,7 +209,7 @@ def train(config: TrainConfig) -> TrainResult:
     progress.close()
     metrics.close(plot=run.dir / LOSS_PLOT)
     if run.dist.world > 1:
-        torch.distributed.destroy_process_group()
+        close_distributed(state)
     return TrainResult(metrics=metrics.last, model=state.model, preempted=preempted)
 
 
