@@ -203,7 +203,10 @@ def preset(name: str, **overrides) -> SoftArmModelConfig:
     presets: dict[str, dict] = {
         "tiny": tiny,
         # a two-layer tower, 28-px patches (64 tokens per image) behind a conv stem: localises a ball, ~4x the cost
-        "tiny_vision": {**tiny, "vision": VisionSpec(64, 2, 128, 4, 28, stem="conv")},
+        "tiny_vision": {
+            **tiny,
+            "vision": VisionSpec(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=28, stem="conv"),
+        },
         "pi0": {},
         "pi05": {"pi05": True, "fusion": "suffix"},
     }
