@@ -72,11 +72,10 @@ class ConvStem(nn.Module):
     def __init__(self, width: int, patch_size: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels, stride = 3, patch_size
+        channels, out, stride = 3, min(width, 16), patch_size
         while stride % 2 == 0 and stride > 2:
-            out = min(width, 16 * 2 ** (len(layers) // 3))
             layers += [nn.Conv2d(channels, out, 3, 2, 1, bias=False), nn.GroupNorm(math.gcd(8, out), out), nn.GELU()]
-            channels, stride = out, stride // 2
+            channels, out, stride = out, min(width, 2 * out), stride // 2
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(channels, width, stride, stride)
 
