@@ -209,10 +209,12 @@ class ChunkRecorder:
         return {"actions": chunk[:, None], "policy_timing": {"infer_ms": 1.0}}
 
 
-def run_agent(execution: str, delay: int, replan: int = 4, steps: int = 14) -> tuple[list[float], ChunkRecorder, list]:
+def run_agent(
+    execution: str, delay: int, replan: int = 4, steps: int = 14, decay: float = 0.1
+) -> tuple[list[float], ChunkRecorder, list]:
     clock = [0]
     recorder = ChunkRecorder(clock)
-    agent = ModelAgent(recorder, replan=replan, delay=delay, execution=execution)
+    agent = ModelAgent(recorder, replan=replan, delay=delay, execution=execution, decay=decay)
     spec = EpisodeSpec(task="reach", seed=0, prompt="", initial_command=np.array([-1.0], np.float32),
                        targets=np.zeros((steps + 1, 3)), time_limit=steps / 10)  # fmt: skip
     agent.reset(spec, 10.0)
@@ -251,6 +253,31 @@ def test_rtc_sends_the_unexecuted_rest_of_the_chunk_and_the_delay() -> None:
     assert second["prev_actions"][:, 0].tolist() == list(range(204, 216))
     assert second["delay"] == 2
     assert recorder.requests[0]["prev_actions"] is None
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_ensemble_averages_every_running_chunk_older_ones_weighing_more(delay: int, decay: float) -> None:
+    executed, recorder, _ = run_agent("ensemble", delay=delay, decay=decay, steps=24)
+    sent = [r["step"] for r in recorder.requests]
+    assert sent == [0, 4, 8, 12, 16, 20]  # timed as async: with a delay, each request goes out that much earlier
+    expected = []
+    # chunk n, sent at step s_n and in use from s_n + delay, holds 100 * (n + 1) + i for step s_n + i; the first
+    # chunk is waited for and starts from its first action
+    starts = [s + delay if n == 0 else s for n, s in enumerate(sent)]
+    for k in range(24):
+        running = [
+            100.0 * (n + 1) + k - t
+            for n, (s, t) in enumerate(zip(sent, starts, strict=True))
+            if s + delay <= k < t + 16
+        ]
+        weights = np.exp(-decay * np.arange(len(running)))  # the oldest first
+        expected.append(float(weights @ running / weights.sum()) if running else -1.0)
+    np.testing.assert_allclose(executed, expected, rtol=1e-6)
+    if decay == 0:  # at step 8 of a plain run three chunks run: (108 + 204 + 300) / 3
+        assert executed[8] == pytest.approx(204.0 if delay == 0 else (106 + 204) / 2)
+    with pytest.raises(ValueError, match="decay must be >= 0"):
+        ModelAgent(recorder, replan=4, execution="ensemble", decay=-1.0)
 
 
 def test_latency_becomes_control_steps_and_smoothness_is_measured_at_switches() -> None:

@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
         replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
-        execution=args.execution,
+        execution=args.execution, ensemble_decay=args.ensemble_decay,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -303,9 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     ev.add_argument("--latency-ms", type=float, default=0.0, help="simulated inference latency (model policy)")
-    ev.add_argument("--execution", default="sync", choices=["sync", "async", "rtc"],
+    ev.add_argument("--execution", default="sync", choices=["sync", "async", "rtc", "ensemble"],
                     help="during inference the arm holds (sync), keeps executing the old chunk (async), or does so "
-                         "and the new chunk joins it (rtc: prev_actions and delay sent with the request)")  # fmt: skip
+                         "and the new chunk joins it (rtc: prev_actions and delay sent with the request), or every "
+                         "running chunk's action is averaged (ensemble: ACT's temporal ensembling)")  # fmt: skip
+    ev.add_argument("--ensemble-decay", type=float, default=0.1,
+                    help="ensemble: chunk i (0 the oldest still running) weighs exp(-DECAY * i)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")

@@ -30,7 +30,8 @@ from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import MAX_PAYLOAD, TASKS, EpisodeSpec
 
 POLICIES = ("model", "expert", "expert-blind", "random")
-EXECUTIONS = ("sync", "async", "rtc")
+EXECUTIONS = ("sync", "async", "rtc", "ensemble")
+ENSEMBLE_DECAY = 0.1  # temporal ensembling: chunk i (0 the oldest still running) weighs exp(-decay * i)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -54,16 +55,21 @@ class ModelAgent:
       of its actions are done, and the reply takes over at its step `delay` (the steps already past).
     - `rtc`: as async, and the request carries the current chunk's unexecuted actions and the delay
       (`prev_actions`, `delay`), so the new chunk joins the old one (softarm.rtc).
+    - `ensemble`: as async, and every chunk still running votes on the command, the older ones more (temporal
+      ensembling, ACT: Zhao et al. 2023, weights exp(-decay * i)); consecutive plans are averaged instead of
+      replacing each other, which damps the jitter of a plan re-estimated from every new view.
 
     The first chunk of an episode is waited for in every mode. With delay 0, sync and async are the plain loop; rtc
     still sends the overlap, which guidance pulls the new chunk towards."""
 
-    def __init__(self, policy, replan: int, delay: int = 0, execution: str = "sync") -> None:
+    def __init__(
+        self, policy, replan: int, delay: int = 0, execution: str = "sync", decay: float = ENSEMBLE_DECAY
+    ) -> None:
         if execution not in EXECUTIONS:
             raise ValueError(f"unknown execution {execution!r}; choose one of {EXECUTIONS}")
-        if delay < 0 or replan < 1:
-            raise ValueError(f"delay must be >= 0 and replan >= 1, got {delay} and {replan}")
-        self.policy, self.replan, self.delay, self.execution = policy, replan, delay, execution
+        if delay < 0 or replan < 1 or decay < 0:
+            raise ValueError(f"delay and decay must be >= 0 and replan >= 1, got {delay}, {decay} and {replan}")
+        self.policy, self.replan, self.delay, self.execution, self.decay = policy, replan, delay, execution, decay
         self.infer_ms: list[float] = []
         self.switches: list[int] = []  # steps at which a new chunk took over from another, this episode
         self.gaps: list[np.ndarray] = []  # |new command - what the old chunk planned for that step|, per switch
@@ -74,6 +80,7 @@ class ModelAgent:
         self.chunk: np.ndarray | None = None
         self.index = self.executed = 0  # next action of the chunk; actions of it executed so far
         self.pending: tuple[int, np.ndarray, int] | None = None  # (arrival step, chunk, first action to execute)
+        self.running: list[list] = []  # ensemble: [chunk, index of its action for this step], oldest first
         self.switches, self.gaps = [], []
 
     @property
@@ -108,15 +115,26 @@ class ModelAgent:
                 self.switches.append(self.step)
             _, self.chunk, self.index = self.pending
             self.pending, self.executed = None, 0
+            if self.execution == "ensemble":
+                self.running.append([self.chunk, self.index])
         waiting = self.chunk is None or (self.execution == "sync" and self.pending is not None)
         if not waiting and self.index < len(self.chunk):  # past a chunk's end (latency too long) the arm holds
-            self.last = self.chunk[self.index]
+            self.last = self._ensembled() if self.execution == "ensemble" else self.chunk[self.index]
             self.index += 1
             self.executed += 1
         if planned is not None:
             self.gaps.append(np.abs(self.last - planned))
         self.step += 1
         return self.last
+
+    def _ensembled(self) -> np.ndarray:
+        """The weighted mean of this step's action in every running chunk; each moves on to its next action."""
+        self.running = [entry for entry in self.running if entry[1] < len(entry[0])]
+        actions = np.stack([chunk[index] for chunk, index in self.running])
+        weights = np.exp(-self.decay * np.arange(len(actions)))
+        for entry in self.running:
+            entry[1] += 1
+        return (weights @ actions / weights.sum()).astype(actions.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +150,7 @@ class EvalOptions:
     arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
     latency_ms: float = 0.0  # simulated inference latency (model policy)
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
+    ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
 
 
 def delay_steps(latency_ms: float, control_hz: float) -> int:
@@ -190,6 +209,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
     }
     if "switch_jump" in rows[0]:
         summary |= {"latency_ms": options.latency_ms, "execution": options.execution,
+                    **({"ensemble_decay": options.ensemble_decay} if options.execution == "ensemble" else {}),
                     "switch_jump_mean": float(np.mean([r["switch_jump"] for r in rows])),
                     "chunk_gap_mean": float(np.mean([r["chunk_gap"] for r in rows])),
                     "jerk_rms_mean": float(np.mean([r["jerk_rms"] for r in rows]))}  # fmt: skip
@@ -214,7 +234,7 @@ def make_agent(options: EvalOptions, static: StaticArm):
 
     policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device)
     delay = delay_steps(options.latency_ms, static.env.control_hz)
-    return ModelAgent(policy, options.replan, delay, options.execution)
+    return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
 
 
 def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
