@@ -157,3 +157,28 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(prepared: Path, tmp_
     assert all(torch.equal(v, uninterrupted[k]) for k, v in resumed.items())
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps[-1] == 40
+
+
+def test_sigterm_to_the_whole_process_group_still_saves(prepared: Path, tmp_path: Path) -> None:
+    """SLURM's preemption signals every process of the job, data-loader workers included: they must outlive the
+    step so that the main process can save, and end with it."""
+    run = tmp_path / "run"
+    args = [f"data.path={prepared}", f"train.out_dir={run}", *COMMON, "train.steps=400", "train.save_every=1000",
+            "data.num_workers=1"]  # fmt: skip
+    command = [sys.executable, "-m", "softarm.cli", "train", "--config", str(DEBUG_CONFIG), *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:  # hung: leave no process of the group behind
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 75, err
+    assert "DataLoader worker" not in err
+    assert "run the same command to resume (exit code 75)" in out
+    assert len(ckpt.list_checkpoints(run)) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import dataclasses
+import signal
 
 from openpi.models.model import Observation
 import torch
@@ -89,6 +90,14 @@ class ResumableSampler(Sampler[int]):
         return iter(mine[self.start_batch * self.batch_size :].tolist())
 
 
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """A cluster's preemption (SLURM), `kill -- -PGID` and Ctrl-C signal the whole process group. The main process
+    stops after the step and saves (train.loop.stop_requests), then ends its workers itself; a worker that died of
+    the signal first would fail the step and lose the checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: SoftArmDataset,
     batch_size: int,
@@ -110,6 +119,7 @@ def make_loader(
         num_workers=num_workers,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_ignores_stop_signals if num_workers else None,
         pin_memory=torch.cuda.is_available(),
         # Its own generator: otherwise every iter() draws from the global RNG, and a resumed run (one more iter())
         # would diverge from an uninterrupted one.

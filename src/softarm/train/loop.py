@@ -188,24 +188,31 @@ def train(config: TrainConfig) -> TrainResult:
     metrics = MetricsLog(run.dir, main=run.dist.main, tensorboard=t.tensorboard, step=state.step)
     progress = tqdm(total=t.steps, initial=state.step, desc="training", unit="step", disable=not run.dist.main)
     batches, preempted = epochs(train_loader, state), False
-    with stop_requests() as received:
-        while state.step < t.steps and not preempted:
-            values = train_step(run, state, batches)
-            progress.update()
-            finite, episodes = values.pop("finite"), values.pop("episodes")
-            if not finite:
-                split = train_loader.dataset.prepared.episodes
-                skipped(run, state, values, sorted({episode_name(split[i]) for i in episodes}))
-            if state.step % t.log_every == 0 or state.step == t.steps:
-                metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
-                progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
-            if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.steps):
-                val = {"step": state.step, "val_loss": validate(run, state.net, val_loader)}
-                if state.ema is not None:
-                    val["val_loss_ema"] = validate(run, state.ema.module, val_loader)
-                run.log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
-                metrics.record(val)
-            preempted = save_or_stop(run, state, received)
+    try:
+        with stop_requests() as received:
+            while state.step < t.steps and not preempted:
+                values = train_step(run, state, batches)
+                progress.update()
+                finite, episodes = values.pop("finite"), values.pop("episodes")
+                if not finite:
+                    split = train_loader.dataset.prepared.episodes
+                    skipped(run, state, values, sorted({episode_name(split[i]) for i in episodes}))
+                if state.step % t.log_every == 0 or state.step == t.steps:
+                    metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
+                    progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.steps):
+                    val = {"step": state.step, "val_loss": validate(run, state.net, val_loader)}
+                    if state.ema is not None:
+                        val["val_loss_ema"] = validate(run, state.ema.module, val_loader)
+                    run.log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
+                    metrics.record(val)
+                preempted = save_or_stop(run, state, received)
+    finally:
+        # The loader's workers ignore SIGTERM (a preemption notice reaches the whole process group; this process
+        # saves first), so they end here: left to interpreter exit they would hang multiprocessing's join.
+        batches.close()
+        del batches, train_loader
+        gc.collect()
     progress.close()
     metrics.close(plot=run.dir / LOSS_PLOT)
     if run.dist.world > 1:
