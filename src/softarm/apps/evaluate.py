@@ -80,7 +80,7 @@ class ModelAgent:
         self.chunk: np.ndarray | None = None
         self.index = self.executed = 0  # next action of the chunk; actions of it executed so far
         self.pending: tuple[int, np.ndarray, int] | None = None  # (arrival step, chunk, first action to execute)
-        self.running: list[list] = []  # ensemble: [chunk, index of its action for this step], oldest first
+        self.running: list[tuple[np.ndarray, int]] = []  # ensemble: (chunk, step of its action 0), oldest first
         self.switches, self.gaps = [], []
 
     @property
@@ -116,7 +116,7 @@ class ModelAgent:
             _, self.chunk, self.index = self.pending
             self.pending, self.executed = None, 0
             if self.execution == "ensemble":
-                self.running.append([self.chunk, self.index])
+                self.running.append((self.chunk, self.step - self.index))
         waiting = self.chunk is None or (self.execution == "sync" and self.pending is not None)
         if not waiting and self.index < len(self.chunk):  # past a chunk's end (latency too long) the arm holds
             self.last = self._ensembled() if self.execution == "ensemble" else self.chunk[self.index]
@@ -128,12 +128,10 @@ class ModelAgent:
         return self.last
 
     def _ensembled(self) -> np.ndarray:
-        """The weighted mean of this step's action in every running chunk; each moves on to its next action."""
-        self.running = [entry for entry in self.running if entry[1] < len(entry[0])]
-        actions = np.stack([chunk[index] for chunk, index in self.running])
+        """The weighted mean of this step's action in every chunk still running."""
+        self.running = [(chunk, first) for chunk, first in self.running if self.step - first < len(chunk)]
+        actions = np.stack([chunk[self.step - first] for chunk, first in self.running])
         weights = np.exp(-self.decay * np.arange(len(actions)))
-        for entry in self.running:
-            entry[1] += 1
         return (weights @ actions / weights.sum()).astype(actions.dtype)
 
 
