@@ -102,6 +102,8 @@ def test_lerobot_export_and_import_from_the_command_line(tmp_path: Path, capsys:
         (["train", "data.path={tmp}/empty"], "softarm train: error: data.path: '{tmp}/empty' is not a prepared"),
         (["train", "train.steps=zero"], "softarm train: error: train.steps: expected int, got 'zero'"),
         (["sim", "generate", "--task", "push", "--out", "{tmp}/r"], "softarm sim generate: error: unknown task 'push'"),
+        (["sim", "generate", "--hold-steps", "-2", "--out", "{tmp}/r"], "softarm sim generate: error: --hold-steps "
+                                                                         "must be >= 0, got -2"),
     ],
 )  # fmt: skip
 def test_user_mistakes_are_one_line_without_traceback(

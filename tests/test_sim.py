@@ -164,6 +164,27 @@ def test_expert_solves_seeded_episodes(arm_name: str, episodes: tuple[int, int, 
                 assert rollout.success, f"{task_name} seed {seed}: min error {1000 * rollout.errors.min():.1f} mm"
 
 
+def test_planning_from_rest_gives_one_goal_per_target_whatever_the_start(env) -> None:
+    static, task = StaticArm(env), TASKS["reach"]
+    spec = task.sample(3, static, env.control_hz)
+    starts = [spec.initial_command, np.full_like(spec.initial_command, 0.3), np.full_like(spec.initial_command, -0.3)]
+    goals = {}
+    for plan_from in ("current", "rest"):
+        expert = ExpertAgent(static, plan_from=plan_from)
+        goals[plan_from] = []
+        for start in starts:
+            expert.reset(dataclasses.replace(spec, initial_command=start), env.control_hz)
+            goals[plan_from].append(expert.goal)
+            assert np.linalg.norm(static.tip(expert.goal)[0] - spec.targets[0]) < 2e-3  # both put the tip there
+    spread = {k: max(np.abs(g - v[0]).max() for g in v) for k, v in goals.items()}
+    assert spread["rest"] < 1e-9, spread  # the same pressures from every start
+    assert spread["current"] > 0.05, spread  # the redundant arm: each start has its own answer
+    rollout = run_episode(env, static, task, spec, ExpertAgent(static, plan_from="rest"))
+    assert rollout.success
+    with pytest.raises(ValueError, match=r"plan_from must be one of \('current', 'rest'\), got 'home'"):
+        ExpertAgent(static, plan_from="home")
+
+
 def test_the_tendon_arm_differs_in_size_actuators_cameras_and_sensing(tendon_env) -> None:
     env, spec = tendon_env, ARMS["tendon"]
     assert (spec.num_segments, spec.num_actuators, env.command_low, env.command_high) == (6, 9, 0.0, 1.0)
@@ -250,10 +271,21 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
     again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
     assert (again.written, again.reused) == (1, 3)
-    with pytest.raises(ValueError, match=r"seed 7 noise 0\.0 arm 'pneumatic'; choose another --out for seed 8"):
+    with pytest.raises(ValueError, match=r"plan_from 'current' hold_steps 3; choose another --out for seed 8 "):
         generate("reach", 2, raw, seed=8)
-    with pytest.raises(ValueError, match=r"arm 'pneumatic'; choose another --out for seed 7 noise 0\.0 arm 'tendon'"):
+    with pytest.raises(ValueError, match=r"for seed 7 noise 0\.0 arm 'tendon' plan_from 'current'"):
         generate("reach", 2, raw, seed=7, arm="tendon")
+    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for .* plan_from 'rest' hold_steps 3"):
+        generate("reach", 2, raw, seed=7, plan_from="rest")
+    with pytest.raises(ValueError, match=r"--plan-from must be one of \('current', 'rest'\), got 'home'"):
+        generate("reach", 2, raw, seed=7, plan_from="home")
+    with pytest.raises(ValueError, match="--hold-steps must be >= 0, got -1"):
+        generate("reach", 2, raw, seed=7, hold_steps=-1)
+    held = generate("reach", 1, tmp_path / "held", seed=7, hold_steps=9)  # the same episode, held 6 steps longer
+    assert held.written == 1
+    longer = read_episode(tmp_path / "held" / "reach_000007.hdf5")
+    assert longer.length == episode.length + 6
+    np.testing.assert_array_equal(longer.actions[: episode.length], episode.actions)
     mixed = generate("choose", 1, raw, seed=7)  # another task may join the directory: a multi-task dataset
     assert (mixed.written, mixed.reused) == (1, 0)
     assert sorted(p.name for p in raw.glob("generate_*.json")) == ["generate_choose.json", "generate_reach.json"]
@@ -261,6 +293,20 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
         generate("push", 2, tmp_path / "other")
     with pytest.raises(ValueError, match="unknown arm 'octopus'; choose one of"):
         generate("reach", 2, tmp_path / "other", arm="octopus")
+
+
+def test_generate_cli_records_the_expert_settings_it_was_given(tmp_path: Path) -> None:
+    assert main(["sim", "generate", "--episodes", "1", "--seed", "3", "--plan-from", "rest", "--hold-steps", "5",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "generate_reach.json").read_text())
+    assert (manifest["plan_from"], manifest["hold_steps"], manifest["written"]) == ("rest", 5, 1)
+    episode = read_episode(tmp_path / "reach_000003.hdf5")
+    with SoftArmEnv() as env:
+        static = StaticArm(env)
+        expert = ExpertAgent(static, plan_from="rest")
+        expert.reset(TASKS["reach"].sample(3, static, env.control_hz), env.control_hz)
+    # the recorded ramp ends on the goal the expert plans from rest
+    np.testing.assert_allclose(episode.actions[-1], expert.goal, atol=0.02)
 
 
 def test_the_tendon_arm_through_the_whole_pipeline(tmp_path: Path) -> None:
@@ -405,7 +451,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert (again.written, again.reused, again.missed_under_noise) == (0, 3, result.missed_under_noise)
     manifest = json.loads((raw / "generate_choose.json").read_text())
     assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
-    with pytest.raises(ValueError, match=r"noise 0\.2 arm 'pneumatic'; choose another --out for seed 0 noise 0\.0"):
+    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for seed 0 noise 0\.0"):
         generate("choose", 3, raw, seed=0)
     serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process
     assert serial.missed_under_noise == result.missed_under_noise

@@ -191,8 +191,9 @@ def cmd_sim_generate(args: argparse.Namespace) -> int:
     from softarm.sim.generate import generate
 
     result = generate(
-        args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers, arm=args.arm
-    )
+        args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers, arm=args.arm,
+        plan_from=args.plan_from, hold_steps=args.hold_steps,
+    )  # fmt: skip
     failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
     print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}; raw episodes in {args.out}")
     return 0
@@ -285,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     gen.add_argument("--workers", type=int, default=1, help="simulator processes recording episodes in parallel")
     gen.add_argument("--arm", default="pneumatic", help=ARM_HELP)
+    gen.add_argument(
+        "--plan-from", choices=["current", "rest"], default="current",
+        help="where the expert's pressure solver starts: the arm's current pressures (shortest move) or the middle of "
+        "the range (one answer per target, independent of the start)",
+    )  # fmt: skip
+    gen.add_argument("--hold-steps", type=int, default=3,
+                     help="steps recorded after success: the expert holding the tip on the target")  # fmt: skip
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")

@@ -16,6 +16,8 @@ from softarm.sim.arm_model import ArmSpec
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import EpisodeSpec
 
+PLAN_FROM = ("current", "rest")
+
 
 def min_jerk(start: np.ndarray, goal: np.ndarray, fraction: float) -> np.ndarray:
     s = float(np.clip(fraction, 0.0, 1.0))
@@ -26,14 +28,28 @@ class ExpertAgent:
     """Privileged scripted controller: it reads the target (and the payload) from the simulator, not from cameras.
 
     With `assumed_payload` set it plans as if the tip carried that load whatever it really carries: the best an
-    open-loop controller without shape sensing can do, a baseline for what the graph is worth."""
+    open-loop controller without shape sensing can do, a baseline for what the graph is worth.
+
+    The arm is redundant (more actuators than the tip's 3 coordinates), so many pressure patterns put the tip on a
+    target and the solver returns the one nearest where it starts. `plan_from="current"` starts from the pressures
+    the arm rests under (the shortest move); `"rest"` from the middle of the actuators' range, so the goal depends
+    only on the target and the payload: one answer per target for a policy to learn, not one per hidden start."""
 
     needs_images = False
 
     def __init__(
-        self, static: StaticArm, *, speed: float = 0.12, lead: float = 0.25, assumed_payload: float | None = None
+        self,
+        static: StaticArm,
+        *,
+        speed: float = 0.12,
+        lead: float = 0.25,
+        assumed_payload: float | None = None,
+        plan_from: str = "current",
     ) -> None:
+        if plan_from not in PLAN_FROM:
+            raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
         self.static, self.speed, self.lead, self.assumed_payload = static, speed, lead, assumed_payload
+        self.plan_from = plan_from
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         self.spec, self.hz = spec, control_hz
@@ -62,13 +78,18 @@ class ExpertAgent:
             self.static.env.set_payload(self.spec.payload)
 
     def _plan(self, target: np.ndarray) -> np.ndarray:
-        """Pressures for `target`: from the current ones first, from other starts if that lands in a local minimum."""
+        """Pressures for `target`: from `plan_from`'s start first, from other starts if that lands in a local minimum
+        (with "rest", the arm's current pressures come last, so the answer stays independent of them if it can)."""
         rng = np.random.default_rng(0)
         low, high = self.static.env.spec.command_range
         centre, half = (low + high) / 2, (high - low) / 2
         others = centre + half * rng.uniform(-0.5, 0.5, (6, len(self.start)))  # the middle half of the range
+        if self.plan_from == "current":
+            starts = (self.start, np.zeros_like(self.start), *others)
+        else:
+            starts = (np.full_like(self.start, centre), *others, self.start)
         best, best_residual = self.start, np.inf
-        for start in (self.start, np.zeros_like(self.start), *others):
+        for start in starts:
             u, residual = self.static.solve(target, start)
             if residual < best_residual:
                 best, best_residual = u, residual

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from softarm import arm as arm_schema
 from softarm.data.raw import RawEpisode, write_episode
-from softarm.sim.agents import ExpertAgent
+from softarm.sim.agents import PLAN_FROM, ExpertAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.rollout import run_episode
@@ -62,17 +62,19 @@ def _close_worker() -> None:
         _WORKER.clear()
 
 
-def _record(arm: str, task_name: str, out_dir: Path, noise: float, episode_seed: int) -> tuple[int, bool]:
+def _record(
+    arm: str, task_name: str, out_dir: Path, noise: float, plan_from: str, hold_steps: int, episode_seed: int
+) -> tuple[int, bool]:
     """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success)."""
     if not _WORKER:
         env = SoftArmEnv(ARMS[arm])
         static = StaticArm(env)
-        _WORKER.update(env=env, static=static, expert=ExpertAgent(static))
+        _WORKER.update(env=env, static=static, expert=ExpertAgent(static, plan_from=plan_from))
     env, static, expert = _WORKER["env"], _WORKER["static"], _WORKER["expert"]
     task = TASKS[task_name]
     spec = task.sample(episode_seed, static, env.control_hz)
     rollout = run_episode(
-        env, static, task, spec, expert, record_images=True, hold_steps=HOLD_STEPS, action_noise=noise
+        env, static, task, spec, expert, record_images=True, hold_steps=hold_steps, action_noise=noise
     )
     if rollout.success or noise:
         path = _episode_path(out_dir, task_name, episode_seed)
@@ -99,9 +101,11 @@ def generate(
     noise: float = 0.0,
     workers: int = 1,
     arm: str = DEFAULT_ARM,
+    plan_from: str = "current",
+    hold_steps: int = HOLD_STEPS,
 ) -> GenerateResult:
     """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
-    processes."""
+    processes; `plan_from` is the expert's (`ExpertAgent`); each episode ends `hold_steps` after success."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {sorted(TASKS)}")
     if arm not in ARMS:
@@ -110,20 +114,22 @@ def generate(
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
     if noise < 0:
         raise ValueError(f"--noise must be >= 0 (standard deviation of the executed command), got {noise}")
+    if plan_from not in PLAN_FROM:
+        raise ValueError(f"--plan-from must be one of {PLAN_FROM}, got {plan_from!r}")
+    if hold_steps < 0:
+        raise ValueError(f"--hold-steps must be >= 0, got {hold_steps}")
     if seed + episodes > EVAL_SEED:
         raise ValueError(f"seeds {seed}..{seed + episodes - 1} would overlap the evaluation seeds (>= {EVAL_SEED})")
     out_dir = Path(out_dir)
-    manifest = {"task": task_name, "seed": seed, "noise": noise, "arm": arm}
+    manifest = {"task": task_name, "seed": seed, "noise": noise, "arm": arm, "plan_from": plan_from,
+                "hold_steps": hold_steps}  # fmt: skip
     manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if previous:
-        previous.setdefault("arm", DEFAULT_ARM)  # written before there were other arms
+    if previous:  # written before there were other arms, plans from rest, other hold times
+        previous = {"arm": DEFAULT_ARM, "plan_from": "current", "hold_steps": HOLD_STEPS, **previous}
     if previous and {k: previous.get(k) for k in manifest} != manifest:
-        raise ValueError(
-            f"{out_dir} holds episodes of task {task_name!r} seed {previous.get('seed')} noise "
-            f"{previous.get('noise')} arm {previous.get('arm')!r}; choose another --out for seed {seed} noise {noise} "
-            f"arm {arm!r}"
-        )
+        was, now = (" ".join(f"{k} {m.get(k)!r}" for k in manifest if k != "task") for m in (previous, manifest))
+        raise ValueError(f"{out_dir} holds episodes of task {task_name!r} {was}; choose another --out for {now}")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = GenerateResult(out_dir, 0, 0, [])
     todo = []
@@ -137,7 +143,7 @@ def generate(
         s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
     ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
-    job = functools.partial(_record, arm, task_name, out_dir, noise)
+    job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)
