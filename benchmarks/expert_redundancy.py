@@ -32,6 +32,7 @@ def main() -> None:
     with SoftArmEnv() as env:
         static, task = StaticArm(env), TASKS["reach"]
         low, high = env.spec.command_range
+        experts = {mode: ExpertAgent(static, plan_from=mode) for mode in PLAN_FROM}
         spread = {mode: [] for mode in PLAN_FROM}
         residual = {mode: [] for mode in PLAN_FROM}
         for k in range(args.targets):
@@ -41,8 +42,8 @@ def main() -> None:
                 rng.uniform(0.6 * low, 0.6 * high, spec.initial_command.shape).astype(np.float32)
                 for _ in range(args.starts - 1)
             ]
-            for mode in PLAN_FROM:
-                expert, goals = ExpertAgent(static, plan_from=mode), []
+            for mode, expert in experts.items():
+                goals = []
                 for start in starts:
                     expert.reset(dataclasses.replace(spec, initial_command=start), env.control_hz)
                     goals.append(expert.goal)
