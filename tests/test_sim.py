@@ -271,12 +271,12 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
     again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
     assert (again.written, again.reused) == (1, 3)
-    with pytest.raises(ValueError, match=r"plan_from 'current' hold_steps 3; choose another --out for seed 8 "):
+    with pytest.raises(ValueError, match=r"plan_from 'rest' hold_steps 3; choose another --out for seed 8 "):
         generate("reach", 2, raw, seed=8)
-    with pytest.raises(ValueError, match=r"for seed 7 noise 0\.0 arm 'tendon' plan_from 'current'"):
+    with pytest.raises(ValueError, match=r"for seed 7 noise 0\.0 arm 'tendon' plan_from 'rest'"):
         generate("reach", 2, raw, seed=7, arm="tendon")
-    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for .* plan_from 'rest' hold_steps 3"):
-        generate("reach", 2, raw, seed=7, plan_from="rest")
+    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for .* plan_from 'current' hold_steps 3"):
+        generate("reach", 2, raw, seed=7, plan_from="current")
     with pytest.raises(ValueError, match=r"--plan-from must be one of \('current', 'rest'\), got 'home'"):
         generate("reach", 2, raw, seed=7, plan_from="home")
     with pytest.raises(ValueError, match="--hold-steps must be >= 0, got -1"):
@@ -296,17 +296,29 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
 
 def test_generate_cli_records_the_expert_settings_it_was_given(tmp_path: Path) -> None:
-    assert main(["sim", "generate", "--episodes", "1", "--seed", "3", "--plan-from", "rest", "--hold-steps", "5",
+    assert main(["sim", "generate", "--episodes", "1", "--seed", "3", "--plan-from", "current", "--hold-steps", "5",
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     manifest = json.loads((tmp_path / "generate_reach.json").read_text())
-    assert (manifest["plan_from"], manifest["hold_steps"], manifest["written"]) == ("rest", 5, 1)
+    assert (manifest["plan_from"], manifest["hold_steps"], manifest["written"]) == ("current", 5, 1)
     episode = read_episode(tmp_path / "reach_000003.hdf5")
     with SoftArmEnv() as env:
         static = StaticArm(env)
-        expert = ExpertAgent(static, plan_from="rest")
+        expert = ExpertAgent(static, plan_from="current")
         expert.reset(TASKS["reach"].sample(3, static, env.control_hz), env.control_hz)
-    # the recorded ramp ends on the goal the expert plans from rest
+    # the recorded ramp ends on the goal the expert plans from the arm's own pressures
     np.testing.assert_allclose(episode.actions[-1], expert.goal, atol=0.02)
+
+
+def test_a_directory_recorded_before_plan_from_resumes_only_as_it_was_recorded(tmp_path: Path) -> None:
+    """Its manifest has no plan_from / hold_steps: its episodes were planned from the arm's pressures, held 3 steps."""
+    assert generate("reach", 1, tmp_path, seed=3, plan_from="current").written == 1
+    manifest_path = tmp_path / "generate_reach.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k not in ("plan_from", "hold_steps")}))
+    with pytest.raises(ValueError, match=r"plan_from 'current' hold_steps 3; choose another --out .* plan_from 'rest'"):
+        generate("reach", 2, tmp_path, seed=3)  # today's default plans from rest
+    resumed = generate("reach", 2, tmp_path, seed=3, plan_from="current")
+    assert (resumed.written, resumed.reused) == (1, 1)
 
 
 def test_the_tendon_arm_through_the_whole_pipeline(tmp_path: Path) -> None:

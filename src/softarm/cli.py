@@ -287,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--workers", type=int, default=1, help="simulator processes recording episodes in parallel")
     gen.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     gen.add_argument(
-        "--plan-from", choices=["current", "rest"], default="current",
-        help="where the expert's pressure solver starts: the arm's current pressures (shortest move) or the middle of "
-        "the range (one answer per target, independent of the start)",
+        "--plan-from", choices=["rest", "current"], default="rest",
+        help="where the expert's pressure solver starts: the middle of the range (one answer per target, independent "
+        "of the start) or the arm's current pressures (the shortest move)",
     )  # fmt: skip
     gen.add_argument("--hold-steps", type=int, default=3,
                      help="steps recorded after success: the expert holding the tip on the target")  # fmt: skip

@@ -31,9 +31,10 @@ class ExpertAgent:
     open-loop controller without shape sensing can do, a baseline for what the graph is worth.
 
     The arm is redundant (more actuators than the tip's 3 coordinates), so many pressure patterns put the tip on a
-    target and the solver returns the one nearest where it starts. `plan_from="current"` starts from the pressures
-    the arm rests under (the shortest move); `"rest"` from the middle of the actuators' range, so the goal depends
-    only on the target and the payload: one answer per target for a policy to learn, not one per hidden start."""
+    target and the solver returns the one nearest where it starts. `plan_from="rest"` (the default) starts from the
+    middle of the actuators' range, so the goal depends only on the target and the payload: one answer per target for
+    a policy to learn, not one per start it cannot see; `"current"` from the pressures the arm rests under (the
+    shortest move)."""
 
     needs_images = False
 
@@ -44,7 +45,7 @@ class ExpertAgent:
         speed: float = 0.12,
         lead: float = 0.25,
         assumed_payload: float | None = None,
-        plan_from: str = "current",
+        plan_from: str = "rest",
     ) -> None:
         if plan_from not in PLAN_FROM:
             raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")

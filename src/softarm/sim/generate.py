@@ -101,7 +101,7 @@ def generate(
     noise: float = 0.0,
     workers: int = 1,
     arm: str = DEFAULT_ARM,
-    plan_from: str = "current",
+    plan_from: str = "rest",
     hold_steps: int = HOLD_STEPS,
 ) -> GenerateResult:
     """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
