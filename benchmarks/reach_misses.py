@@ -1,9 +1,10 @@
 """Where a reach policy's misses come from: how far its commands are from the expert's answer, and how still it holds.
 
-Re-runs the failed episodes of a `softarm eval --task reach` (and as many successful ones, for comparison) to the
-time limit, without stopping at success, and prints per episode: the tip error's range over the last 20 steps (a
-policy that holds still has a narrow one) and the largest difference between the policy's final command and the
-pressures the expert planning from rest (one answer per target and payload) gives for that ball.
+First, success by how far the ball sits from the arm's axis (thirds of the evaluated episodes). Then re-runs the
+failed episodes of a `softarm eval --task reach` (and as many successful ones, for comparison) to the time limit,
+without stopping at success, and prints per episode: the tip error's range over the last 20 steps (a policy that
+holds still has a narrow one) and the largest difference between the policy's final command and the pressures the
+expert planning from rest (one answer per target and payload) gives for that ball.
 
     .venv/bin/python benchmarks/reach_misses.py CHECKPOINT EVAL_DIR/eval.json [--replan 8] [--episodes 30]
 """
@@ -25,6 +26,16 @@ from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import TASKS
 
 
+def print_success_by_reach(episodes: list[dict], specs: list) -> None:
+    """The arm hangs along z: a ball far from that axis needs the largest bend."""
+    radius = np.array([1000 * np.hypot(*spec.targets[0][:2]) for spec in specs])
+    success = np.array([e["success"] for e in episodes])
+    for third in np.array_split(np.argsort(radius), 3):
+        low, high = radius[third].min(), radius[third].max()
+        print(f"ball {low:3.0f}-{high:3.0f} mm from the axis: {success[third].sum()}/{len(third)} succeeded")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -40,6 +51,7 @@ def main() -> None:
     task = TASKS["reach"]
     with SoftArmEnv() as env:
         static = StaticArm(env)
+        print_success_by_reach(episodes, [task.sample(e["seed"], static, env.control_hz) for e in episodes])
         agent = ModelAgent(SoftArmPolicy.from_checkpoint(args.checkpoint, device="cpu"), args.replan)
         expert = ExpertAgent(static, plan_from="rest")
         for outcome, seeds in groups.items():
