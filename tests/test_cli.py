@@ -39,6 +39,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
     meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
     assert meta["cameras"] == {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}
     assert json.loads((tmp_path / "eval" / "choose" / "graph" / "eval.json").read_text())["summary"]["task"] == "choose"
+    assert json.loads((tmp_path / "raw" / "generate_reach.json").read_text())["plan_from"] == "rest"
 
     assert main(args) == 0  # everything is there: nothing is generated, trained or evaluated again
     again = capsys.readouterr().out
@@ -58,6 +59,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
         main(["demo", "--out", str(tmp_path), "--episodes", "reach"])
     with pytest.raises(SystemExit, match=r"--eval-episodes takes TASK=COUNT or COUNT \(e\.g\. follow=50\), got '=3'"):
         main(["demo", "--out", str(tmp_path), "--eval-episodes", "=3"])
+    assert main([*flags, "--plan-from", "current", *overrides]) == 2  # the episodes there were planned from rest
+    err = capsys.readouterr().err
+    assert "plan_from 'rest' hold_steps 3; choose another --out for seed 0 noise 0.05 arm 'pneumatic' plan_from" in err
+    assert err.endswith("plan_from 'current' hold_steps 3\n")
     assert main(["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes", "reach=0"]) == 2
     assert "softarm demo: error: no evaluation episodes for reach: give --eval-episodes TASK=COUNT >= 1" in (
         capsys.readouterr().err

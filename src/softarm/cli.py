@@ -90,7 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
     options = DemoOptions(
-        episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, seeds=args.seeds,
+        episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, plan_from=args.plan_from,
+        seeds=args.seeds,
         eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides), arm=args.arm,
     )  # fmt: skip
     results = run_demo(args.out, options)
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="expert episodes of a task to train on, 0 leaves it out (repeatable; default choose=150)",
     )  # fmt: skip
     demo.add_argument("--noise", type=float, default=0.05, help="DART noise on the executed commands while recording")
+    demo.add_argument("--plan-from", choices=["rest", "current"], default="rest",
+                      help="where the expert's pressure solver starts (see softarm sim generate --help)")  # fmt: skip
     demo.add_argument("--seeds", type=int, default=1, help="training seeds per model, pooled in the report")
     demo.add_argument(
         "--eval-episodes", action="append", metavar="[TASK=]COUNT",

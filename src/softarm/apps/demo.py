@@ -47,6 +47,7 @@ class DemoOptions:
     # demonstrations per task; the models train on all of them (a mixture if several tasks)
     episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"choose": 150})
     noise: float = 0.05  # DART: std of the noise on the executed commands while recording
+    plan_from: str = "rest"  # where the expert's solver starts (softarm.sim.agents.ExpertAgent)
     val_episodes: int = 20
     # closed-loop episodes per policy and task (0 leaves a task out): 100 on choose, for intervals that can separate
     # the two models; fewer on follow, whose expert re-plans every step (about 1.4 s per episode). The models are
@@ -108,7 +109,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
               "(MuJoCo)")  # fmt: skip
     for task, count in options.episodes.items():
         generated = generate(task, count, out / "raw", seed=0, noise=options.noise, workers=min(4, os.cpu_count() or 1),
-                             arm=options.arm)  # fmt: skip
+                             arm=options.arm, plan_from=options.plan_from)  # fmt: skip
         print(f"  {task}: {generated.written} episodes written, {generated.reused} reused")
     prepared = out / "prepared"
     _stage(2, "converting them into one training dataset")
