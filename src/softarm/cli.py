@@ -91,8 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
     options = DemoOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, plan_from=args.plan_from,
-        seeds=args.seeds,
-        eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG, overrides=tuple(args.overrides), arm=args.arm,
+        seeds=args.seeds, eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG,
+        overrides=tuple(args.overrides), arm=args.arm,
     )  # fmt: skip
     results = run_demo(args.out, options)
     for task, summaries in results.items():
