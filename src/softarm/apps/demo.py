@@ -28,6 +28,7 @@ from softarm.apps.demo_report import write_report
 from softarm.apps.evaluate import EvalOptions, evaluate
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
+from softarm.sim.agents import DEFAULT_PLAN_FROM
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.generate import generate
 from softarm.train.config import load_config
@@ -47,7 +48,7 @@ class DemoOptions:
     # demonstrations per task; the models train on all of them (a mixture if several tasks)
     episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"choose": 150})
     noise: float = 0.05  # DART: std of the noise on the executed commands while recording
-    plan_from: str = "rest"  # where the expert's solver starts (softarm.sim.agents.ExpertAgent)
+    plan_from: str = DEFAULT_PLAN_FROM  # where the expert's solver starts (softarm.sim.agents.ExpertAgent)
     val_episodes: int = 20
     # closed-loop episodes per policy and task (0 leaves a task out): 100 on choose, for intervals that can separate
     # the two models; fewer on follow, whose expert re-plans every step (about 1.4 s per episode). The models are

@@ -17,6 +17,7 @@ from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import EpisodeSpec
 
 PLAN_FROM = ("current", "rest")
+DEFAULT_PLAN_FROM = "rest"
 
 
 def min_jerk(start: np.ndarray, goal: np.ndarray, fraction: float) -> np.ndarray:
@@ -45,7 +46,7 @@ class ExpertAgent:
         speed: float = 0.12,
         lead: float = 0.25,
         assumed_payload: float | None = None,
-        plan_from: str = "rest",
+        plan_from: str = DEFAULT_PLAN_FROM,
     ) -> None:
         if plan_from not in PLAN_FROM:
             raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from softarm import arm as arm_schema
 from softarm.data.raw import RawEpisode, write_episode
-from softarm.sim.agents import PLAN_FROM, ExpertAgent
+from softarm.sim.agents import DEFAULT_PLAN_FROM, PLAN_FROM, ExpertAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.rollout import run_episode
@@ -101,7 +101,7 @@ def generate(
     noise: float = 0.0,
     workers: int = 1,
     arm: str = DEFAULT_ARM,
-    plan_from: str = "rest",
+    plan_from: str = DEFAULT_PLAN_FROM,
     hold_steps: int = HOLD_STEPS,
 ) -> GenerateResult:
     """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
