@@ -120,3 +120,37 @@ def test_compiled_sampling_gives_the_eager_actions(checkpoint) -> None:
         expected = eager.infer(observation(0, 20, t))["actions"]
         torch.manual_seed(t)
         np.testing.assert_allclose(compiled.infer(observation(0, 20, t))["actions"], expected, atol=1e-4)
+
+
+def test_noise_scale_scales_the_flows_starting_noise(checkpoint) -> None:
+    """1 is openpi's sampling (the preprocessing test above); 0.5 halves the same draw; 0 is deterministic: the flow
+    from the noise's mean, whatever the random state."""
+    directory = checkpoint[0]
+    norm_stats = normalize.load(directory / "assets" / "softarm")
+    obs = observation(0, 20, 4)
+    half = SoftArmPolicy.from_checkpoint(directory, noise_scale=0.5)
+    assert half.metadata["noise_scale"] == 0.5
+    batch = to_device(default_collate([half.prepare(obs)]), "cpu")
+
+    def sampled(noise: torch.Tensor) -> np.ndarray:
+        chunk = half.model.sample_actions(torch.device("cpu"), batch.observation, graph_nodes=batch.graph_nodes,
+                                          noise=noise)  # fmt: skip
+        return output_transform(norm_stats, pi05=False)({"actions": chunk[0].numpy()})["actions"]
+
+    torch.manual_seed(3)
+    expected = sampled(0.5 * torch.randn(1, 16, 32))
+    torch.manual_seed(3)
+    np.testing.assert_allclose(half.infer(obs)["actions"], expected, rtol=1e-5, atol=1e-5)
+
+    flat = SoftArmPolicy.from_checkpoint(directory, noise_scale=0)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(flat.infer(obs)["actions"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], sampled(torch.zeros(1, 16, 32)), rtol=1e-5, atol=1e-5)
+    assert np.abs(runs[0] - expected).max() > 1e-3  # the noise does reach the actions
+
+    for wrong in (-0.1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"noise_scale: expected a finite number >= 0 \(1: openpi's sampling\)"):
+            SoftArmPolicy.from_checkpoint(directory, noise_scale=wrong)

@@ -409,8 +409,13 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     assert [e["steps"] for e in episodes] == [50, 50]
     assert all(0 < e["switch_jump"] <= 1 and 0 < e["chunk_gap"] <= 1 and e["jerk_rms"] > 0 for e in episodes)
     assert late["switch_jump_mean"] == pytest.approx(np.mean([e["switch_jump"] for e in episodes]))
-    with pytest.raises(ValueError, match="use them with --policy model"):
-        evaluate(EvalOptions(policy="expert", latency_ms=100), tmp_path / "expert")
+    assert (summary["noise_scale"], late["noise_scale"]) == (1.0, 1.0)
+    flat = evaluate(dataclasses.replace(options, noise_scale=0.0, videos=0), tmp_path / "flat")
+    assert flat["noise_scale"] == 0.0
+    assert [e["steps"] for e in json.loads((tmp_path / "flat" / "eval.json").read_text())["episodes"]] == [50, 50]
+    for wrong in ({"latency_ms": 100}, {"noise_scale": 0.0}):
+        with pytest.raises(ValueError, match="--noise-scale concern a model's inference; use them with --policy model"):
+            evaluate(EvalOptions(policy="expert", **wrong), tmp_path / "expert")
 
 
 def test_payload_blind_expert_misses_light_and_heavy_loads(tmp_path: Path) -> None:

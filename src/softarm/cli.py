@@ -14,6 +14,10 @@ from pathlib import Path
 import sys
 
 EXIT_PREEMPTED = 75  # `softarm train` stopped by SIGTERM / SIGINT after saving (EX_TEMPFAIL: run it again)
+NOISE_SCALE_HELP = (
+    "scale of the flow's starting noise: 1 samples as openpi does, 0 deterministically (measured: more precise on "
+    "reach, less on choose; docs/cpu_model_search.md)"
+)
 ARM_HELP = (
     "pneumatic: 10 segments, one chamber each, 3 cameras, every node feature sensed; tendon: 6 segments, 3 sections "
     "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only"
@@ -184,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
-          compile=args.compile)  # fmt: skip
+          compile=args.compile, noise_scale=args.noise_scale)  # fmt: skip
     return 0
 
 
@@ -206,7 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
         replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
-        execution=args.execution, ensemble_decay=args.ensemble_decay,
+        execution=args.execution, ensemble_decay=args.ensemble_decay, noise_scale=args.noise_scale,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -273,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key-file", help="clients must send this key (openpi-client's api_key); or $SOFTARM_API_KEY")
     srv.add_argument("--compile", default="auto", help="torch.compile mode of the sampling path: auto (max-autotune on "
                      "CUDA, none on a CPU), none, default, reduce-overhead, max-autotune")  # fmt: skip
+    srv.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
     srv.set_defaults(func=cmd_serve)
     sim = verbs.add_parser("sim", help="the simulated soft arm").add_subparsers(dest="sim_verb", required=True)
     gen = sim.add_parser("generate", help="record scripted-expert episodes as raw HDF5")
@@ -318,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "running chunk's action is averaged (ensemble: ACT's temporal ensembling)")  # fmt: skip
     ev.add_argument("--ensemble-decay", type=float, default=0.1,
                     help="ensemble: chunk i (0 the oldest still running) weighs exp(-DECAY * i)")  # fmt: skip
+    ev.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")

@@ -3,6 +3,7 @@
 Preprocessing is the training chain itself (`softarm.data.transforms.input_transform`), with openpi's ResizeImages
 added because robot cameras arrive at their native size; the EMA weights are used when the checkpoint has them. On
 CUDA the sampling path is compiled (openpi's max-autotune) unless told otherwise; `warm_up` pays that cost up front.
+`noise_scale` scales the flow's starting noise (1: openpi's sampling; 0: deterministic, the flow from the noise's mean).
 Given the previous chunk's unexecuted actions and the inference delay, sampling is real-time chunking
 (`softarm.rtc`), eager.
 """
@@ -10,6 +11,7 @@ Given the previous chunk's unexecuted actions and the inference delay, sampling 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 import time
 
@@ -58,10 +60,14 @@ class SoftArmPolicy:
         *,
         device,
         num_steps: int = 10,
+        noise_scale: float = 1.0,
         compile: str = "none",
     ):
         config = model.config
+        if isinstance(noise_scale, bool) or not (isinstance(noise_scale, int | float) and 0 <= noise_scale < math.inf):
+            raise ValueError(f"noise_scale: expected a finite number >= 0 (1: openpi's sampling), got {noise_scale!r}")
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
+        self.noise_scale = float(noise_scale)
         self._inputs = input_transform(
             spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
             layout=config.node_layout, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
@@ -81,6 +87,7 @@ class SoftArmPolicy:
         device: str = "auto",
         use_ema: bool = True,
         num_steps: int = 10,
+        noise_scale: float = 1.0,
         compile: str = "auto",
     ) -> SoftArmPolicy:
         directory = Path(directory)
@@ -94,7 +101,10 @@ class SoftArmPolicy:
         spec = json.loads((directory / DATA_SPEC_FILE).read_text())
         norm_stats = normalize.load(directory / ASSETS_DIR / ASSET_ID)
         tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=model.config.max_token_len)
-        return cls(model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps, compile=compile)
+        return cls(
+            model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps, noise_scale=noise_scale,
+            compile=compile,
+        )  # fmt: skip
 
     @property
     def metadata(self) -> dict:
@@ -118,6 +128,7 @@ class SoftArmPolicy:
             },
             "fusion": config.fusion,
             "pi05": config.pi05,
+            "noise_scale": self.noise_scale,  # of the flow's starting noise: 0 = deterministic sampling
             # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
             # not yet executed, arm units) and "delay" (control steps that will execute before this reply arrives)
             "rtc": {
@@ -203,9 +214,12 @@ class SoftArmPolicy:
         prefix = ActionPrefix(batch.actions, rtc["overlap"], rtc["delay"]) if rtc else None
         guided = prefix is not None and not self.model.conditions_on(prefix)
         sample = self._sample if prefix is None else self.model.sample_actions  # one compiled shape: no prefix
+        config = self.model.config
+        noise = self.noise_scale * self.model.sample_noise((1, config.action_horizon, config.action_dim), self.device)
         with torch.inference_mode(not guided):  # guidance differentiates through the action expert
             actions = sample(
-                self.device, batch.observation, graph_nodes=batch.graph_nodes, num_steps=self.num_steps, prefix=prefix
-            )
+                self.device, batch.observation, graph_nodes=batch.graph_nodes, noise=noise, num_steps=self.num_steps,
+                prefix=prefix,
+            )  # fmt: skip
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

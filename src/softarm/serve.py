@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 import contextlib
+import functools
 import hmac
 import http
 import ipaddress
@@ -175,6 +176,7 @@ def serve(
     device: str = "auto",
     api_key_file: str | None = None,
     compile: str = "auto",
+    noise_scale: float = 1.0,
 ) -> None:
     from softarm.policy import SoftArmPolicy
 
@@ -182,7 +184,8 @@ def serve(
     if warning := exposure_warning(host, port, api_key):
         logger.warning(warning)
     model_thread = model_worker()
-    policy = model_thread.submit(SoftArmPolicy.from_checkpoint, checkpoint, device=device, compile=compile).result()
+    load = functools.partial(SoftArmPolicy.from_checkpoint, device=device, compile=compile, noise_scale=noise_scale)
+    policy = model_thread.submit(load, checkpoint).result()
     logger.info("warming up (compile mode %s) ...", policy.compile_mode or "none: eager")
     logger.info("warm-up took %.1f s; the first request will not pay it", model_thread.submit(policy.warm_up).result())
     logger.info("serving %s on %s:%d%s", checkpoint, host, port, " (API key required)" if api_key else "")

@@ -149,6 +149,7 @@ class EvalOptions:
     latency_ms: float = 0.0  # simulated inference latency (model policy)
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
     ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
+    noise_scale: float = 1.0  # of the flow's starting noise (model policy): 0 samples deterministically
 
 
 def delay_steps(latency_ms: float, control_hz: float) -> int:
@@ -207,6 +208,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
     }
     if "switch_jump" in rows[0]:
         summary |= {"latency_ms": options.latency_ms, "execution": options.execution,
+                    "noise_scale": options.noise_scale,
                     **({"ensemble_decay": options.ensemble_decay} if options.execution == "ensemble" else {}),
                     "switch_jump_mean": float(np.mean([r["switch_jump"] for r in rows])),
                     "chunk_gap_mean": float(np.mean([r["chunk_gap"] for r in rows])),
@@ -230,7 +232,7 @@ def make_agent(options: EvalOptions, static: StaticArm):
         raise ValueError("--policy model needs --checkpoint DIR (a directory written by softarm train)")
     from softarm.policy import SoftArmPolicy
 
-    policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device)
+    policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale)
     delay = delay_steps(options.latency_ms, static.env.control_hz)
     return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
 
@@ -247,8 +249,10 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
         raise ValueError(f"unknown --execution {options.execution!r}; choose one of {EXECUTIONS}")
     if options.latency_ms < 0:
         raise ValueError(f"--latency-ms must be >= 0, got {options.latency_ms}")
-    if options.policy != "model" and (options.latency_ms or options.execution != "sync"):
-        raise ValueError("--latency-ms and --execution simulate a model's inference; use them with --policy model")
+    if options.policy != "model" and (options.latency_ms or options.execution != "sync" or options.noise_scale != 1):
+        raise ValueError(
+            "--latency-ms, --execution and --noise-scale concern a model's inference; use them with --policy model"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[options.task]
