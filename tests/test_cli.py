@@ -104,6 +104,8 @@ def test_lerobot_export_and_import_from_the_command_line(tmp_path: Path, capsys:
         (["eval", "--checkpoint", "{tmp}/empty", "--out", "{tmp}/eval"], "softarm eval: error: {tmp}/empty is not a "
                                                                          "softarm checkpoint"),
         (["eval", "--out", "{tmp}/eval"], "softarm eval: error: --policy model needs --checkpoint"),
+        (["serve", "--checkpoint", "{tmp}/empty", "--noise-scale", "-1"], "softarm serve: error: noise_scale: "
+                                                                          "expected a finite number >= 0"),
         (["train", "data.path={tmp}/empty"], "softarm train: error: data.path: '{tmp}/empty' is not a prepared"),
         (["train", "train.steps=zero"], "softarm train: error: train.steps: expected int, got 'zero'"),
         (["sim", "generate", "--task", "push", "--out", "{tmp}/r"], "softarm sim generate: error: unknown task 'push'"),

@@ -50,6 +50,12 @@ def compile_mode(mode: str, device: torch.device) -> str | None:
     return None if mode == "none" else mode
 
 
+def checked_noise_scale(value) -> float:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < math.inf):
+        raise ValueError(f"noise_scale: expected a finite number >= 0 (1: openpi's sampling), got {value!r}")
+    return float(value)
+
+
 class SoftArmPolicy:
     def __init__(
         self,
@@ -64,10 +70,8 @@ class SoftArmPolicy:
         compile: str = "none",
     ):
         config = model.config
-        if isinstance(noise_scale, bool) or not (isinstance(noise_scale, int | float) and 0 <= noise_scale < math.inf):
-            raise ValueError(f"noise_scale: expected a finite number >= 0 (1: openpi's sampling), got {noise_scale!r}")
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
-        self.noise_scale = float(noise_scale)
+        self.noise_scale = checked_noise_scale(noise_scale)
         self._inputs = input_transform(
             spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
             layout=config.node_layout, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
@@ -90,7 +94,7 @@ class SoftArmPolicy:
         noise_scale: float = 1.0,
         compile: str = "auto",
     ) -> SoftArmPolicy:
-        directory = Path(directory)
+        directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)  # before minutes of loading
         for name in (CONFIG_FILE, DATA_SPEC_FILE, TOKENIZER_FILE, f"{ASSETS_DIR}/{ASSET_ID}/{NORM_STATS_FILE}"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
