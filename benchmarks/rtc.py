@@ -19,6 +19,7 @@ Each cell is an `softarm eval` run in OUT/<task>/<mode>/<latency>ms, reused when
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 import statistics
@@ -43,19 +44,23 @@ def cell(args, task: str, mode: str, latency: float) -> dict:
     checkpoint = args.trained_checkpoint if mode == "rtc-trained" else args.checkpoint
     if (out / EVAL_FILE).is_file():
         summary = json.loads((out / EVAL_FILE).read_text())["summary"]
-        if summary["episodes"] == args.episodes and summary["checkpoint"] == checkpoint:
+        if (summary["episodes"], summary["checkpoint"], summary.get("noise_scale", 1.0)) == (
+            args.episodes, checkpoint, args.noise_scale,
+        ):  # fmt: skip
             return summary
     execution = "rtc" if mode.startswith("rtc") else mode
     options = EvalOptions(task=task, episodes=args.episodes, checkpoint=checkpoint, replan=args.replan, videos=0,
-                          arm=args.arm, latency_ms=latency, execution=execution)  # fmt: skip
+                          arm=args.arm, latency_ms=latency, execution=execution,
+                          noise_scale=args.noise_scale)  # fmt: skip
     return evaluate(options, out)
 
 
 def guidance_cost(args, task: str, repeats: int) -> dict:
     """Median ms per chunk: plain sampling, guided (inference-time RTC) and clean-prefix (trained) sampling of the
     same observation, interleaved so that the machine's drift hits all three alike."""
-    plain = SoftArmPolicy.from_checkpoint(args.checkpoint)
-    trained = SoftArmPolicy.from_checkpoint(args.trained_checkpoint) if args.trained_checkpoint else None
+    load = functools.partial(SoftArmPolicy.from_checkpoint, noise_scale=args.noise_scale)
+    plain = load(args.checkpoint)
+    trained = load(args.trained_checkpoint) if args.trained_checkpoint else None
     with SoftArmEnv(ARMS[args.arm]) as env:
         static = StaticArm(env)
         spec = TASKS[task].sample(10**6, static, env.control_hz)
@@ -111,6 +116,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--replan", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=30, help="timed inferences per kind for the guidance cost")
+    parser.add_argument("--noise-scale", type=float, default=1.0, help="of the flow's starting noise (softarm eval)")
     parser.add_argument("--arm", default="pneumatic")
     parser.add_argument("--out", default="rtc_out")
     args = parser.parse_args()
@@ -125,7 +131,8 @@ def main() -> None:
     plot(results, Path(args.out) / "rtc.png")
     for task in tasks:
         rmse = "tracking_rmse_mm_median" in next(iter(results[task]["sync"].values()))
-        print(f"\n{task}, {args.episodes} episodes per cell, re-plan every {args.replan} steps")
+        print(f"\n{task}, {args.episodes} episodes per cell, re-plan every {args.replan} steps, noise scale "
+              f"{args.noise_scale:g}")  # fmt: skip
         print("| latency | execution | success | 95 % interval | time to success (s) | final error (mm) |"
               + (" tracking RMSE (mm) |" if rmse else "") + " switch jump | chunk gap | jerk RMS |")  # fmt: skip
         print("|---" * (9 + rmse) + "|")

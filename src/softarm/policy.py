@@ -51,6 +51,7 @@ def compile_mode(mode: str, device: torch.device) -> str | None:
 
 
 def checked_noise_scale(value) -> float:
+    """The scale as a float, or a ValueError naming it: a negative or infinite scale would silently garble actions."""
     if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < math.inf):
         raise ValueError(f"noise_scale: expected a finite number >= 0 (1: openpi's sampling), got {value!r}")
     return float(value)
