@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softarm.apps.evaluate import EvalOptions, evaluate
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
 from softarm.layout import EVAL_FILE
 from softarm.plotting import pyplot, save_figure
 
@@ -34,15 +34,12 @@ def run_name(checkpoint: str) -> str:
 def cell(args, task: str, checkpoint: str, scale: float) -> dict:
     """eval.json of one (checkpoint, task, scale), run or reused."""
     out = Path(args.out) / f"{task}-{run_name(checkpoint)}" / f"{scale:g}"
-    if (out / EVAL_FILE).is_file():
-        report = json.loads((out / EVAL_FILE).read_text())
-        s = report["summary"]
-        if (s["episodes"], s["checkpoint"], s.get("noise_scale")) == (args.episodes, checkpoint, scale):
-            return report
     options = EvalOptions(task=task, episodes=args.episodes, checkpoint=checkpoint, seed=args.seed,
                           replan=args.replan, videos=0, noise_scale=scale)  # fmt: skip
-    evaluate(options, out)
-    return json.loads((out / EVAL_FILE).read_text())
+    if (report := reusable_report(options, out)) is None:
+        evaluate(options, out)
+        report = json.loads((out / EVAL_FILE).read_text())
+    return report
 
 
 def plot(results: dict, path: Path) -> None:

@@ -27,8 +27,7 @@ import time
 
 import numpy as np
 
-from softarm.apps.evaluate import EvalOptions, delay_steps, evaluate
-from softarm.layout import EVAL_FILE
+from softarm.apps.evaluate import EvalOptions, delay_steps, evaluate, reusable_report
 from softarm.plotting import pyplot, save_figure
 from softarm.policy import SoftArmPolicy
 from softarm.sim.arm_model import ARMS
@@ -42,17 +41,12 @@ MODES = ("sync", "async", "rtc", "rtc-trained")
 def cell(args, task: str, mode: str, latency: float) -> dict:
     out = Path(args.out) / task / mode / f"{latency:g}ms"
     checkpoint = args.trained_checkpoint if mode == "rtc-trained" else args.checkpoint
-    if (out / EVAL_FILE).is_file():
-        summary = json.loads((out / EVAL_FILE).read_text())["summary"]
-        if (summary["episodes"], summary["checkpoint"], summary.get("noise_scale", 1.0)) == (
-            args.episodes, checkpoint, args.noise_scale,
-        ):  # fmt: skip
-            return summary
     execution = "rtc" if mode.startswith("rtc") else mode
     options = EvalOptions(task=task, episodes=args.episodes, checkpoint=checkpoint, replan=args.replan, videos=0,
                           arm=args.arm, latency_ms=latency, execution=execution,
                           noise_scale=args.noise_scale)  # fmt: skip
-    return evaluate(options, out)
+    report = reusable_report(options, out)
+    return report["summary"] if report else evaluate(options, out)
 
 
 def guidance_cost(args, task: str, repeats: int) -> dict:

@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 from softarm import arm
-from softarm.apps.evaluate import EvalOptions, evaluate, wilson_interval
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report, wilson_interval
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
@@ -410,6 +410,14 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     assert all(0 < e["switch_jump"] <= 1 and 0 < e["chunk_gap"] <= 1 and e["jerk_rms"] > 0 for e in episodes)
     assert late["switch_jump_mean"] == pytest.approx(np.mean([e["switch_jump"] for e in episodes]))
     assert (summary["noise_scale"], late["noise_scale"]) == (1.0, 1.0)
+    # a finished evaluation is reused only for the options it was written for
+    assert reusable_report(options, tmp_path / "eval") == report
+    for changed in ({"noise_scale": 0.5}, {"replan": 8}, {"seed": 7}, {"episodes": 3}, {"execution": "async"}):
+        assert reusable_report(dataclasses.replace(options, **changed), tmp_path / "eval") is None
+    older = {**report, "summary": {k: v for k, v in report["summary"].items() if k != "noise_scale"}}
+    (tmp_path / "eval" / "eval.json").write_text(json.dumps(older))  # written before noise_scale was recorded
+    assert reusable_report(options, tmp_path / "eval") == older
+    assert reusable_report(options, tmp_path / "nowhere") is None
     flat = evaluate(dataclasses.replace(options, noise_scale=0.0, videos=0), tmp_path / "flat")
     assert flat["noise_scale"] == 0.0
     assert [e["steps"] for e in json.loads((tmp_path / "flat" / "eval.json").read_text())["episodes"]] == [50, 50]

@@ -25,7 +25,7 @@ from pathlib import Path
 import shutil
 
 from softarm.apps.demo_report import write_report
-from softarm.apps.evaluate import EvalOptions, evaluate
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
 from softarm.sim.agents import DEFAULT_PLAN_FROM
@@ -79,13 +79,11 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
 
 def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, arm: str) -> Path:
     report = eval_dir / EVAL_FILE
-    if report.is_file():
-        summary = json.loads(report.read_text())["summary"]
-        if summary["episodes"] == episodes and summary["checkpoint"] == (checkpoint and str(checkpoint)):
-            print(f"  {task} / {eval_dir.name}: {report} exists, reused")
-            return report
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy, arm=arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
+    if reusable_report(eval_options, eval_dir) is not None:
+        print(f"  {task} / {eval_dir.name}: {report} exists, reused")
+        return report
     evaluate(eval_options, eval_dir)
     return report
 

@@ -207,7 +207,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
         "time_to_success_s_mean": float(np.mean(times)) if times else None,
     }
     if "switch_jump" in rows[0]:
-        summary |= {"latency_ms": options.latency_ms, "execution": options.execution,
+        summary |= {"latency_ms": options.latency_ms, "execution": options.execution, "replan": options.replan,
                     "noise_scale": options.noise_scale,
                     **({"ensemble_decay": options.ensemble_decay} if options.execution == "ensemble" else {}),
                     "switch_jump_mean": float(np.mean([r["switch_jump"] for r in rows])),
@@ -235,6 +235,21 @@ def make_agent(options: EvalOptions, static: StaticArm):
     policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale)
     delay = delay_steps(options.latency_ms, static.env.control_hz)
     return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
+
+
+def reusable_report(options: EvalOptions, out_dir: str | Path) -> dict | None:
+    """The eval.json in `out_dir` if it was written for these options, else None: re-runs of the demo and the
+    benchmarks skip finished evaluations. Files from before a setting was recorded count as its default."""
+    path = Path(out_dir) / EVAL_FILE
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    summary, defaults = report["summary"], EvalOptions()
+    recorded = ["task", "policy", "arm", "checkpoint", "episodes"]
+    if options.policy == "model":
+        recorded += ["latency_ms", "execution", "replan", "noise_scale"]
+    same = all(summary.get(key, getattr(defaults, key)) == getattr(options, key) for key in recorded)
+    return report if same and report["episodes"][0]["seed"] == options.seed else None
 
 
 def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
