@@ -248,6 +248,7 @@ def reusable_report(options: EvalOptions, out_dir: str | Path) -> dict | None:
     recorded = ["task", "policy", "arm", "checkpoint", "episodes"]
     if options.policy == "model":
         recorded += ["latency_ms", "execution", "replan", "noise_scale"]
+        recorded += ["ensemble_decay"] if options.execution == "ensemble" else []
     same = all(summary.get(key, getattr(defaults, key)) == getattr(options, key) for key in recorded)
     return report if same and report["episodes"][0]["seed"] == options.seed else None
 
