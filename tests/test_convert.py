@@ -45,7 +45,7 @@ def test_values_round_trip_including_the_padded_chunk_at_the_episode_end(tmp_pat
     assert not image[:28].any()
     assert not image[196:].any()
     assert abs(float(image[28:196].mean()) - float(episode.images["base"][3].mean())) < 3
-    assert sample.image_masks == {"base_0_rgb": True, "left_wrist_0_rgb": False, "right_wrist_0_rgb": False}
+    assert data.meta["cameras"] == {"base_0_rgb": "base", "left_wrist_0_rgb": None, "right_wrist_0_rgb": None}
     assert not sample.images["left_wrist_0_rgb"].any()
     full = data[0]
     assert not full.action_is_pad.any()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import re
 import socket
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch.multiprocessing as mp
 
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
+from softarm.data.prepared import PreparedDataset
+from softarm.layout import FORMAT_VERSION
 from softarm.train.config import ConfigError, load_config
 from softarm.train.loop import train
 from softarm.weights import load_model
@@ -230,6 +233,9 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(prepared: Path, tm
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
         (["data.action_padding=zero"], "data.action_padding: must be one of ['hold', 'mask'], got 'zero'"),
         (["data.tokenizer=/nowhere/t.model"], "data.tokenizer: no sentencepiece model at /nowhere/t.model"),
+        (["train.keep_last=0"], "train.keep_last: must be >= 1, got 0"),
+        (["data.batch_size=0"], "data.batch_size: must be >= 1, got 0"),
+        (["lora.expert_rank=-1"], "lora.expert_rank: must be >= 0 (0 = no LoRA), got -1"),
     ],
 )
 def test_config_errors_before_any_work(
@@ -239,6 +245,17 @@ def test_config_errors_before_any_work(
     assert main([*args, *overrides]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dataset_of_another_format_is_refused_by_training_and_by_the_reader(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": 2}))
+    expected = f"{old / 'meta.json'}: format 2, this softarm reads {FORMAT_VERSION} (convert the raw episodes again)"
+    with pytest.raises(ConfigError, match=re.escape(f"data.path: {expected}")):
+        load_config(CONFIG, [f"data.path={old}"]).validate()
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        PreparedDataset(old)
 
 
 def test_yaml_floats_and_lists() -> None:

@@ -7,7 +7,6 @@ dataset, and a checkpoint carries them to the policy and the server.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 import dataclasses
 import functools
@@ -99,11 +98,6 @@ class NodeLayout:
     def unmeasured(self) -> tuple[str, ...]:
         return tuple(name for name in self.features if name not in self.measured)
 
-    def index(self, name: str) -> int:
-        if name not in self.features:
-            raise ValueError(f"unknown node feature {name!r}; the nodes have {list(self.features)}")
-        return self.features.index(name)
-
     def described(self) -> list[str]:
         """The measured features as 'name [unit]', in column order: what a request's graph_nodes hold."""
         return [f"{name} [{feature_unit(name)}]" for name in self.measured]
@@ -189,18 +183,10 @@ def hop_distances(num_nodes: int, edges: Sequence[Edge]) -> np.ndarray:
 
     Unreachable pairs share one bucket that no real distance (at most N-1) can take.
     """
-    neighbours: list[list[int]] = [[] for _ in range(num_nodes)]
-    for a, b in edges:
-        neighbours[a].append(b)
-        neighbours[b].append(a)
     dist = np.full((num_nodes, num_nodes), num_nodes, dtype=np.int64)
-    for source in range(num_nodes):
-        dist[source, source] = 0
-        queue = deque([source])
-        while queue:
-            node = queue.popleft()
-            for nxt in neighbours[node]:
-                if dist[source, nxt] == num_nodes:
-                    dist[source, nxt] = dist[source, node] + 1
-                    queue.append(nxt)
+    np.fill_diagonal(dist, 0)
+    for a, b in edges:
+        dist[a, b] = dist[b, a] = 1
+    for k in range(num_nodes):  # Floyd-Warshall; a path through an unreachable pair is never shorter than N
+        dist = np.minimum(dist, dist[:, k, None] + dist[None, k, :])
     return dist

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import contextlib
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from openpi.models import pi0_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
@@ -164,25 +164,25 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
 
     def to_dict(self) -> dict:
         """Plain types only (lists, dicts, numbers), for JSON/YAML."""
-        out = dataclasses.asdict(self)
-        out["edges"] = [list(e) for e in self.edges]
-        for name in ("feature_names", "measured_features", "ignored_features"):
-            out[name] = list(out[name])
-        return out
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> SoftArmModelConfig:
+        """From `to_dict`'s form: __post_init__ turns the lists back into tuples and `vision` into a VisionSpec."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
             raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(fields)}")
-        data = dict(data)
-        if data.get("edges") is not None:
-            data["edges"] = tuple(tuple(e) for e in data["edges"])
-        for name in ("feature_names", "measured_features", "ignored_features"):
-            if data.get(name) is not None:
-                data[name] = tuple(data[name])
         return cls(**data)
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists, all the way down: what JSON and YAML hold, and what compares equal to what they read back."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 def preset(name: str, **overrides) -> SoftArmModelConfig:
@@ -344,16 +344,8 @@ class PI0GraphPytorch(PI0Pytorch):
             embs, pad_masks, att_masks = drop_shared_padding(embs, pad_masks, att_masks)
         if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
-        graph_embs = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)
-        batch, num_nodes = graph_embs.shape[:2]
-        # Graph tokens join the image+prompt block: full attention with it (mask value 0).
-        graph_pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
-        graph_att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
-        return (
-            torch.cat([embs, graph_embs], dim=1),
-            torch.cat([pad_masks, graph_pad], dim=1),
-            torch.cat([att_masks, graph_att], dim=1),
-        )
+        graph = graph_block(self.graph_prefix_proj(self._graph.tokens).to(embs.dtype), pad_masks, att_masks, False)
+        return concat_tokens((embs, pad_masks, att_masks), graph)  # full attention with the image+prompt block
 
     def embed_suffix(self, state, noisy_actions, timestep):
         if self._graph is not None and self.config.fusion == "state":
@@ -367,19 +359,10 @@ class PI0GraphPytorch(PI0Pytorch):
             embs = torch.where(at[:, :, None], clean_embs, embs)
         if self._graph is None or self.config.fusion != "suffix":
             return embs, pad_masks, att_masks, adarms_cond
-        graph_embs = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
-        batch, num_nodes = graph_embs.shape[:2]
         # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
         # Action tokens stay last, where PI0Pytorch reads its output.
-        graph_pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
-        graph_att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
-        graph_att[:, 0] = 1
-        return (
-            torch.cat([graph_embs, embs], dim=1),
-            torch.cat([graph_pad, pad_masks], dim=1),
-            torch.cat([graph_att, att_masks], dim=1),
-            adarms_cond,
-        )
+        graph = graph_block(self.graph_suffix_proj(self._graph.tokens).to(embs.dtype), pad_masks, att_masks, True)
+        return (*concat_tokens(graph, (embs, pad_masks, att_masks)), adarms_cond)
 
     def _preprocess_observation(self, observation, *, train=True):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
@@ -471,6 +454,21 @@ def drop_shared_padding(
     if bool(keep.all()):
         return embs, pad_masks, att_masks
     return embs[:, keep], pad_masks[:, keep], att_masks[:, keep]
+
+
+def graph_block(tokens: torch.Tensor, pad_masks: torch.Tensor, att_masks: torch.Tensor, new_block: bool) -> tuple:
+    """(tokens, pad mask, attention-block flags) for graph tokens: never padding; in the block before them (flags 0)
+    or opening a block of their own (flag 1 on the first)."""
+    batch, num_nodes = tokens.shape[:2]
+    pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
+    att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
+    att[:, 0] = int(new_block)
+    return tokens, pad, att
+
+
+def concat_tokens(*parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Join (embeddings, pad masks, attention flags) triples along the token axis, in order."""
+    return tuple(torch.cat(tensors, dim=1) for tensors in zip(*parts, strict=True))
 
 
 def is_graph_key(name: str) -> bool:

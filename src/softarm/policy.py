@@ -20,19 +20,10 @@ from openpi.shared import normalize
 import torch
 from torch.utils.data import default_collate
 
+from softarm import layout
 from softarm.data.loader import to_device
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
-from softarm.layout import (
-    ASSET_ID,
-    ASSETS_DIR,
-    CONFIG_FILE,
-    DATA_SPEC_FILE,
-    EMA_FILE,
-    IMAGE_SIZE,
-    NORM_STATS_FILE,
-    TOKENIZER_FILE,
-)
 from softarm.model import PI0GraphPytorch
 from softarm.rtc import ActionPrefix
 from softarm.weights import load_model
@@ -96,16 +87,17 @@ class SoftArmPolicy:
         compile: str = "auto",
     ) -> SoftArmPolicy:
         directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)  # before minutes of loading
-        for name in (CONFIG_FILE, DATA_SPEC_FILE, TOKENIZER_FILE, f"{ASSETS_DIR}/{ASSET_ID}/{NORM_STATS_FILE}"):
+        stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
+        for name in (layout.CONFIG_FILE, layout.DATA_SPEC_FILE, layout.TOKENIZER_FILE, stats):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        weights = directory / EMA_FILE if use_ema and (directory / EMA_FILE).is_file() else None
+        weights = directory / layout.EMA_FILE if use_ema and (directory / layout.EMA_FILE).is_file() else None
         model = load_model(directory, device, weights).eval().trust_validated_inputs()  # SoftArmInputs checks
-        spec = json.loads((directory / DATA_SPEC_FILE).read_text())
-        norm_stats = normalize.load(directory / ASSETS_DIR / ASSET_ID)
-        tokenizer = SentencePieceTokenizer(directory / TOKENIZER_FILE, max_len=model.config.max_token_len)
+        spec = json.loads((directory / layout.DATA_SPEC_FILE).read_text())
+        norm_stats = normalize.load((directory / stats).parent)
+        tokenizer = SentencePieceTokenizer(directory / layout.TOKENIZER_FILE, max_len=model.config.max_token_len)
         return cls(
             model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps, noise_scale=noise_scale,
             compile=compile,
@@ -115,7 +107,6 @@ class SoftArmPolicy:
     def metadata(self) -> dict:
         """What a robot client needs to know; sent by the server on connect."""
         config = self.model.config
-        layout = config.node_layout
         return {
             "action_horizon": config.action_horizon,
             "action_dim": self.spec["action_dim"],
@@ -124,10 +115,10 @@ class SoftArmPolicy:
             "graph": {
                 "num_nodes": config.num_nodes,
                 # the columns of a request's graph_nodes [num_nodes, len(node_features)], in this order
-                "node_features": layout.described(),
+                "node_features": config.node_layout.described(),
                 # not measured on the arm trained on: the model feeds them as 0; a request may carry them (all the
                 # layout's columns, or columns named by graph_features) and they are dropped
-                "unmeasured_features": list(layout.unmeasured),
+                "unmeasured_features": list(config.node_layout.unmeasured),
                 "edges": [list(e) for e in config.edges],
                 "ignored_features": list(config.ignored_features),  # accepted in requests, not read
             },
@@ -196,10 +187,10 @@ class SoftArmPolicy:
     def warm_up(self, repeats: int | None = None) -> float:
         """Run inference on a blank observation of the served shapes so that compilation (and CUDA's lazy set-up)
         happens now, not on the robot's first request; the RNG streams are left as they were. Returns seconds."""
-        layout, spec = self.model.config.node_layout, self.spec
+        side, spec, measured = layout.IMAGE_SIZE, self.spec, self.model.config.node_layout.measured
         observation = {
-            "images": {cam: np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) for cam in spec["cameras"].values() if cam},
-            "graph_nodes": np.zeros((self.model.config.num_nodes, len(layout.measured)), np.float32),
+            "images": {cam: np.zeros((side, side, 3), np.uint8) for cam in spec["cameras"].values() if cam},
+            "graph_nodes": np.zeros((self.model.config.num_nodes, len(measured)), np.float32),
             "prompt": "warm up",
             **({"state": np.zeros(spec["state_dim"], np.float32)} if spec["state_dim"] else {}),
         }

@@ -141,11 +141,8 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     untrained = [task for task in tasks if task not in trained]
     dart = (f", its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
             "are the labels (DART)") if options.noise else ""  # fmt: skip
-    sensed = (
-        f"{len(arm.measured)} of the 19 node features sensed"
-        if len(arm.measured) < 19
-        else "all 19 node features sensed"
-    )
+    sensed = f"{len(arm.measured)} of the 19" if len(arm.measured) < 19 else "all 19"
+    sensed += " node features sensed"
     cameras = ", ".join(f"{c.name} ({'wrist' if c.wrist else 'fixed'})" for c in arm.cameras)
     intro = (
         f"Arm: `{options.arm}`, {arm.num_segments} segments, {arm.num_actuators} {arm.actuation}, {sensed}; "

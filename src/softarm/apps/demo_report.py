@@ -40,10 +40,6 @@ TASK_TEXT = {
 Episodes = dict[str, dict[str, list[dict]]]  # task -> policy -> episode rows, pooled over seeds
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return read_metrics(run_dir / METRICS_FILE)
-
-
 def successes(rows: Sequence[dict], band: tuple[float, float] = (0.0, float("inf"))) -> tuple[int, int]:
     group = [e["success"] for e in rows if band[0] <= e["payload_g"] < band[1]]
     return sum(group), len(group)
@@ -81,7 +77,7 @@ def plot_losses(path: Path, runs: Mapping[str, Sequence[Path]]) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, run_dirs in runs.items():
         for k, run_dir in enumerate(run_dirs):
-            records = _metrics(run_dir)
+            records = read_metrics(run_dir / METRICS_FILE)
             train = [(r["step"], r["loss"]) for r in records if "loss" in r]
             val = [(r["step"], r["val_loss_ema"]) for r in records if "val_loss_ema" in r]
             label = LABELS[name] + (f" (seed {k})" if len(run_dirs) > 1 else "")
@@ -224,7 +220,8 @@ def write_report(
     val = {}
     for name, run_dirs in runs.items():
         values = [
-            next((r["val_loss_ema"] for r in reversed(_metrics(d)) if "val_loss_ema" in r), None) for d in run_dirs
+            next((r["val_loss_ema"] for r in reversed(read_metrics(d / METRICS_FILE)) if "val_loss_ema" in r), None)
+            for d in run_dirs
         ]
         val[name] = [v for v in values if v is not None]
     lines += [

@@ -85,9 +85,7 @@ class ModelAgent:
 
     @property
     def needs_images(self) -> bool:
-        return self._request_due()
-
-    def _request_due(self) -> bool:
+        """Whether this step sends a request (an observation with images)."""
         if self.pending is not None:
             return False
         if self.chunk is None:
@@ -97,7 +95,7 @@ class ModelAgent:
         return self.executed >= max(0, self.replan - self.delay)
 
     def act(self, observation: dict) -> np.ndarray:
-        if self._request_due():
+        if self.needs_images:
             remaining = self.chunk[self.index :] if self.chunk is not None else None
             streaming = self.execution != "sync" and remaining is not None
             if self.execution == "rtc" and remaining is not None and len(remaining):
@@ -210,9 +208,8 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
         summary |= {"latency_ms": options.latency_ms, "execution": options.execution, "replan": options.replan,
                     "noise_scale": options.noise_scale,
                     **({"ensemble_decay": options.ensemble_decay} if options.execution == "ensemble" else {}),
-                    "switch_jump_mean": float(np.mean([r["switch_jump"] for r in rows])),
-                    "chunk_gap_mean": float(np.mean([r["chunk_gap"] for r in rows])),
-                    "jerk_rms_mean": float(np.mean([r["jerk_rms"] for r in rows]))}  # fmt: skip
+                    **{f"{k}_mean": float(np.mean([r[k] for r in rows]))
+                       for k in ("switch_jump", "chunk_gap", "jerk_rms")}}  # fmt: skip
     if "tracking_rmse_mm" in rows[0]:
         rmse = np.array([r["tracking_rmse_mm"] for r in rows])
         summary |= {"tracking_rmse_mm_median": float(np.median(rmse)), "tracking_rmse_mm_mean": float(rmse.mean())}

@@ -59,11 +59,7 @@ class LeRobotSource:
         info_path = root / INFO_PATH
         try:
             self.info = json.loads(info_path.read_text())
-            self.version, self.fps, self.features = (
-                self.info["codebase_version"],
-                self.info["fps"],
-                self.info["features"],
-            )
+            self.version, self.fps, self.features = (self.info[k] for k in ("codebase_version", "fps", "features"))
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{info_path}: not a LeRobot info.json ({e!r})") from None
         if self.version not in VERSIONS:
@@ -113,12 +109,9 @@ class LeRobotSource:
     def __iter__(self) -> Iterator[dict]:
         return iter(self.episodes)
 
-    def label(self, episode: dict) -> str:
-        return f"episode {episode['episode_index']}"
-
     def read(self, episode: dict) -> RawEpisode:
         """The episode, validated; EpisodeError names the episode index, the feature and what was expected."""
-        path = Path(self.label(episode))
+        path = Path(f"episode {episode['episode_index']}")
         try:
             return self._read(episode, path)
         except KeyError as e:  # a location the episode metadata should hold
@@ -158,31 +151,34 @@ class LeRobotSource:
         return validate_episode(raw, self.episode_keys)
 
     def _rows(self, episode: dict, path: Path) -> pa.Table:
-        index = episode["episode_index"]
-        if self.version == "v2.1":
-            chunk = index // self.info.get("chunks_size", 1000)
-            file = self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=index)
-        else:
-            file = self.root / self.info["data_path"].format(
-                chunk_index=episode["data/chunk_index"], file_index=episode["data/file_index"]
-            )
+        index, file = episode["episode_index"], self._file("data", episode, "data")
+        name = str(file.relative_to(self.root))
         if self._table is None or self._table[0] != file:
             if not file.is_file():
-                raise EpisodeError(path, str(file.relative_to(self.root)), "data file missing")
+                raise EpisodeError(path, name, "data file missing")
             try:
                 self._table = (file, pq.read_table(file))
             except (OSError, pa.ArrowException) as e:
-                raise EpisodeError(path, str(file.relative_to(self.root)), f"unreadable parquet ({e})") from None
+                raise EpisodeError(path, name, f"unreadable parquet ({e})") from None
         table = self._table[1]
         if "episode_index" not in table.column_names:
-            raise EpisodeError(path, "episode_index", f"missing in {file.relative_to(self.root)}")
-        mask = np.asarray(table["episode_index"].to_numpy()) == index
-        rows = table.filter(pa.array(mask))
+            raise EpisodeError(path, "episode_index", f"missing in {name}")
+        rows = table.filter(pa.array(np.asarray(table["episode_index"].to_numpy()) == index))
         if len(rows) == 0:
-            raise EpisodeError(path, "episode_index", f"no rows for episode {index} in {file.relative_to(self.root)}")
+            raise EpisodeError(path, "episode_index", f"no rows for episode {index} in {name}")
         if "frame_index" in rows.column_names:
             rows = rows.sort_by("frame_index")
         return rows
+
+    def _file(self, kind: str, episode: dict, where: str, **keys) -> Path:
+        """The episode's data or video file: v2.1 names it by episode index (and chunk), v3.0 by the chunk and file
+        indices the episode metadata gives under `where`."""
+        index, template = episode["episode_index"], self.info[f"{kind}_path"]
+        if self.version == "v2.1":
+            return self.root / template.format(episode_chunk=index // self.info.get("chunks_size", 1000),
+                                               episode_index=index, **keys)  # fmt: skip
+        indices = {k: episode[f"{where}/{k}"] for k in ("chunk_index", "file_index")}
+        return self.root / template.format(**indices, **keys)
 
     def _feature(self, rows: pa.Table, key: str, path: Path) -> np.ndarray:
         values = _column(rows, key, path)
@@ -195,23 +191,16 @@ class LeRobotSource:
         if self.features[feature]["dtype"] == "image":  # stored inline: {"bytes": PNG/JPEG, "path": ...}
             from PIL import Image
 
-            cells = _column_cells(rows, feature, path)
+            cells = _require(rows, feature, path).to_pylist()
             return np.stack([np.asarray(Image.open(io.BytesIO(c["bytes"])).convert("RGB")) for c in cells])
-        index = episode["episode_index"]
-        if self.version == "v2.1":
-            chunk = index // self.info.get("chunks_size", 1000)
-            file = self.info["video_path"].format(episode_chunk=chunk, video_key=feature, episode_index=index)
-            start = 0.0
-        else:
-            where = {k: episode[f"videos/{feature}/{k}"] for k in ("chunk_index", "file_index")}
-            file = self.info["video_path"].format(video_key=feature, **where)
-            start = float(episode[f"videos/{feature}/from_timestamp"])
+        file = self._file("video", episode, f"videos/{feature}", video_key=feature)
+        start = 0.0 if self.version == "v2.1" else float(episode[f"videos/{feature}/from_timestamp"])
         try:
             reader = self._videos.get(feature)
-            if reader is None or reader.path != self.root / file:
+            if reader is None or reader.path != file:
                 if reader is not None:
                     reader.close()
-                reader = self._videos[feature] = VideoReader(self.root / file)
+                reader = self._videos[feature] = VideoReader(file)
             return reader.read(start + timestamps)
         except VideoError as e:
             self._videos.pop(feature, None)
@@ -222,17 +211,15 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _column_cells(rows: pa.Table, key: str, path: Path) -> list:
+def _require(rows: pa.Table, key: str, path: Path) -> pa.ChunkedArray:
     if key not in rows.column_names:
         raise EpisodeError(path, key, "missing from the data file")
-    return rows[key].to_pylist()
+    return rows[key]
 
 
 def _column(rows: pa.Table, key: str, path: Path) -> np.ndarray:
     """A fixed-shape numeric column as [T, ...]: scalars, fixed-size lists and nested lists (LeRobot's Array2D)."""
-    if key not in rows.column_names:
-        raise EpisodeError(path, key, "missing from the data file")
-    array = rows[key].combine_chunks()
+    array = _require(rows, key, path).combine_chunks()
     if isinstance(array, pa.ExtensionArray):
         array = array.storage
     shape = [len(array)]

@@ -33,16 +33,8 @@ class SoftArmDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.prepared[index]
-        item = self.transform(
-            {
-                "images": sample.images,
-                GRAPH_NODES: sample.graph_nodes,
-                "state": sample.state[: self.state_dim],
-                "prompt": sample.prompt,
-                "actions": sample.actions,
-                "action_is_pad": sample.action_is_pad,
-            }
-        )
+        fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}
+        item = self.transform(fields | {"state": sample.state[: self.state_dim]})
         return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
 
 

@@ -14,7 +14,6 @@ from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SLOTS, META_FILE
 @dataclasses.dataclass
 class Sample:
     images: dict[str, np.ndarray]  # slot -> uint8 [224, 224, 3] (zeros where the slot has no camera)
-    image_masks: dict[str, bool]
     graph_nodes: np.ndarray  # float32 [N, F]
     state: np.ndarray  # float32 [32], zero-padded
     actions: np.ndarray  # float32 [H, A]: the chunk starting at this frame; past the episode end, its last action
@@ -28,20 +27,24 @@ def episode_name(episode: dict) -> str:
     return episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
 
 
+def read_meta(directory: str | Path) -> dict:
+    """A prepared dataset's meta.json, if it is of the format this softarm reads."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a dataset written by `softarm convert`")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, this softarm reads {FORMAT_VERSION} (convert the raw "
+                         "episodes again)")  # fmt: skip
+    return meta
+
+
 class PreparedDataset:
     """Frames of one split (`train`, `val` or `all`); index i is a frame, whose sample carries the chunk from it."""
 
     def __init__(self, directory: str | Path, split: str = "train") -> None:
         self.directory = Path(directory)
-        meta_path = self.directory / META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: not a dataset written by `softarm convert`")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: format {self.meta.get('format')!r}, this softarm reads {FORMAT_VERSION} "
-                "(convert the raw episodes again)"
-            )
+        self.meta = read_meta(self.directory)
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         self.arrays = {
@@ -71,10 +74,8 @@ class PreparedDataset:
         actions = np.empty((self.horizon, self.meta["action_dim"]), np.float32)
         actions[:steps] = self.arrays["actions"][frame : frame + steps]
         actions[steps:] = actions[steps - 1]
-        cameras = self.meta["cameras"]
         return Sample(
             images={slot: np.array(self.arrays[f"image_{slot}"][frame]) for slot in IMAGE_SLOTS},  # copies
-            image_masks={slot: cameras[slot] is not None for slot in IMAGE_SLOTS},
             graph_nodes=np.array(self.arrays[GRAPH_NODES][frame]),
             state=np.array(self.arrays["state"][frame]),
             actions=actions,

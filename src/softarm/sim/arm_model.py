@@ -15,6 +15,8 @@ import dataclasses
 import math
 from typing import Literal
 
+import numpy as np
+
 from softarm import arm
 
 BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
@@ -104,18 +106,10 @@ def _vec(v) -> str:
 
 def _look_at(eye, aim) -> str:
     """MJCF `xyaxes` of a camera at `eye` looking at `aim` with world z up (MuJoCo cameras look along -z)."""
-    forward = [a - e for a, e in zip(aim, eye, strict=True)]
-    norm = math.sqrt(sum(f * f for f in forward))
-    forward = [f / norm for f in forward]
-    right = [forward[1], -forward[0], 0.0]  # forward x world-up
-    norm = math.sqrt(sum(r * r for r in right))
-    right = [r / norm for r in right]
-    up = [
-        right[1] * forward[2] - right[2] * forward[1],
-        right[2] * forward[0] - right[0] * forward[2],
-        right[0] * forward[1] - right[1] * forward[0],
-    ]
-    return f"{_vec(right)} {_vec(up)}"
+    forward = np.subtract(aim, eye) / np.linalg.norm(np.subtract(aim, eye))
+    right = np.array([forward[1], -forward[0], 0.0])  # forward x world-up
+    right /= np.linalg.norm(right)
+    return f"{_vec(right)} {_vec(np.cross(right, forward))}"
 
 
 def _segment(spec: ArmSpec, i: int, inner: str) -> str:

@@ -50,10 +50,6 @@ class SoftArmEnv:
         self.last_action[:] = 0.0 if command is None else command
         mujoco.mj_forward(self.model, self.data)
 
-    @property
-    def time(self) -> float:
-        return float(self.data.time)
-
     def place_balls(self, positions: dict[str, np.ndarray]) -> None:
         """Put the named balls at `positions` (base frame, m); the other balls are parked out of view."""
         unknown = sorted(set(positions) - set(self._balls))

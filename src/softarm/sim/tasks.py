@@ -37,11 +37,13 @@ class EpisodeSpec:
         return {**self.other_balls, self.target_color: self.targets[step]}
 
 
-def _payload(rng: np.random.Generator, static: StaticArm) -> float:
-    """Draw the episode's payload and load the (shared) model with it, so targets are planned under it."""
+def _start(seed: int, stream: int, static: StaticArm, scale: float) -> tuple[np.random.Generator, float, np.ndarray]:
+    """The episode's generator (one stream per task), its payload, loaded into the (shared) model so that targets are
+    planned under it, and the command pattern the arm rests under at t = 0."""
+    rng = np.random.default_rng([seed, stream])
     payload = float(rng.uniform(0.0, MAX_PAYLOAD))
     static.env.set_payload(payload)
-    return payload
+    return rng, payload, _random_shape(rng, scale, static.env.spec)
 
 
 def _random_shape(rng: np.random.Generator, scale: float, spec: ArmSpec) -> np.ndarray:
@@ -71,13 +73,10 @@ class ReachTask:
     dwell: int = 3  # control steps the tip must stay within SUCCESS_RADIUS
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
-        rng = np.random.default_rng([seed, 0])
-        payload = _payload(rng, static)
-        spec = static.env.spec
-        initial = _random_shape(rng, 0.4, spec)
+        rng, payload, initial = _start(seed, 0, static, 0.4)
         start, _ = static.tip(initial)
         while True:
-            target, _ = static.tip(_random_shape(rng, 0.9, spec))
+            target, _ = static.tip(_random_shape(rng, 0.9, static.env.spec))
             if np.linalg.norm(target - start) >= self.min_distance:
                 break
         steps = round(self.time_limit * control_hz)
@@ -106,7 +105,7 @@ class ReachTask:
         return None if arrival is None else float((arrival + 1) / control_hz)
 
     def done(self, errors: np.ndarray) -> bool:
-        return self._arrival(errors) is not None
+        return self.success(errors, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +120,8 @@ class FollowTask:
     period: float = 6.0  # s
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
-        rng = np.random.default_rng([seed, 1])
-        payload = _payload(rng, static)
+        rng, payload, initial = _start(seed, 1, static, 0.3)
         spec = static.env.spec
-        initial = _random_shape(rng, 0.3, spec)
         steps = round(self.time_limit * control_hz)
         t = np.arange(steps + 1) / control_hz
         rest = np.zeros(spec.num_actuators)
@@ -160,11 +157,8 @@ class ChooseTask(ReachTask):
     name: str = "choose"
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
-        rng = np.random.default_rng([seed, 3])
-        payload = _payload(rng, static)
-        spec = static.env.spec
-        initial = _random_shape(rng, 0.4, spec)
-        choices = {color: np.array(position) for color, position in spec.choices.items()}
+        rng, payload, initial = _start(seed, 3, static, 0.4)
+        choices = {color: np.array(position) for color, position in static.env.spec.choices.items()}
         color = str(rng.choice(sorted(choices)))
         steps = round(self.time_limit * control_hz)
         others = {c: p for c, p in choices.items() if c != color}

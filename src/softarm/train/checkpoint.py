@@ -22,30 +22,13 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 import yaml
 
-from softarm.layout import (
-    ASSET_ID,
-    ASSETS_DIR,
-    CHECKPOINTS_DIR,
-    DATA_SPEC_FILE,
-    EMA_FILE,
-    LORA_FILE,
-    META_FILE,
-    NORM_STATS_FILE,
-    OPTIMIZER_FILE,
-    STATE_FILE,
-    TOKENIZER_FILE,
-    TRAIN_CONFIG_FILE,
-)
+from softarm import layout
 from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
 from softarm.weights import load_weights, save_model, save_state
 
 
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR
-
-
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = checkpoint_root(run_dir)
+    root = Path(run_dir) / layout.CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
@@ -104,7 +87,7 @@ def save_checkpoint(
     """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model. Raises
     CheckpointError, leaving the earlier checkpoints as they were, if the weights are not finite or the write fails
     (disk full, permission denied): a partial write is removed, and resume never reads a `tmp_<step>` anyway."""
-    root = checkpoint_root(run_dir)
+    root = Path(run_dir) / layout.CHECKPOINTS_DIR
     final, tmp = root / str(state.step), root / f"tmp_{state.step}"
     tensors = model_state if model_state is not None else dict(state.model.named_parameters())
     if state.ema is not None:
@@ -140,27 +123,27 @@ def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict
         save_model(model, tmp, merged_state_dict(model))
         trained = trainable_state_dict(model)
         if ema is not None:
-            save_state(ema, merged_state_dict(ema), tmp / EMA_FILE)
+            save_state(ema, merged_state_dict(ema), tmp / layout.EMA_FILE)
             trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema).items()}
-        safetensors.torch.save_file(trained, str(tmp / LORA_FILE))
+        safetensors.torch.save_file(trained, str(tmp / layout.LORA_FILE))
     elif model_state is not None:
         save_model(model, tmp, model_state)
     else:
         save_model(model, tmp)
         if ema is not None:
-            safetensors.torch.save_model(ema, str(tmp / EMA_FILE))
-    torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            safetensors.torch.save_model(ema, str(tmp / layout.EMA_FILE))
+    torch.save(optimizer_state, tmp / layout.OPTIMIZER_FILE)
     trainer_state = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                      "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0}  # fmt: skip
-    torch.save({**trainer_state, "rng": rng_state()}, tmp / STATE_FILE)
-    (tmp / TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(sources.config, sort_keys=False))
-    assets = tmp / ASSETS_DIR / ASSET_ID
+    torch.save({**trainer_state, "rng": rng_state()}, tmp / layout.STATE_FILE)
+    (tmp / layout.TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(sources.config, sort_keys=False))
+    assets = tmp / layout.ASSETS_DIR / layout.ASSET_ID
     assets.mkdir(parents=True)
-    shutil.copy2(sources.dataset_dir / NORM_STATS_FILE, assets / NORM_STATS_FILE)
-    shutil.copy2(sources.tokenizer_path, tmp / TOKENIZER_FILE)
-    meta = json.loads((sources.dataset_dir / META_FILE).read_text())
+    shutil.copy2(sources.dataset_dir / layout.NORM_STATS_FILE, assets / layout.NORM_STATS_FILE)
+    shutil.copy2(sources.tokenizer_path, tmp / layout.TOKENIZER_FILE)
+    meta = json.loads((sources.dataset_dir / layout.META_FILE).read_text())
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
-    (tmp / DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (tmp / layout.DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
 def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:
@@ -174,18 +157,18 @@ def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> No
 def load_trainer_state(checkpoint: Path, state: TrainState) -> dict:
     """Restore the step, the position in the data, the EMA count and the RNG streams into `state`; returns the
     optimizer state in torch.distributed.checkpoint's full, name-keyed form (to load once the model is sharded)."""
-    saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    saved = torch.load(checkpoint / layout.STATE_FILE, map_location="cpu", weights_only=False)
     state.step, state.epoch, state.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
     if state.ema is not None:
         state.ema.n_averaged.fill_(saved["ema_n_averaged"])
     set_rng_state(saved["rng"])
-    return torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+    return torch.load(checkpoint / layout.OPTIMIZER_FILE, map_location="cpu", weights_only=False)
 
 
 def _load_lora(checkpoint: Path, model, ema: bool) -> None:
-    path = checkpoint / LORA_FILE
+    path = checkpoint / layout.LORA_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint} has no {LORA_FILE}: it was not trained with LoRA, but lora.* is set")
+        raise FileNotFoundError(f"{checkpoint} has no {path.name}: it was not trained with LoRA, but lora.* is set")
     tensors = safetensors.torch.load_file(str(path))
     prefix = "ema." if ema else ""
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -199,6 +182,6 @@ def _load_lora(checkpoint: Path, model, ema: bool) -> None:
 
 
 def _load_full(checkpoint: Path, model, ema: bool) -> None:
-    if ema and not (checkpoint / EMA_FILE).is_file():
-        raise FileNotFoundError(f"{checkpoint} has no {EMA_FILE}, but train.ema_decay is set")
-    load_weights(model, checkpoint / EMA_FILE if ema else checkpoint, allow_fresh_graph=False)
+    if ema and not (checkpoint / layout.EMA_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {layout.EMA_FILE}, but train.ema_decay is set")
+    load_weights(model, checkpoint / layout.EMA_FILE if ema else checkpoint, allow_fresh_graph=False)

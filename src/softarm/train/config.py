@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
-from softarm.layout import CONFIG_FILE, FORMAT_VERSION, META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
-from softarm.model import SoftArmModelConfig, preset
+from softarm.data.prepared import read_meta
+from softarm.layout import CONFIG_FILE, META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from softarm.model import SoftArmModelConfig, plain, preset
 
 
 class ConfigError(ValueError):
@@ -45,11 +46,11 @@ class ModelSection:
     def build(self, dataset: dict[str, Any] | None = None, where: str = "the dataset") -> SoftArmModelConfig:
         """The preset with the overrides and, when given, the fields a dataset fixes (`dataset_fields`); an override
         that contradicts the dataset is an error."""
-        overrides = {k: _model_value(k, v) for k, v in self.overrides.items()}
+        overrides = dict(self.overrides)
         for key, value in (dataset or {}).items():
-            if key in overrides and overrides[key] != value:
+            if key in overrides and plain(overrides[key]) != plain(value):
                 raise ConfigError(
-                    f"model.overrides.{key}: {self.overrides[key]!r}, but {where} has {_plain(value)!r}; the arm's "
+                    f"model.overrides.{key}: {self.overrides[key]!r}, but {where} has {plain(value)!r}; the arm's "
                     "sizes, node features and edges come from the dataset: drop the override"
                 )
             overrides[key] = value
@@ -133,13 +134,12 @@ class TrainConfig:
     def validate(self) -> SoftArmModelConfig:
         """Everything that can be checked before building anything; returns the model config, fitted to the dataset
         and checked against `train.init_from`."""
-        meta_path = Path(self.data.path) / META_FILE
-        if not self.data.path or not meta_path.is_file():
+        if not self.data.path or not (Path(self.data.path) / META_FILE).is_file():
             raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"data.path: {meta_path} has format {meta.get('format')!r}, this softarm reads "
-                              f"{FORMAT_VERSION} (convert the raw episodes again)")  # fmt: skip
+        try:
+            meta = read_meta(self.data.path)
+        except ValueError as e:
+            raise ConfigError(f"data.path: {e}") from None
         model = self.model.build(dataset_fields(meta), f"the dataset {self.data.path}")
         if "rtc_max_delay" in self.model.overrides:
             raise ConfigError("model.overrides.rtc_max_delay: set train.rtc_max_delay instead (training decides it)")
@@ -152,23 +152,13 @@ class TrainConfig:
         )
         if not tokenizer.is_file():
             raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
-        positive = {
-            "data.batch_size": self.data.batch_size,
-            "train.steps": self.train.steps,
-            "train.grad_accum": self.train.grad_accum,
-            "train.log_every": self.train.log_every,
-            "train.val_every": self.train.val_every,
-            "train.save_every": self.train.save_every,
-            "train.keep_last": self.train.keep_last,
-            "train.max_bad_steps": self.train.max_bad_steps,
-            "train.dist_timeout_s": self.train.dist_timeout_s,
-        }
-        for key, value in {"lora.rank": self.lora.rank, "lora.expert_rank": self.lora.expert_rank}.items():
-            if value < 0:
-                raise ConfigError(f"{key}: must be >= 0 (0 = no LoRA), got {value}")
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {value}")
+        counts = ("steps", "grad_accum", "log_every", "val_every", "save_every", "keep_last", "max_bad_steps",
+                  "dist_timeout_s")  # fmt: skip
+        for key in ("lora.rank", "lora.expert_rank", "data.batch_size", *(f"train.{name}" for name in counts)):
+            section, name = key.split(".")
+            value, least = getattr(getattr(self, section), name), 0 if section == "lora" else 1
+            if value < least:
+                raise ConfigError(f"{key}: must be >= {least}{' (0 = no LoRA)' if least == 0 else ''}, got {value}")
         if self.train.strategy == "fsdp" and (self.train.ema_decay or self.lora.rank or self.lora.expert_rank):
             raise ConfigError("train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet; use ddp for them")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
@@ -181,7 +171,7 @@ class TrainConfig:
         return model
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
 def check_same_arm(model: SoftArmModelConfig, directory: Path, what: str, hint: str, fields=SHAPE_FIELDS) -> None:
@@ -200,24 +190,6 @@ def check_same_arm(model: SoftArmModelConfig, directory: Path, what: str, hint: 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _model_value(key: str, value: Any) -> Any:
-    if key == "edges" and value is not None:
-        return tuple(tuple(e) for e in value)
-    if key in ("feature_names", "measured_features", "ignored_features") and isinstance(value, list):
-        return tuple(value)
-    if key == "vision" and isinstance(value, dict):
-        return dict(value)
-    return value
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:

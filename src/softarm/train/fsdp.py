@@ -12,17 +12,12 @@ files as one written under DDP: servable, and resumable with either strategy.
 from __future__ import annotations
 
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint import state_dict as dcp
 from torch.distributed.fsdp import fully_shard
 
 from softarm.model import PI0GraphPytorch
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def shard_units(model: PI0GraphPytorch) -> list[nn.Module]:
@@ -47,13 +42,13 @@ def shard(model: PI0GraphPytorch) -> int:
 
 def full_model_state(model: nn.Module) -> dict:
     """Collective: every rank must call it; the full tensors (on CPU) are what rank 0 writes."""
-    return get_model_state_dict(model, options=FULL)
+    return dcp.get_model_state_dict(model, options=FULL)
 
 
 def full_optimizer_state(model: nn.Module, optimizer) -> dict:
     """Collective: the AdamW state of every parameter, unsharded, keyed by parameter name."""
-    return get_optimizer_state_dict(model, optimizer, options=FULL)
+    return dcp.get_optimizer_state_dict(model, optimizer, options=FULL)
 
 
 def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    dcp.set_optimizer_state_dict(model, optimizer, state, options=dcp.StateDictOptions(full_state_dict=True))
