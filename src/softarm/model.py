@@ -429,14 +429,10 @@ class PI0GraphPytorch(PI0Pytorch):
         """Parameters no training loss can reach: the VLM's outputs are never read (only its keys/values of the last
         layer are), and the action expert's LM head is never called. Freezing them lets DDP run without
         find_unused_parameters."""
-        last = len(self.paligemma_with_expert.paligemma.language_model.layers) - 1
-        prefixes = (
-            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.self_attn.o_proj.",
-            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.mlp.",
-            f"paligemma_with_expert.paligemma.model.language_model.layers.{last}.post_attention_layernorm.",
-            "paligemma_with_expert.paligemma.model.language_model.norm.",
-            "paligemma_with_expert.gemma_expert.lm_head.",
-        )
+        vlm = "paligemma_with_expert.paligemma.model.language_model."
+        last = f"{vlm}layers.{len(self.paligemma_with_expert.paligemma.language_model.layers) - 1}."
+        prefixes = (*(last + part for part in ("self_attn.o_proj.", "mlp.", "post_attention_layernorm.")),
+                    f"{vlm}norm.", "paligemma_with_expert.gemma_expert.lm_head.")  # fmt: skip
         return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
 
     def graph_parameter_names(self) -> list[str]:

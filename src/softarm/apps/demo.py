@@ -78,14 +78,13 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
 
 
 def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, arm: str) -> Path:
-    report = eval_dir / EVAL_FILE
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy, arm=arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
-        print(f"  {task} / {eval_dir.name}: {report} exists, reused")
-        return report
-    evaluate(eval_options, eval_dir)
-    return report
+        print(f"  {task} / {eval_dir.name}: {eval_dir / EVAL_FILE} exists, reused")
+    else:
+        evaluate(eval_options, eval_dir)
+    return eval_dir / EVAL_FILE
 
 
 def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str, dict[str, dict]]:

@@ -186,24 +186,18 @@ def _episode_row(task, rollout: Rollout, hz: float) -> dict:
     return row
 
 
+def _median_mean(name: str, values: list[float]) -> dict:
+    return {f"{name}_median": float(np.median(values)) if values else None,
+            f"{name}_mean": float(np.mean(values)) if values else None}  # fmt: skip
+
+
 def _summary(rows: list[dict], options: EvalOptions) -> dict:
     n, successes = len(rows), sum(r["success"] for r in rows)
-    errors = np.array([r["final_error_mm"] for r in rows])
-    times = [r["time_to_success_s"] for r in rows if r["time_to_success_s"] is not None]
-    summary = {
-        "task": options.task,
-        "arm": options.arm,
-        "policy": options.policy,
-        "checkpoint": options.checkpoint,
-        "episodes": n,
-        "successes": successes,
-        "success_rate": successes / n,
-        "success_rate_wilson95": list(wilson_interval(successes, n)),
-        "final_error_mm_median": float(np.median(errors)),
-        "final_error_mm_mean": float(errors.mean()),
-        "time_to_success_s_median": float(np.median(times)) if times else None,
-        "time_to_success_s_mean": float(np.mean(times)) if times else None,
-    }
+    summary = {key: getattr(options, key) for key in ("task", "arm", "policy", "checkpoint")}
+    summary |= {"episodes": n, "successes": successes, "success_rate": successes / n,
+                "success_rate_wilson95": list(wilson_interval(successes, n))}  # fmt: skip
+    summary |= _median_mean("final_error_mm", [r["final_error_mm"] for r in rows])
+    summary |= _median_mean("time_to_success_s", [t for r in rows if (t := r["time_to_success_s"]) is not None])
     if "switch_jump" in rows[0]:
         summary |= {"latency_ms": options.latency_ms, "execution": options.execution, "replan": options.replan,
                     "noise_scale": options.noise_scale,
@@ -211,8 +205,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
                     **{f"{k}_mean": float(np.mean([r[k] for r in rows]))
                        for k in ("switch_jump", "chunk_gap", "jerk_rms")}}  # fmt: skip
     if "tracking_rmse_mm" in rows[0]:
-        rmse = np.array([r["tracking_rmse_mm"] for r in rows])
-        summary |= {"tracking_rmse_mm_median": float(np.median(rmse)), "tracking_rmse_mm_mean": float(rmse.mean())}
+        summary |= _median_mean("tracking_rmse_mm", [r["tracking_rmse_mm"] for r in rows])
     return summary
 
 

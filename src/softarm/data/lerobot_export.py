@@ -131,10 +131,9 @@ def _features(episode: RawEpisode, fps: int, codec: str) -> dict[str, dict]:
 
 
 def _arrow_column(values: np.ndarray, feature: dict) -> pa.Array:
-    shape = feature["shape"]
+    shape, flat = feature["shape"], pa.array(values.reshape(-1).astype(feature["dtype"]))
     if shape == [1]:
-        return pa.array(values.reshape(-1).astype(feature["dtype"]))
-    flat = pa.array(values.reshape(-1).astype(feature["dtype"]))
+        return flat
     if len(shape) == 1:
         return pa.FixedSizeListArray.from_arrays(flat, shape[0])
     inner = pa.ListArray.from_arrays(np.arange(0, len(flat) + 1, shape[1], dtype=np.int32), flat)

@@ -79,12 +79,12 @@ def _record(
     if rollout.success or noise:
         path = _episode_path(out_dir, task_name, episode_seed)
         sensed = env.spec.measured
-        partial = sensed != arm_schema.SCHEMA
         columns = [arm_schema.feature_index(name) for name in sensed]
         episode = RawEpisode(
             path=path, images=rollout.images, graph_nodes=rollout.graph_nodes[:, :, columns], actions=rollout.actions,
             prompt=spec.prompt, fps=env.control_hz, state=rollout.state,
-            edges=np.array(arm_schema.chain_edges(env.spec.num_segments)), node_features=sensed if partial else None,
+            edges=np.array(arm_schema.chain_edges(env.spec.num_segments)),
+            node_features=sensed if sensed != arm_schema.SCHEMA else None,  # named when fewer than the schema's 19
         )  # fmt: skip
         partial = path.with_name(f".{path.name}.partial")
         write_episode(partial, episode)
@@ -131,13 +131,8 @@ def generate(
         was, now = (" ".join(f"{k} {m.get(k)!r}" for k in manifest if k != "task") for m in (previous, manifest))
         raise ValueError(f"{out_dir} holds episodes of task {task_name!r} {was}; choose another --out for {now}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = GenerateResult(out_dir, 0, 0, [])
-    todo = []
-    for episode_seed in range(seed, seed + episodes):
-        if _episode_path(out_dir, task_name, episode_seed).is_file():
-            result.reused += 1
-        else:
-            todo.append(episode_seed)
+    todo = [s for s in range(seed, seed + episodes) if not _episode_path(out_dir, task_name, s).is_file()]
+    result = GenerateResult(out_dir, 0, episodes - len(todo), [])
     # misses under noise among the episodes kept from an earlier run stay listed
     result.missed_under_noise = [
         s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
