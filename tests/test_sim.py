@@ -44,6 +44,21 @@ def settle(env: SoftArmEnv, command: np.ndarray, steps: int = SETTLE) -> None:
         env.step(command)
 
 
+def test_reach_succeeds_only_when_the_tip_is_held_on_the_target() -> None:
+    reach = TASKS["reach"]  # within 10 mm for 3 control steps in a row
+    near, far = 0.005, 0.02
+    swept = np.array([far, near, near, far, near, far])
+    assert not reach.success(swept, 10.0)
+    assert not reach.done(swept)
+    assert reach.time_to_success(swept, 10.0) is None
+    held = np.array([far, far, near, far, near, near, near, far])
+    assert reach.success(held, 10.0)
+    assert reach.done(held)
+    assert reach.time_to_success(held, 10.0) == pytest.approx(0.5)  # held from step 4, after its action: 0.5 s
+    assert reach.time_to_success(np.full(3, near), 10.0) == pytest.approx(0.1)
+    assert not reach.success(np.array([near, near]), 10.0)  # fewer steps than the dwell
+
+
 def test_zero_pressure_returns_the_arm_to_its_straight_rest_pose(env) -> None:
     command = np.linspace(-0.8, 0.8, 10)
     env.reset()

@@ -88,13 +88,6 @@ def _array(f: h5py.File, path: Path, key: str, *, ndim: int, kind: str, optional
     return node[()]
 
 
-def _finite(path: Path, key: str, values: np.ndarray) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        where = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
-        raise EpisodeError(path, key, f"{int(bad.sum())} NaN/Inf values (first at index [{where}])")
-
-
 def read_episode(path: str | Path) -> RawEpisode:
     """Read and validate one raw episode; raise EpisodeError on the first problem found. Sizes are the episode's
     own; whether they fit a dataset is the dataset's question (softarm.data.convert)."""
@@ -198,8 +191,9 @@ def validate_episode(episode: RawEpisode, keys: EpisodeKeys) -> RawEpisode:
     if len(actions) == 0:
         raise EpisodeError(path, keys.actions, "empty episode (T = 0)")
     for key, values in ((keys.graph_nodes, nodes), (keys.actions, actions), (keys.state, state)):
-        if values is not None:
-            _finite(path, key, values)
+        if values is not None and (bad := ~np.isfinite(values)).any():
+            where = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
+            raise EpisodeError(path, key, f"{int(bad.sum())} NaN/Inf values (first at index [{where}])")
 
     return dataclasses.replace(
         episode,

@@ -86,16 +86,10 @@ class ReachTask:
     def _arrival(self, errors: np.ndarray) -> int | None:
         """Index of the first step of `dwell` consecutive steps within SUCCESS_RADIUS: reached and held, not
         swept through."""
-        inside = np.concatenate([errors < SUCCESS_RADIUS, [False]])
-        run = 0
-        for k, hit in enumerate(inside):
-            if not hit:
-                run = 0
-                continue
-            run += 1
-            if run == self.dwell:
-                return k - self.dwell + 1
-        return None
+        if len(errors) < self.dwell:
+            return None
+        held = np.lib.stride_tricks.sliding_window_view(errors < SUCCESS_RADIUS, self.dwell).all(axis=1)
+        return int(np.argmax(held)) if held.any() else None
 
     def success(self, errors: np.ndarray, control_hz: float) -> bool:
         return self._arrival(errors) is not None

@@ -150,8 +150,10 @@ def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> No
     """Restore the model's (or, with `ema`, the EMA copy's) weights in place, before any sharding."""
     if has_lora(model):
         _load_lora(checkpoint, model, ema)
+    elif ema and not (checkpoint / layout.EMA_FILE).is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {layout.EMA_FILE}, but train.ema_decay is set")
     else:
-        _load_full(checkpoint, model, ema)
+        load_weights(model, checkpoint / layout.EMA_FILE if ema else checkpoint, allow_fresh_graph=False)
 
 
 def load_trainer_state(checkpoint: Path, state: TrainState) -> dict:
@@ -179,9 +181,3 @@ def _load_lora(checkpoint: Path, model, ema: bool) -> None:
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(tensors[prefix + name])
-
-
-def _load_full(checkpoint: Path, model, ema: bool) -> None:
-    if ema and not (checkpoint / layout.EMA_FILE).is_file():
-        raise FileNotFoundError(f"{checkpoint} has no {layout.EMA_FILE}, but train.ema_decay is set")
-    load_weights(model, checkpoint / layout.EMA_FILE if ema else checkpoint, allow_fresh_graph=False)
