@@ -344,8 +344,9 @@ class PI0GraphPytorch(PI0Pytorch):
             embs, pad_masks, att_masks = drop_shared_padding(embs, pad_masks, att_masks)
         if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
-        graph = graph_block(self.graph_prefix_proj(self._graph.tokens).to(embs.dtype), pad_masks, att_masks, False)
-        return concat_tokens((embs, pad_masks, att_masks), graph)  # full attention with the image+prompt block
+        tokens = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)
+        graph = graph_block(tokens, pad_masks, att_masks, new_block=False)  # full attention with the image+prompt block
+        return concat_tokens((embs, pad_masks, att_masks), graph)
 
     def embed_suffix(self, state, noisy_actions, timestep):
         if self._graph is not None and self.config.fusion == "state":
@@ -361,7 +362,8 @@ class PI0GraphPytorch(PI0Pytorch):
             return embs, pad_masks, att_masks, adarms_cond
         # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
         # Action tokens stay last, where PI0Pytorch reads its output.
-        graph = graph_block(self.graph_suffix_proj(self._graph.tokens).to(embs.dtype), pad_masks, att_masks, True)
+        tokens = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
+        graph = graph_block(tokens, pad_masks, att_masks, new_block=True)
         return (*concat_tokens(graph, (embs, pad_masks, att_masks)), adarms_cond)
 
     def _preprocess_observation(self, observation, *, train=True):
@@ -452,7 +454,7 @@ def drop_shared_padding(
     return embs[:, keep], pad_masks[:, keep], att_masks[:, keep]
 
 
-def graph_block(tokens: torch.Tensor, pad_masks: torch.Tensor, att_masks: torch.Tensor, new_block: bool) -> tuple:
+def graph_block(tokens: torch.Tensor, pad_masks: torch.Tensor, att_masks: torch.Tensor, *, new_block: bool) -> tuple:
     """(tokens, pad mask, attention-block flags) for graph tokens: never padding; in the block before them (flags 0)
     or opening a block of their own (flag 1 on the first)."""
     batch, num_nodes = tokens.shape[:2]

@@ -114,9 +114,9 @@ class SoftArmOutputs(_transforms.DataTransformFn):
 def as_float32(norm_stats: dict[str, normalize.NormStats]) -> dict[str, normalize.NormStats]:
     """openpi's stats load as float64, which would silently upcast every normalised array."""
     fields = [field.name for field in dataclasses.fields(normalize.NormStats)]
-    cast = {key: {f: np.asarray(v, np.float32) for f in fields if (v := getattr(s, f)) is not None}
-            for key, s in norm_stats.items()}  # fmt: skip
-    return {key: dataclasses.replace(norm_stats[key], **values) for key, values in cast.items()}
+    arrays = {key: {f: np.asarray(v, np.float32) for f in fields if (v := getattr(s, f)) is not None}
+              for key, s in norm_stats.items()}  # fmt: skip
+    return {key: dataclasses.replace(norm_stats[key], **values) for key, values in arrays.items()}
 
 
 def input_transform(
