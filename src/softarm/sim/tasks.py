@@ -99,7 +99,7 @@ class ReachTask:
         return None if arrival is None else float((arrival + 1) / control_hz)
 
     def done(self, errors: np.ndarray) -> bool:
-        return self.success(errors, 0.0)
+        return self._arrival(errors) is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 import yaml
 
 from softarm import layout
+from softarm.data.prepared import read_meta
 from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
 from softarm.weights import load_weights, save_model, save_state
 
@@ -141,7 +142,7 @@ def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict
     assets.mkdir(parents=True)
     shutil.copy2(sources.dataset_dir / layout.NORM_STATS_FILE, assets / layout.NORM_STATS_FILE)
     shutil.copy2(sources.tokenizer_path, tmp / layout.TOKENIZER_FILE)
-    meta = json.loads((sources.dataset_dir / layout.META_FILE).read_text())
+    meta = read_meta(sources.dataset_dir)
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
     (tmp / layout.DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
