@@ -88,3 +88,36 @@ def test_tokenizer_without_download_formats_pi0_and_pi05_prompts(tmp_path: Path)
     expected = sp.encode("Task: reach, State: 0 128 255;\nAction: ", add_bos=True)
     np.testing.assert_array_equal(tokens[: len(expected)], expected)
     assert mask.sum() == len(expected)
+
+
+def test_the_layer_loop_checkpoints_only_when_asked_and_learns_the_same(capsys: pytest.CaptureFixture[str]) -> None:
+    """openpi forces gradient checkpointing of the joint layer loop whenever the expert's GemmaModel has the attribute;
+    `checkpoint_only_on_request` hides it while training unless gradient_checkpointing_enable() asked for it."""
+    from softarm.model import PI0GraphPytorch
+    from tests.conftest import make_actions, make_graph
+
+    def loss_and_grads(model: PI0GraphPytorch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(3)  # the flow-matching noise and time
+        loss = model(make_observation(config), make_actions(config), graph_nodes=make_graph(config)).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    config = preset("tiny")
+    torch.manual_seed(0)
+    model = PI0GraphPytorch(config).train()
+    expert = model.paligemma_with_expert.gemma_expert.model
+    assert not hasattr(expert, "gradient_checkpointing")  # what openpi's forward tests before forcing it on
+    plain_loss, plain_grads = loss_and_grads(model)
+    assert "Forcing gradient checkpointing" not in capsys.readouterr().out
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert expert.gradient_checkpointing is True
+    checkpointed_loss, checkpointed_grads = loss_and_grads(model)
+    torch.testing.assert_close(checkpointed_loss, plain_loss)
+    assert checkpointed_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    model.gradient_checkpointing_disable()
+    model.eval()  # inference reads the flag through HF's GemmaModel.forward
+    assert expert.gradient_checkpointing is False
+    assert model.sample_actions("cpu", make_observation(config), make_graph(config), num_steps=2).shape == (2, 16, 32)

@@ -284,6 +284,7 @@ class PI0GraphPytorch(PI0Pytorch):
         with backbone_overrides(config):
             super().__init__(config)
         openpi_compat.eager_sampling(self)
+        openpi_compat.checkpoint_only_on_request(self)
         self._graph: GraphEncoding | None = None
         # openpi's training-time image augmentation (crop, rotation, colour jitter); off for fixed cameras whose
         # pixel positions carry the answer, e.g. where a target sits in a simulated scene.

@@ -80,3 +80,35 @@ def init_paligemma_tokenizer(
     (the π0 / π0.5 prompt formats, kept as they are) reads only these two fields."""
     tokenizer._max_len = max_len
     tokenizer._tokenizer = processor
+
+
+class _CheckpointingOnRequest:
+    """Mixed into the action expert's GemmaModel by `checkpoint_only_on_request`: while training and not asked to
+    checkpoint, `gradient_checkpointing` reads as absent (AttributeError), so `hasattr` is False; otherwise it is the
+    flag HF and openpi set."""
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        if self.__dict__.get("_checkpointing_requested", False):
+            return True
+        if self.training:
+            raise AttributeError("gradient_checkpointing")
+        return False
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.__dict__["_checkpointing_requested"] = bool(value)
+
+
+def checkpoint_only_on_request(model: PI0Pytorch) -> None:
+    """PaliGemmaWithExpertModel.forward turns gradient checkpointing of its joint layer loop on whenever it trains and
+    the expert's GemmaModel has a `gradient_checkpointing` attribute (it always has), whatever was asked. Recomputing
+    every layer in the backward pass saves memory that a small model does not need and costs it ~20 % of a training
+    step; with this, the loop checkpoints only after `gradient_checkpointing_enable()` (`train.gradient_checkpointing`),
+    as every other part of the model does. The numbers are the same either way: the layers draw no random numbers."""
+    expert = model.paligemma_with_expert.gemma_expert.model
+    if isinstance(expert, _CheckpointingOnRequest):
+        return
+    requested = bool(vars(expert).pop("gradient_checkpointing", False))
+    expert.__class__ = type(expert.__class__.__name__, (_CheckpointingOnRequest, expert.__class__), {})
+    expert.gradient_checkpointing = requested
