@@ -31,6 +31,11 @@ class SoftArmDataset(Dataset):
     def __len__(self) -> int:
         return len(self.prepared)
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """A batch's samples (DataLoader's batched fetch): their frames are asked of the disk together first."""
+        self.prepared.will_need(indices)
+        return [self[i] for i in indices]
+
     def __getitem__(self, index: int) -> dict:
         sample = self.prepared[index]
         fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}

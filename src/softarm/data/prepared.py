@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ class Sample:
 
 
 def episode_name(episode: dict) -> str:
-    """How an episode of meta.json is named to people: its raw file, or its LeRobot episode index."""
-    return episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
+    """How an episode of meta.json is named to people: its raw file, or its LeRobot episode index (after its source
+    when a dataset was converted from several)."""
+    name = episode["file"] if "file" in episode else f"episode {episode['episode_index']}"
+    return f"{episode['source']}: {name}" if "source" in episode else name
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -39,6 +42,19 @@ def read_meta(directory: str | Path) -> dict:
     return meta
 
 
+def map_array(path: Path, spec: dict) -> tuple[np.ndarray, mmap.mmap | None]:
+    """A read-only view of a prepared array file, its pages read on demand, and its mapping. Training reads frames in
+    random order, so the kernel is told not to read ahead: with readahead a 150 KB frame pulled ~3 MB off the disk,
+    and a dataset larger than memory trained at the disk's pace (seen: 1.2 instead of 0.55 s per step)."""
+    dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype), None
+    with open(path, "rb") as f:
+        pages = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    pages.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(pages, dtype=dtype, count=int(np.prod(shape))).reshape(shape), pages
+
+
 class PreparedDataset:
     """Frames of one split (`train`, `val` or `all`); index i is a frame, whose sample carries the chunk from it."""
 
@@ -47,10 +63,9 @@ class PreparedDataset:
         self.meta = read_meta(self.directory)
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        self.arrays = {
-            name: np.memmap(self.directory / a["file"], dtype=np.dtype(a["dtype"]), mode="r", shape=tuple(a["shape"]))
-            for name, a in self.meta["arrays"].items()
-        }
+        mapped = {name: map_array(self.directory / a["file"], a) for name, a in self.meta["arrays"].items()}
+        self.arrays = {name: array for name, (array, _) in mapped.items()}
+        self._pages = {name: pages for name, (_, pages) in mapped.items() if pages is not None}
         self.horizon: int = self.meta["action_horizon"]
         self.episodes = [ep for ep in self.meta["episodes"] if split in ("all", ep["split"])]
         self._episode_of_frame = np.concatenate(
@@ -62,6 +77,20 @@ class PreparedDataset:
 
     def __len__(self) -> int:
         return len(self._frame)
+
+    def will_need(self, indices) -> None:
+        """Ask the kernel to start reading these samples' frames (their action chunks too) all at once: a disk
+        serves random reads in parallel several times faster than one by one (seen: 10 against 4 batches of 16 per
+        second on a cloud volume). Only a hint: the values read afterwards are the same."""
+        frames = self._frame[np.asarray(indices, np.int64)]
+        for name, pages in self._pages.items():
+            array = self.arrays[name]
+            size = array.strides[0]
+            span = self.horizon if name == "actions" else 1
+            for frame in frames.tolist():
+                start = frame * size // mmap.PAGESIZE * mmap.PAGESIZE
+                end = min((frame + span) * size, len(pages))
+                pages.madvise(mmap.MADV_WILLNEED, start, end - start)
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
