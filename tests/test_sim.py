@@ -167,7 +167,8 @@ def test_the_side_camera_sees_depth_the_base_camera_cannot(env) -> None:
     assert np.linalg.norm(views[0]["side"] - views[1]["side"]) > 8.0
 
 
-@pytest.mark.parametrize(("arm_name", "episodes"), [("pneumatic", (10, 2, 4)), ("tendon", (6, 1, 3))])
+@pytest.mark.parametrize(("arm_name", "episodes"), [("pneumatic", (10, 2, 4)), ("tendon", (6, 1, 3)),
+                                                    ("compact", (6, 1, 3))])  # fmt: skip
 def test_expert_solves_seeded_episodes(arm_name: str, episodes: tuple[int, int, int]) -> None:
     with SoftArmEnv(ARMS[arm_name]) as env:
         static = StaticArm(env)
@@ -223,7 +224,7 @@ def test_the_tendon_arm_differs_in_size_actuators_cameras_and_sensing(tendon_env
     assert "kappa_x" in spec.measured
 
 
-@pytest.mark.parametrize("arm_name", ["pneumatic", "tendon"])
+@pytest.mark.parametrize("arm_name", ["pneumatic", "tendon", "compact"])
 def test_choose_balls_are_reachable_under_any_payload(arm_name: str) -> None:
     spec = ARMS[arm_name]
     with SoftArmEnv(spec) as env:
@@ -286,11 +287,13 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
 
     again = generate("reach", 4, raw, seed=7)  # resumes: keeps the 3, writes the 4th
     assert (again.written, again.reused) == (1, 3)
-    with pytest.raises(ValueError, match=r"plan_from 'rest' hold_steps 3; choose another --out for seed 8 "):
+    with pytest.raises(ValueError, match=r"plan_from 'rest' hold_steps 3 hard_only False; choose another --out for "
+                                         r"seed 8 "):  # fmt: skip
         generate("reach", 2, raw, seed=8)
     with pytest.raises(ValueError, match=r"for seed 7 noise 0\.0 arm 'tendon' plan_from 'rest'"):
         generate("reach", 2, raw, seed=7, arm="tendon")
-    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for .* plan_from 'current' hold_steps 3"):
+    with pytest.raises(ValueError, match=r"hold_steps 3 hard_only False; choose another --out for .* plan_from "
+                                         r"'current' hold_steps 3"):  # fmt: skip
         generate("reach", 2, raw, seed=7, plan_from="current")
     with pytest.raises(ValueError, match=r"--plan-from must be one of \('current', 'rest'\), got 'home'"):
         generate("reach", 2, raw, seed=7, plan_from="home")
@@ -308,6 +311,21 @@ def test_generated_episodes_convert_with_none_skipped(tmp_path: Path) -> None:
         generate("push", 2, tmp_path / "other")
     with pytest.raises(ValueError, match="unknown arm 'octopus'; choose one of"):
         generate("reach", 2, tmp_path / "other", arm="octopus")
+
+
+def test_hard_only_records_the_far_balls_and_light_payloads_alone(tmp_path: Path, env: SoftArmEnv) -> None:
+    assert main(["sim", "generate", "--episodes", "8", "--seed", "40", "--hard-only", "--out", str(tmp_path)]) == 0
+    static = StaticArm(env)
+    specs = {seed: TASKS["reach"].sample(seed, static, env.control_hz) for seed in range(40, 48)}
+    hard = {seed for seed, spec in specs.items() if np.hypot(*spec.targets[-1][:2]) > 0.170 or spec.payload < 0.012}
+    assert 0 < len(hard) < 8  # these seeds hold both kinds
+    assert {int(p.stem.split("_")[1]) for p in tmp_path.glob("reach_*.hdf5")} == hard
+    manifest = json.loads((tmp_path / "generate_reach.json").read_text())
+    assert (manifest["hard_only"], manifest["written"], manifest["passed_over"]) == (True, len(hard), 8 - len(hard))
+    again = generate("reach", 8, tmp_path, seed=40, hard_only=True)  # resumes: nothing new to record
+    assert (again.written, again.reused, again.passed_over) == (0, len(hard), 8 - len(hard))
+    with pytest.raises(ValueError, match=r"hard_only True; choose another --out for .* hard_only False"):
+        generate("reach", 8, tmp_path, seed=40)
 
 
 def test_generate_cli_records_the_expert_settings_it_was_given(tmp_path: Path) -> None:
@@ -330,7 +348,8 @@ def test_a_directory_recorded_before_plan_from_resumes_only_as_it_was_recorded(t
     manifest_path = tmp_path / "generate_reach.json"
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k not in ("plan_from", "hold_steps")}))
-    with pytest.raises(ValueError, match=r"plan_from 'current' hold_steps 3; choose another --out .* plan_from 'rest'"):
+    with pytest.raises(ValueError, match=r"plan_from 'current' hold_steps 3 hard_only False; choose another --out .* "
+                                         r"plan_from 'rest'"):  # fmt: skip
         generate("reach", 2, tmp_path, seed=3)  # today's default plans from rest
     resumed = generate("reach", 2, tmp_path, seed=3, plan_from="current")
     assert (resumed.written, resumed.reused) == (1, 1)
@@ -495,7 +514,7 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     assert (again.written, again.reused, again.missed_under_noise) == (0, 3, result.missed_under_noise)
     manifest = json.loads((raw / "generate_choose.json").read_text())
     assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
-    with pytest.raises(ValueError, match=r"hold_steps 3; choose another --out for seed 0 noise 0\.0"):
+    with pytest.raises(ValueError, match=r"hold_steps 3 hard_only False; choose another --out for seed 0 noise 0\.0"):
         generate("choose", 3, raw, seed=0)
     serial = generate("choose", 3, tmp_path / "serial", seed=0, noise=0.2)  # the same episodes in one process
     assert serial.missed_under_noise == result.missed_under_noise

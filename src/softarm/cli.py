@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+import dataclasses
 import os
 from pathlib import Path
 import sys
@@ -20,7 +21,8 @@ NOISE_SCALE_HELP = (
 )
 ARM_HELP = (
     "pneumatic: 10 segments, one chamber each, 3 cameras, every node feature sensed; tendon: 6 segments, 3 sections "
-    "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only"
+    "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only; compact: 8 stiffer segments, one chamber each, "
+    "cameras left, right and tip, positions, curvatures and pressures sensed"
 )
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
@@ -88,14 +90,16 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from softarm.apps.demo import DEFAULT_CONFIG, DemoOptions, run_demo
+    from softarm.apps.demo import DemoOptions, run_demo
 
-    defaults = DemoOptions()
+    if args.from_scratch and args.base:
+        raise SystemExit("--from-scratch trains without a base: drop --base")
+    defaults = DemoOptions(**({"base": None} if args.from_scratch else {"base": Path(args.base)} if args.base else {}))
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
-    options = DemoOptions(
-        episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise, plan_from=args.plan_from,
-        seeds=args.seeds, eval_episodes=evaluations, config=args.config or DEFAULT_CONFIG,
+    options = dataclasses.replace(
+        defaults, episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise,
+        plan_from=args.plan_from, seeds=args.seeds, eval_episodes=evaluations, config=args.config or defaults.config,
         overrides=tuple(args.overrides), arm=args.arm,
     )  # fmt: skip
     results = run_demo(args.out, options)
@@ -109,9 +113,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from softarm.apps.pretrain import DEFAULT_CONFIG, PretrainOptions, pretrain
+
+    defaults = PretrainOptions()
+    episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=2400")
+    evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "reach=100")
+    options = PretrainOptions(
+        episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach,
+        val_episodes=args.val_episodes, eval_episodes=evaluations, models=tuple(args.models),
+        config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=tuple(args.overrides),
+        export=Path(args.export) if args.export else None, workers=args.workers,
+    )  # fmt: skip
+    for name, base in pretrain(args.out, options).items():
+        import json
+
+        scores = json.loads((base / "base.json").read_text())["scores"]
+        text = ", ".join(f"{task} {s['successes']}/{s['episodes']}" for task, s in scores.items())
+        print(f"  {name}: {base} ({text})")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from softarm.apps.view import view
+    from softarm.data.rosbag import TopicMap
+
+    topics = TopicMap.load(args.topics) if args.topics else None
+    written = view(args.path, index=args.episode, out=args.out, png=args.png, live=args.live, topics=topics,
+                   color_by=args.color_by)  # fmt: skip
+    print(f"wrote {written}" if written else "sent the episode to the running Rerun viewer")
+    if written and written.suffix == ".rrd":
+        print(f"open it with: rerun {written}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from softarm.data.convert import ConvertOptions, convert
     from softarm.data.lerobot import LeRobotKeys
+    from softarm.data.rosbag import TopicMap
 
     cameras = None
     if args.camera:
@@ -128,12 +167,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         seed=args.seed,
         features=features,
         state=args.state != "none",
+        topics=TopicMap.load(args.topics) if args.topics else None,
         lerobot=LeRobotKeys(
             graph=args.graph_key, state=None if args.state_key == "none" else args.state_key,
             action=args.action_key, num_nodes=args.num_nodes,
         ),
     )  # fmt: skip
-    result = convert(args.source, args.out_dir, options)
+    result = convert(args.sources, args.out_dir, options)
     print(
         f"kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples: train {result.samples['train']}, "
         f"val {result.samples['val']}; wrote {result.out_dir} (skipped episodes and reasons in report.json)"
@@ -197,10 +237,12 @@ def cmd_sim_generate(args: argparse.Namespace) -> int:
 
     result = generate(
         args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers, arm=args.arm,
-        plan_from=args.plan_from, hold_steps=args.hold_steps,
+        plan_from=args.plan_from, hold_steps=args.hold_steps, hard_only=args.hard_only,
     )  # fmt: skip
     failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
-    print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}; raw episodes in {args.out}")
+    passed = f", passed over {result.passed_over} seeds that are not hard" if args.hard_only else ""
+    print(f"wrote {result.written} episodes, kept {result.reused} already there{failed}{passed}; raw episodes in "
+          f"{args.out}")  # fmt: skip
     return 0
 
 
@@ -235,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.set_defaults(func=cmd_info)
     conv = verbs.add_parser("convert", help="validate raw HDF5 or LeRobot episodes and write a prepared dataset")
-    conv.add_argument("source", help="a directory of raw HDF5 episodes, or a LeRobot dataset root (v2.1 / v3.0)")
+    conv.add_argument("sources", nargs="+", metavar="SOURCE",
+                      help="a directory of raw HDF5 episodes, a LeRobot dataset root (v2.1 / v3.0), or ROS bags "
+                           "(with --topics); several sources of the same arm convert into one dataset")  # fmt: skip
     conv.add_argument("out_dir")
     conv.add_argument("--val-episodes", type=int, default=20, help="episodes held out for validation")
     conv.add_argument("--action-horizon", type=int, default=16)
@@ -246,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: what the episodes declare; 19 unnamed columns are the schema)")  # fmt: skip
     conv.add_argument("--state", choices=["auto", "none"], default="auto",
                       help="none: drop the episodes' state (auto: use it where the episodes have it)")  # fmt: skip
+    conv.add_argument("--topics", metavar="MAP.yaml",
+                      help="the sources are ROS bags (ROS 2 directories, ROS 1 .bag files, or directories of them): "
+                           "which topic is which field (docs/data_format.md)")  # fmt: skip
     conv.add_argument("--graph-key", default="observation.graph", help="LeRobot: the [N, F] (or flat N*F) feature")
     conv.add_argument("--num-nodes", type=int, help="LeRobot: N of a flat graph feature (default: its size / F)")
     conv.add_argument("--state-key", default="observation.state", help="LeRobot: the state feature, or none")
@@ -253,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     conv.set_defaults(func=cmd_convert)
+    vw = verbs.add_parser("view", help="look at an episode: a Rerun recording (.rrd) or a PNG overview")
+    vw.add_argument("path", help="a raw HDF5 file or directory, a LeRobot root, ROS bags (with --topics) or a prepared "
+                                 "dataset")  # fmt: skip
+    vw.add_argument("--episode", type=int, default=0, help="which episode, in the order convert reads them")
+    vw.add_argument("--out", help="the .rrd (or .png) to write (default: the episode's name in this directory)")
+    vw.add_argument("--png", action="store_true", help="a static overview instead, for a machine without a screen")
+    vw.add_argument("--live", action="store_true", help="send to a Rerun viewer already running instead of a file")
+    vw.add_argument("--topics", metavar="MAP.yaml", help="PATH holds ROS bags: which topic is which field")
+    vw.add_argument("--color-by", metavar="FEATURE",
+                    help="node feature that colours the arm (default: the first of actuator_state, kappa_x, "
+                         "contact_force, pos_z it has)")  # fmt: skip
+    vw.set_defaults(func=cmd_view)
     exp = verbs.add_parser("export-lerobot", help="write raw HDF5 episodes as a LeRobot v3.0 dataset")
     exp.add_argument("raw_dir")
     exp.add_argument("out_dir")
@@ -299,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     gen.add_argument("--hold-steps", type=int, default=3,
                      help="steps recorded after success: the expert holding the tip on the target")  # fmt: skip
+    gen.add_argument("--hard-only", action="store_true",
+                     help="record only the seeds whose ball lies far from the arm's axis or whose payload is light "
+                          "(where policies miss reach most); the others are passed over")  # fmt: skip
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")
@@ -329,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
     demo.add_argument(
         "--episodes", action="append", metavar="TASK=COUNT",
-        help="expert episodes of a task to train on, 0 leaves it out (repeatable; default choose=150)",
+        help="expert episodes of a task to train on, 0 leaves it out (repeatable; default choose=150 reach=100, from "
+        "scratch choose=150)",
     )  # fmt: skip
     demo.add_argument("--noise", type=float, default=0.05, help="DART noise on the executed commands while recording")
     demo.add_argument("--plan-from", choices=["rest", "current"], default="rest",
@@ -339,10 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-episodes", action="append", metavar="[TASK=]COUNT",
         help="closed-loop episodes per policy, per task or all; 0 skips a task (default reach=50 choose=100 follow=30)",
     )  # fmt: skip
-    demo.add_argument("--config", help="training config (default: configs/demo.yaml)")
+    demo.add_argument("--base", help="the pretrained bases, a directory per model (default: models/sim_base)")
+    demo.add_argument("--from-scratch", action="store_true",
+                      help="train the tiny model from scratch instead of fine-tuning the bases (configs/demo.yaml, "
+                           "choose alone)")  # fmt: skip
+    demo.add_argument("--config", help="training config (default: configs/finetune.yaml, from scratch "
+                                       "configs/demo.yaml)")  # fmt: skip
     demo.add_argument("--arm", default="pneumatic", help=ARM_HELP)
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)
+    pre = verbs.add_parser("pretrain", help="pretrain the simulator's base models (graph, no graph) from scratch")
+    pre.add_argument("--out", default="pretrain_out", help="where everything goes; a re-run reuses what is there")
+    pre.add_argument("--export", help="where the bases go, one directory per model (default: OUT/base)")
+    pre.add_argument("--episodes", action="append", metavar="TASK=COUNT",
+                     help="expert episodes of a task (repeatable; default reach=2400 follow=200; never "
+                          "choose)")  # fmt: skip
+    pre.add_argument("--hard-reach", type=int, default=1600,
+                     help="further reach seeds of which only the hard ones (far ball, light payload) are "
+                          "recorded")  # fmt: skip
+    pre.add_argument("--val-episodes", type=int, default=100, help="episodes held out for validation")
+    pre.add_argument("--eval-episodes", action="append", metavar="[TASK=]COUNT",
+                     help="closed-loop episodes per base and task (default reach=100 follow=30 choose=30)")  # fmt: skip
+    pre.add_argument("--models", nargs="+", choices=["graph", "no_graph"], default=["graph", "no_graph"])
+    pre.add_argument("--config", help="training config (default: configs/pretrain.yaml)")
+    pre.add_argument("--workers", type=int, default=2, help="simulator processes recording demonstrations")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
+    pre.set_defaults(func=cmd_pretrain)
     return parser
 
 

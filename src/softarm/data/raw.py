@@ -22,6 +22,7 @@ STATE = "observations/state"
 ACTION = "action"
 EDGES = "graph/edges"
 FEATURES = f"{NODES}@features"  # attribute `features` of the nodes dataset: the names of its columns
+COMPLETE = "complete"  # attribute: False while softarm.data.recorder.EpisodeRecorder is still writing the file
 MAX_STATE_DIM = MODEL_DIM  # openpi's state slot
 MAX_ACTION_DIM = MODEL_DIM  # openpi's action slot
 
@@ -106,6 +107,9 @@ def read_episode(path: str | Path) -> RawEpisode:
 
 
 def _read_open(f: h5py.File, path: Path) -> RawEpisode:
+    if not f.attrs.get(COMPLETE, True):
+        raise EpisodeError(path, f"attrs/{COMPLETE}", "incomplete: the recording was never closed (the recorder was "
+                                                      "stopped mid-episode); its steps are not used")  # fmt: skip
     prompt = f.attrs.get("prompt")
     if isinstance(prompt, bytes):
         prompt = prompt.decode("utf-8", errors="replace")
@@ -142,8 +146,11 @@ class EpisodeKeys:
     state: str
     edges: str
     node_features: str
+    cameras: Mapping[str, str] = dataclasses.field(default_factory=dict)  # a camera's own key, where it has one
 
     def image(self, camera: str) -> str:
+        if camera in self.cameras:
+            return self.cameras[camera]
         return f"{self.images}/{camera}" if self.images else camera
 
 

@@ -239,5 +239,32 @@ TENDON_ARM = ArmSpec(
     measured=tuple(n for n in arm.SCHEMA if n.startswith(("pos_", "quat_", "kappa_")) or n == "twist"),
     choices={"red": (0.10, -0.08, -0.36), "green": (-0.10, -0.06, -0.37), "blue": (0.0, 0.11, -0.37)},
 )
-ARMS = {"pneumatic": ArmSpec(), "tendon": TENDON_ARM}
+# A third arm, a shorter prototype of the pneumatic one: 8 stiffer segments (0.44 m), one chamber each, two fixed
+# cameras elsewhere than the pneumatic arm's (to its left and right) and a wrist camera, and other sensors: node
+# positions, curvatures and chamber pressures (no orientations, velocities, commands or contact forces).
+COMPACT_ARM = ArmSpec(
+    num_segments=8,
+    segment_length=0.055,
+    radius_base=0.015,
+    radius_tip=0.009,
+    bend_stiffness=2.6,
+    twist_stiffness=7.0,
+    actuator_torque=0.85,
+    cameras=(
+        CameraSpec("left", (-0.55, -0.30, 0.50), (0.0, 0.0, 0.30), fovy=55.0),
+        CameraSpec("right", (0.40, 0.50, 0.62), (0.0, 0.0, 0.30), fovy=55.0),
+        CameraSpec("tip", aim=None, fovy=75.0),
+    ),
+    measured=tuple(n for n in arm.SCHEMA if n.startswith(("pos_", "kappa_")) or n in ("twist", "actuator_state")),
+    choices={"red": (0.08, -0.07, -0.39), "green": (-0.11, -0.05, -0.39), "blue": (0.02, 0.11, -0.395)},
+)
+ARMS = {"pneumatic": ArmSpec(), "tendon": TENDON_ARM, "compact": COMPACT_ARM}
 DEFAULT_ARM = "pneumatic"
+# openpi's image slots <- an arm's cameras where the order of their names is not the right one: a fixed view, the
+# wrist camera and a second fixed view (the two fixed ones together give depth), in the same slots on every arm that
+# has them, so that a model of one arm meets the same kind of view in each slot on another. Other arms' cameras go
+# to the slots in the order of their names, as `softarm convert` maps them by default.
+CAMERA_SLOTS = {
+    DEFAULT_ARM: {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"},
+    "compact": {"base_0_rgb": "left", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "right"},
+}

@@ -26,13 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from softarm import arm as arm_schema
-from softarm.data.raw import RawEpisode, write_episode
+from softarm.data.recorder import EpisodeRecorder
 from softarm.sim.agents import DEFAULT_PLAN_FROM, PLAN_FROM, ExpertAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import TASKS
+from softarm.sim.tasks import TASKS, is_hard
 
 MANIFEST = "generate_{task}.json"
 EVAL_SEED = 1_000_000
@@ -46,6 +46,7 @@ class GenerateResult:
     reused: int
     failed: list[int]  # episode seeds the expert did not solve (not written)
     missed_under_noise: list[int] = dataclasses.field(default_factory=list)  # written: the noise made them miss
+    passed_over: int = 0  # seeds left out by `hard_only` (never simulated)
 
 
 def _episode_path(out_dir: Path, task_name: str, episode_seed: int) -> Path:
@@ -63,9 +64,17 @@ def _close_worker() -> None:
 
 
 def _record(
-    arm: str, task_name: str, out_dir: Path, noise: float, plan_from: str, hold_steps: int, episode_seed: int
-) -> tuple[int, bool]:
-    """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success)."""
+    arm: str,
+    task_name: str,
+    out_dir: Path,
+    noise: float,
+    plan_from: str,
+    hold_steps: int,
+    hard_only: bool,
+    episode_seed: int,
+) -> tuple[int, bool | None]:
+    """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success), or
+    (seed, None) for an episode `hard_only` passes over (`softarm.sim.tasks.is_hard`)."""
     if not _WORKER:
         env = SoftArmEnv(ARMS[arm])
         static = StaticArm(env)
@@ -73,22 +82,33 @@ def _record(
     env, static, expert = _WORKER["env"], _WORKER["static"], _WORKER["expert"]
     task = TASKS[task_name]
     spec = task.sample(episode_seed, static, env.control_hz)
-    rollout = run_episode(
-        env, static, task, spec, expert, record_images=True, hold_steps=hold_steps, action_noise=noise
-    )
+    if hard_only and not is_hard(spec, env.spec):
+        return episode_seed, None
+    path = _episode_path(out_dir, task_name, episode_seed)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)  # left by a run that was killed
+    columns = [arm_schema.feature_index(name) for name in env.spec.measured]
+    recorder = EpisodeRecorder(
+        partial, fps=env.control_hz, prompt=spec.prompt, edges=arm_schema.chain_edges(env.spec.num_segments),
+        compression="gzip",  # small rendered frames: a third of the disk, and the simulator is no real-time rig
+        node_features=env.spec.measured if env.spec.measured != arm_schema.SCHEMA else None,  # named when < 19
+    )  # fmt: skip
+
+    def record(observation: dict, action: np.ndarray) -> None:
+        recorder.add(images=observation["images"], graph_nodes=observation["graph_nodes"][:, columns], action=action,
+                     state=observation["state"])  # fmt: skip
+
+    try:
+        rollout = run_episode(env, static, task, spec, expert, hold_steps=hold_steps, action_noise=noise,
+                              on_step=record)  # fmt: skip
+    except BaseException:
+        recorder.abort()
+        raise
     if rollout.success or noise:
-        path = _episode_path(out_dir, task_name, episode_seed)
-        sensed = env.spec.measured
-        columns = [arm_schema.feature_index(name) for name in sensed]
-        episode = RawEpisode(
-            path=path, images=rollout.images, graph_nodes=rollout.graph_nodes[:, :, columns], actions=rollout.actions,
-            prompt=spec.prompt, fps=env.control_hz, state=rollout.state,
-            edges=np.array(arm_schema.chain_edges(env.spec.num_segments)),
-            node_features=sensed if sensed != arm_schema.SCHEMA else None,  # named when fewer than the schema's 19
-        )  # fmt: skip
-        partial = path.with_name(f".{path.name}.partial")
-        write_episode(partial, episode)
+        recorder.close()
         partial.rename(path)
+    else:
+        recorder.abort()
     return episode_seed, rollout.success
 
 
@@ -103,9 +123,12 @@ def generate(
     arm: str = DEFAULT_ARM,
     plan_from: str = DEFAULT_PLAN_FROM,
     hold_steps: int = HOLD_STEPS,
+    hard_only: bool = False,
 ) -> GenerateResult:
     """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
-    processes; `plan_from` is the expert's (`ExpertAgent`); each episode ends `hold_steps` after success."""
+    processes; `plan_from` is the expert's (`ExpertAgent`); each episode ends `hold_steps` after success. With
+    `hard_only`, only the seeds whose episode is hard (`softarm.sim.tasks.is_hard`: a far ball or a light payload)
+    are recorded: fewer than `episodes` files, the rest passed over."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {sorted(TASKS)}")
     if arm not in ARMS:
@@ -122,11 +145,12 @@ def generate(
         raise ValueError(f"seeds {seed}..{seed + episodes - 1} would overlap the evaluation seeds (>= {EVAL_SEED})")
     out_dir = Path(out_dir)
     manifest = {"task": task_name, "seed": seed, "noise": noise, "arm": arm, "plan_from": plan_from,
-                "hold_steps": hold_steps}  # fmt: skip
+                "hold_steps": hold_steps, "hard_only": hard_only}  # fmt: skip
     manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if previous:  # written before there were other arms, plans from rest, other hold times
-        previous = {"arm": DEFAULT_ARM, "plan_from": "current", "hold_steps": HOLD_STEPS, **previous}
+        previous = {"arm": DEFAULT_ARM, "plan_from": "current", "hold_steps": HOLD_STEPS, "hard_only": False,
+                    **previous}  # fmt: skip
     if previous and {k: previous.get(k) for k in manifest} != manifest:
         was, now = (" ".join(f"{k} {m.get(k)!r}" for k in manifest if k != "task") for m in (previous, manifest))
         raise ValueError(f"{out_dir} holds episodes of task {task_name!r} {was}; choose another --out for {now}")
@@ -138,7 +162,7 @@ def generate(
         s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
     ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
-    job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps)
+    job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps, hard_only)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)
@@ -148,14 +172,18 @@ def generate(
             stack.callback(_close_worker)  # in this process: do not keep a renderer open after generating
             outcomes = map(job, todo)
         for episode_seed, success in outcomes:
+            progress.update()
+            if success is None:
+                result.passed_over += 1
+                continue
             if not success:
                 # Under noise a miss is the noise's doing and the labels are still the expert's: the episode is kept.
                 (result.missed_under_noise if noise else result.failed).append(episode_seed)
             result.written += success or bool(noise)
-            progress.update()
             progress.set_postfix(failed=len(result.failed), missed_under_noise=len(result.missed_under_noise))
     progress.close()
     summary = {**manifest, "episodes": episodes, "written": result.written, "reused": result.reused,
-               "expert_failed_seeds": result.failed, "missed_under_noise_seeds": result.missed_under_noise}  # fmt: skip
+               "expert_failed_seeds": result.failed, "missed_under_noise_seeds": result.missed_under_noise,
+               **({"passed_over": result.passed_over} if hard_only else {})}  # fmt: skip
     manifest_path.write_text(json.dumps(summary, indent=2))
     return result

@@ -3,6 +3,7 @@ dataset generator and the closed-loop evaluation run, so demonstrations and scor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 from typing import Protocol
 
@@ -48,13 +49,15 @@ def run_episode(
     stop_on_success: bool = True,
     hold_steps: int = 0,
     action_noise: float = 0.0,
+    on_step: Callable[[dict, np.ndarray], None] | None = None,
 ) -> Rollout:
     """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success.
 
     `action_noise` > 0 executes the agent's command plus Gaussian noise of that standard deviation in half command
     ranges (1 for chambers in [-1, 1], 0.5 for tendons in [0, 1]; seeded by the episode) while `actions` records the
     command itself: DART-style demonstrations, whose states stray from the agent's own path and whose labels say how
-    to get back."""
+    to get back. `on_step(observation, action)` sees every step as it happens, images included (a recorder writing
+    the episode as it goes); its images are not kept in the rollout."""
     if action_noise < 0:
         raise ValueError(f"action noise must be >= 0, got {action_noise}")
     noise = np.random.default_rng([spec.seed, 4])
@@ -69,11 +72,13 @@ def run_episode(
     stop_at = len(spec.targets) - 1
     for k in range(len(spec.targets) - 1):
         observation = {"graph_nodes": env.node_features(), "state": env.state(), "prompt": spec.prompt}
-        if record_images or agent.needs_images:
+        if record_images or agent.needs_images or on_step is not None:
             observation["images"] = env.render()
             for camera, frames in images.items():
                 frames.append(observation["images"][camera])
         action = np.clip(np.asarray(agent.act(observation), np.float32), env.command_low, env.command_high)
+        if on_step is not None:
+            on_step(observation, action)
         graph_nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
         actions.append(action)

@@ -162,3 +162,21 @@ class ChooseTask(ReachTask):
 
 
 TASKS = {"reach": ReachTask(), "follow": FollowTask(), "choose": ChooseTask()}
+
+# Where a policy that sees misses `reach` most (docs/cpu_model_search.md: C6 by distance and payload): balls far from
+# the arm's axis, which the arm reaches only bent far, and light payloads, under which the tip drifts off the ball.
+FAR_FROM_AXIS = 0.34  # of the arm's length: 170 mm for the 0.5 m pneumatic arm
+LIGHT_PAYLOAD = 0.24 * MAX_PAYLOAD  # 12 g
+
+
+def is_hard(spec: EpisodeSpec, arm_spec: ArmSpec) -> bool:
+    """Whether an episode's target lies far from the arm's axis (at its end) or its payload is light."""
+    length = arm_spec.num_segments * arm_spec.segment_length
+    return bool(np.hypot(*spec.targets[-1][:2]) > FAR_FROM_AXIS * length or spec.payload < LIGHT_PAYLOAD)
+
+
+def task_prompts(arms: list[ArmSpec]) -> list[str]:
+    """Every prompt the tasks give on these arms: the words a tokenizer for the simulator must know."""
+    prompts = {TASKS["reach"].prompt, TASKS["follow"].prompt}
+    prompts |= {f"reach the {color} ball" for spec in arms for color in spec.choices}
+    return sorted(prompts)
