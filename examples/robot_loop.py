@@ -5,7 +5,7 @@ reports how far the policy's actions are from the recorded ones (an open-loop ch
 `EpisodeReplay` with your driver: `observation()` returns the current camera frames, graph nodes (with the names of
 their columns), state and prompt, and `apply(action)` sends one command per actuator.
 
-    python examples/robot_loop.py --host 127.0.0.1 --port 8000 --episode RAW_DIR/episode_000.h5 --replan 8
+    python examples/robot_loop.py --host 127.0.0.1 --port 8000 --episode demo_out/raw/choose_000000.hdf5 --replan 8
     python examples/robot_loop.py ... --mode async      # keep moving while the policy thinks (real-time chunking)
 
 `--mode sync` (default) waits for each chunk: the arm pauses for the round trip. `--mode async` requests the next
@@ -97,9 +97,15 @@ class AsyncChunks:
 
 
 def run(
-    host: str, port: int, arm: EpisodeReplay, steps: int, replan: int, realtime: bool = False, mode: str = "sync",
-    rtc: bool = True,
+    host: str, port: int, arm: EpisodeReplay, steps: int | None, replan: int, realtime: bool = False,
+    mode: str = "sync", rtc: bool = True,
 ) -> dict:  # fmt: skip
+    """Drive `steps` control steps (None: the whole recording; a replay cannot run past its end) and compare the
+    commands with the recorded ones."""
+    length = arm.episode.length
+    if steps is not None and steps > length:
+        print(f"--steps {steps}: the episode has {length} steps; replaying all {length}")
+    steps = length if steps is None else min(steps, length)
     client = WebsocketClientPolicy(host, port)
     meta = client.get_server_metadata()
     if replan > meta["action_horizon"]:
@@ -130,7 +136,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--episode", required=True, help="a raw HDF5 episode to replay")
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, help="control steps to run (default: the whole episode)")
     parser.add_argument("--replan", type=int, default=8, help="actions executed from each chunk")
     parser.add_argument("--realtime", action="store_true", help="pace the loop at the episode's fps")
     parser.add_argument("--mode", choices=["sync", "async"], default="sync",

@@ -126,3 +126,22 @@ def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "kept 4 episodes, skipped 0" in out
     meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
     assert meta["cameras"] == {"base_0_rgb": "tip", "left_wrist_0_rgb": None, "right_wrist_0_rgb": None}
+
+
+def test_several_sources_convert_into_one_dataset_named_by_source(tmp_path: Path) -> None:
+    first, second = tmp_path / "monday", tmp_path / "tuesday"
+    write_episode(first / "ep_000.h5", make_episode(length=9, seed=0))
+    write_episode(second / "ep_000.h5", make_episode(length=6, seed=1))  # the same file name in another directory
+    bad = make_episode(length=5, seed=2)
+    bad.graph_nodes[2, 3, 0] = np.nan
+    write_episode(second / "ep_001.h5", bad)
+    assert main(["convert", str(first), str(second), str(tmp_path / "prep"), "--val-episodes", "0"]) == 0
+    data = PreparedDataset(tmp_path / "prep", split="all")
+    episodes = [(ep["source"], ep["file"], ep["length"]) for ep in data.episodes]
+    assert episodes == [(str(first), "ep_000.h5", 9), (str(second), "ep_000.h5", 6)]
+    np.testing.assert_array_equal(data[9 + 2].graph_nodes, make_episode(length=6, seed=1).graph_nodes[2])
+    report = json.loads((tmp_path / "prep" / "report.json").read_text())
+    assert report["kept"] == [f"{first}: ep_000.h5", f"{second}: ep_000.h5"]
+    assert [(s["source"], s["file"]) for s in report["skipped"]] == [(str(second), "ep_001.h5")]
+    with pytest.raises(FileNotFoundError, match=r"raw episode directory .*nowhere does not exist"):
+        convert([first, tmp_path / "nowhere"], tmp_path / "other")

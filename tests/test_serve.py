@@ -92,31 +92,24 @@ def test_healthz(server: int) -> None:
 
 
 def test_example_robot_loop(server: int, tmp_path: Path) -> None:
-    import importlib.util
+    """As the README runs it: its own process, a recorded episode, the default number of steps (all of them)."""
+    import subprocess
+    import sys
 
     from softarm.data.raw import write_episode
     from tests.conftest import make_episode
 
-    spec = importlib.util.spec_from_file_location(
-        "robot_loop", Path(__file__).parents[1] / "examples" / "robot_loop.py"
-    )
-    robot_loop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(robot_loop)
-    arm = robot_loop.EpisodeReplay(str(write_episode(tmp_path / "ep.h5", make_episode(length=30, seed=0))))
-    result = robot_loop.run("127.0.0.1", server, arm, steps=20, replan=8)
-    assert result["steps"] == 20
-    assert result["action_dim"] == 10
-    assert np.isfinite(result["mse_vs_recorded"])
-    assert arm.t == 20
-    assert np.stack(arm.commands).shape == (20, 10)
-    # asynchronous: paced at the episode's 10 Hz, the next chunk fetched while the arm moves, with prev_actions/delay
-    arm = robot_loop.EpisodeReplay(str(tmp_path / "ep.h5"))
-    result = robot_loop.run("127.0.0.1", server, arm, steps=20, replan=8, mode="async")
-    assert result["steps"] == 20
-    assert np.isfinite(result["mse_vs_recorded"])
-    assert len(result["measured_delays"]) >= 2  # the first chunk, then one per 8 steps or sooner
-    assert result["measured_delays"][0] == 0
-    assert all(0 <= d <= 8 for d in result["measured_delays"])
+    episode = write_episode(tmp_path / "ep.h5", make_episode(length=20, seed=0))
+    command = [sys.executable, str(Path(__file__).parents[1] / "examples" / "robot_loop.py"), "--host", "127.0.0.1",
+               "--port", str(server), "--episode", str(episode), "--replan", "8"]  # fmt: skip
+    for extra, expected in (([], "20 steps of 10-D commands; MSE vs recorded "),
+                            (["--mode", "async"], "; reply delays (control steps) [0, "),
+                            (["--steps", "32"], "--steps 32: the episode has 20 steps; replaying all 20")):  # fmt: skip
+        result = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert expected in result.stdout, result.stdout
+    mse = float(result.stdout.split("MSE vs recorded ")[1].split(";")[0])
+    assert np.isfinite(mse)
 
 
 def test_api_key_required_when_set(policy: SoftArmPolicy, caplog: pytest.LogCaptureFixture) -> None:

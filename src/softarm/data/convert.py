@@ -1,7 +1,8 @@
 """`softarm convert SOURCE OUT_DIR`: validate episodes and write a prepared dataset built for random access.
 
-SOURCE is a directory of raw HDF5 episodes or a LeRobot dataset root (v2.1 or v3.0, `softarm.data.lerobot`). One
-pass over the episodes: each is read and validated; a bad one is skipped and listed in `report.json` with its file
+SOURCE is a directory of raw HDF5 episodes, a LeRobot dataset root (v2.1 or v3.0, `softarm.data.lerobot`), or ROS
+bags with a topic map (`softarm.data.rosbag`); several sources of one arm convert into one dataset. One pass over the
+episodes: each is read and validated; a bad one is skipped and listed in `report.json` with its file
 (or LeRobot episode index) and reason, a good one is appended frame by frame to flat binary arrays (images already
 resized with padding to 224x224 uint8 by openpi-client's `resize_with_pad`, which openpi's ResizeImages uses). The
 dataset is built in a hidden temporary directory next to OUT_DIR and renamed into place at the end, so a crash never
@@ -14,7 +15,7 @@ per array (frames in episode order), `report.json`, openpi's `norm_stats.json` o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import json
@@ -29,6 +30,7 @@ from softarm.data.atomic import atomic_directory
 from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_lerobot
 from softarm.data.prepared import episode_name
 from softarm.data.raw import HDF5_KEYS, MAX_STATE_DIM, EpisodeError, EpisodeKeys, RawEpisode, read_episode
+from softarm.data.rosbag import TopicMap, find_bags, is_bag, read_bag
 from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
 RAW_SUFFIXES = (".h5", ".hdf5")
@@ -48,6 +50,8 @@ class ConvertOptions:
     # carry. None: what the episodes declare (all 19 of the schema for 19 undeclared columns).
     features: tuple[str, ...] | None = None
     state: bool = True  # False drops the episodes' state (`--state none`)
+    # the sources are ROS bags read through this topic map (`softarm.data.rosbag.TopicMap`, `--topics MAP.yaml`)
+    topics: TopicMap | None = None
 
 
 @dataclasses.dataclass
@@ -171,24 +175,44 @@ def _fit(episode: RawEpisode, dataset: _DatasetArm, wanted: tuple[str, ...], key
                                                  f"{[list(e) for e in dataset.edges]}")  # fmt: skip
 
 
-def open_episodes(source: Path, options: ConvertOptions) -> list[tuple[dict, Callable[[], RawEpisode], EpisodeKeys]]:
+def open_episodes(
+    sources: Sequence[Path], options: ConvertOptions
+) -> list[tuple[dict, Callable[[], RawEpisode], EpisodeKeys]]:
     """(what names the episode in the report, a function that reads and validates it, where its fields live) for
-    every episode of SOURCE."""
-    if is_lerobot(source):
-        dataset = LeRobotSource(source, options.lerobot)
-        return [({"episode_index": ep["episode_index"]}, functools.partial(dataset.read, ep), dataset.episode_keys)
-                for ep in dataset]  # fmt: skip
-    return [({"file": path.name}, functools.partial(read_episode, path), HDF5_KEYS) for path in find_episodes(source)]
+    every episode of the sources, in order; with several sources each name carries its source."""
+    episodes = []
+    for source in sources:
+        where = {"source": str(source)} if len(sources) > 1 else {}
+        if options.topics is not None:
+            keys, read = options.topics.keys(), functools.partial(read_bag, topics=options.topics)
+            episodes += [({**where, "file": bag.name}, functools.partial(read, bag), keys) for bag in find_bags(source)]
+        elif is_bag(source) or (source.is_dir() and any(is_bag(p) for p in source.iterdir())):
+            raise ValueError(f"{source} holds ROS bags: give --topics MAP.yaml, which topic is which field "
+                             "(docs/data_format.md)")  # fmt: skip
+        elif is_lerobot(source):
+            dataset = LeRobotSource(source, options.lerobot)
+            episodes += [({**where, "episode_index": ep["episode_index"]}, functools.partial(dataset.read, ep),
+                          dataset.episode_keys) for ep in dataset]  # fmt: skip
+        else:
+            episodes += [({**where, "file": path.name}, functools.partial(read_episode, path), HDF5_KEYS)
+                         for path in find_episodes(source)]  # fmt: skip
+    return episodes
 
 
-def convert(source: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
-    source, out_dir = Path(source), Path(out_dir)
+def convert(
+    source: str | Path | Sequence[str | Path], out_dir: str | Path, options: ConvertOptions = ConvertOptions()
+) -> ConvertResult:
+    """Convert one source (a raw directory or a LeRobot root), or several into one dataset, into `out_dir`."""
+    sources = [Path(source)] if isinstance(source, str | Path) else [Path(s) for s in source]
+    if not sources:
+        raise ValueError("no source to convert")
+    out_dir = Path(out_dir)
     if options.features is not None:
         try:
             arm.NodeLayout.of(options.features)
         except ValueError as e:
             raise ValueError(f"--features: {e}") from None
-    episodes = open_episodes(source, options)
+    episodes = open_episodes(sources, options)
     with atomic_directory(out_dir, overwrite=options.overwrite) as tmp_dir:
         result = _convert_into(episodes, tmp_dir, options)
     result.out_dir = out_dir
