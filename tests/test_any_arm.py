@@ -19,6 +19,7 @@ from softarm.data.raw import RawEpisode, write_episode
 from softarm.policy import SoftArmPolicy
 from softarm.train.config import ConfigError, load_config
 from softarm.train.loop import train
+from softarm.weights import load_model
 from tests.conftest import DEBUG_CONFIG, make_episode, running
 
 # a palm (node 0) and three fingers of two segments each: 0-1-2, 0-3-4, 0-5-6
@@ -162,8 +163,8 @@ def test_the_model_is_derived_from_the_dataset(gripper: tuple[Path, Path], train
     assert config["edges"] == GRIPPER_EDGES.tolist()
 
 
-def test_mismatches_with_the_dataset_are_errors_before_any_work(
-    gripper: tuple[Path, Path], trained: Path, tmp_path: Path
+def test_mismatches_are_errors_before_any_work_and_a_base_of_another_arm_transfers(
+    gripper: tuple[Path, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = f"data.path={gripper[1]}"
     with pytest.raises(ConfigError, match=r"model.overrides.num_nodes: 10, but the dataset .* has 7; the arm's sizes"):
@@ -175,7 +176,8 @@ def test_mismatches_with_the_dataset_are_errors_before_any_work(
     # the same sizes given explicitly are fine
     assert load_config(DEBUG_CONFIG, [data, "model.overrides.num_nodes=7"]).validate().num_nodes == 7
 
-    # a model of the simulated 10-node arm as the starting point of the gripper
+    # a model of the simulated 10-node arm as the base of the gripper: the tensors its arm shapes start anew, named,
+    # everything else is the base's
     ten = tmp_path / "ten"
     for seed in range(2):
         write_episode(ten / "raw" / f"e{seed}.h5", make_episode(length=20, seed=seed, state_dim=None))
@@ -183,9 +185,26 @@ def test_mismatches_with_the_dataset_are_errors_before_any_work(
     train(load_config(DEBUG_CONFIG, [f"data.path={ten / 'prep'}", f"train.out_dir={ten / 'run'}", "train.steps=1",
                                      "train.val_every=100"]))  # fmt: skip
     ten_model = ten / "run" / "checkpoints" / "1"
-    with pytest.raises(ConfigError, match=r"train.init_from: .* holds a model for another arm or configuration "
-                                          r"\(num_nodes 10 there, 7 here; measured_features \[.*\]"):  # fmt: skip
-        load_config(DEBUG_CONFIG, [data, f"train.init_from={ten_model}"]).validate()
+    capsys.readouterr()
+    tuned = train(load_config(DEBUG_CONFIG, [data, f"train.init_from={ten_model}", f"train.out_dir={tmp_path / 'ft'}",
+                                             "train.steps=1", "train.val_every=100", "optim.lr=1e-12",
+                                             "optim.end_lr=1e-12", "train.ema_decay=null"]))  # fmt: skip
+    log = capsys.readouterr().out
+    assert ("re-initialised 3 graph-extension tensors shaped by the base's arm, which differs from this one: "
+            "graph_encoder.hop_bias [2, 4, 11] -> [2, 4, 8]; graph_encoder.node_embedding [10, 64] -> [7, 64]; "
+            "graph_encoder.readout.weight [32, 640] -> [32, 448]") in log  # fmt: skip
+    base, state = load_model(ten_model).state_dict(), tuned.model.state_dict()
+    vision = "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.weight"
+    for name in ("graph_encoder.node_proj.weight", "graph_state_gate", "action_in_proj.weight", vision):
+        torch.testing.assert_close(state[name], base[name], rtol=0, atol=1e-9, msg=name)
+    with pytest.raises(ConfigError, match=r"train.init_from: .* holds another architecture \(vision \{'width': 32.* "
+                                          r"there, \{'width': 64.* here\); set model.preset"):  # fmt: skip
+        load_config(DEBUG_CONFIG, [data, f"train.init_from={ten_model}", "model.preset=tiny_vision"]).validate()
+    with pytest.raises(ConfigError, match=r"train.init_from: .* \(fusion 'state' there, 'none' here\)"):
+        load_config(DEBUG_CONFIG, [data, f"train.init_from={ten_model}", "model.overrides.fusion=none"]).validate()
+    with pytest.raises(ConfigError, match=r"data.norm_stats: .*norm_stats.json has actions of shape \[10\]; the "
+                                          r"dataset's actions is \[12\] \(statistics of another arm\?\)"):  # fmt: skip
+        load_config(DEBUG_CONFIG, [data, f"data.norm_stats={ten_model}"]).validate()
     # resuming a run of the 10-node arm with the gripper's dataset
     with pytest.raises(ConfigError, match=r"train.out_dir .* \(resuming\): .* holds a model for another arm or "
                                           r"configuration \(num_nodes 10 there, 7 here"):  # fmt: skip

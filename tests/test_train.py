@@ -307,3 +307,30 @@ def test_compiled_training_matches_eager(prepared: Path, tmp_path: Path) -> None
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-3, msg=name)
     saved = safetensors.torch.load_file(str(tmp_path / "compiled" / "checkpoints" / "2" / "model.safetensors"))
     assert not any("_orig_mod" in key for key in saved)
+
+
+def test_a_softarm_base_brings_its_tokenizer_and_on_request_its_norm_stats(prepared: Path, tmp_path: Path) -> None:
+    """Fine-tuning keeps the base's token ids (its tokenizer.model); data.norm_stats normalises with the base's
+    statistics instead of the dataset's, and the checkpoint carries what was used."""
+    from softarm.data.raw import write_episode
+    from tests.conftest import make_episode
+
+    train(config(prepared, tmp_path / "base", "train.steps=1", "train.val_every=100"))
+    base = tmp_path / "base" / "checkpoints" / "1"
+    for seed in range(3):  # the same arm, another task
+        episode = make_episode(length=30, seed=10 + seed)
+        episode.prompt = "follow the blue ball"
+        write_episode(tmp_path / "raw" / f"f{seed}.h5", episode)
+    convert(tmp_path / "raw", tmp_path / "other", ConvertOptions(val_episodes=1))
+    common = ("train.steps=1", "train.val_every=100", f"train.init_from={base}")
+    train(config(tmp_path / "other", tmp_path / "own", *common))
+    train(config(tmp_path / "other", tmp_path / "kept", *common, f"data.norm_stats={base}"))
+    stats = Path("assets", "softarm", "norm_stats.json")
+    for run, norm_stats in (("own", tmp_path / "other" / "norm_stats.json"), ("kept", base / stats)):
+        checkpoint = tmp_path / run / "checkpoints" / "1"
+        assert (checkpoint / "tokenizer.model").read_bytes() == (base / "tokenizer.model").read_bytes()
+        assert (checkpoint / stats).read_text() == norm_stats.read_text()
+    assert (tmp_path / "other" / "norm_stats.json").read_text() != (base / stats).read_text()
+    assert (tmp_path / "other" / "tokenizer.model").read_bytes() != (base / "tokenizer.model").read_bytes()
+    with pytest.raises(ConfigError, match=r"data.norm_stats: no norm_stats.json at /nowhere"):
+        config(tmp_path / "other", tmp_path / "x", "data.norm_stats=/nowhere").validate()

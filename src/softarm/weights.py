@@ -27,14 +27,20 @@ class LoadReport:
     path: Path
     loaded: int  # tensors copied from the file
     fresh: list[str]  # graph-extension keys the file lacked: freshly initialised
+    # graph-extension tensors of another shape in the file (a base of another arm), kept freshly initialised:
+    # "name: file [..] -> model [..]"
+    reshaped: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        if not self.fresh:
-            return f"loaded {self.loaded} tensors from {self.path}; nothing freshly initialised"
-        return (
-            f"loaded {self.loaded} tensors from {self.path}; freshly initialised {len(self.fresh)} graph-extension "
-            f"tensors: {', '.join(self.fresh)}"
-        )
+        parts = [f"loaded {self.loaded - len(self.reshaped)} tensors from {self.path}"]
+        if self.fresh:
+            parts.append(f"freshly initialised {len(self.fresh)} graph-extension tensors: {', '.join(self.fresh)}")
+        if self.reshaped:
+            parts.append(f"re-initialised {len(self.reshaped)} graph-extension tensors shaped by the base's arm, "
+                         f"which differs from this one: {'; '.join(self.reshaped)}")  # fmt: skip
+        if len(parts) == 1:
+            parts.append("nothing freshly initialised")
+        return "; ".join(parts)
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:
@@ -42,11 +48,15 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_graph: bool = True) -> LoadReport:
+def load_weights(
+    model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_graph: bool = True, other_arm: bool = False
+) -> LoadReport:
     """Copy `checkpoint/model.safetensors` (or the file itself) into `model`.
 
     Raises ValueError naming the keys that are missing or have the wrong shape. With `allow_fresh_graph`, the graph
-    extension's keys may be absent (loading openpi base weights); without it the file must hold the whole model.
+    extension's keys may be absent (loading openpi base weights); without it the file must hold the whole model. With
+    `other_arm` (a softarm base of another arm), graph-extension tensors whose shape the arm decides (node count,
+    feature columns) may differ: those keep the model's fresh initialisation and are listed in the report.
     """
     path = Path(checkpoint)
     if path.suffix != ".safetensors":
@@ -57,10 +67,12 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     with safetensors.safe_open(str(path), framework="pt") as f:
         found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    reshaped = {name for name, shape in found.items() if other_arm and is_graph_key(name)
+                and name in expected and shape != expected[name]}  # fmt: skip
     wrong_shape = [
         f"{name}: file {list(shape)} vs model {list(expected[name])}"
         for name, shape in found.items()
-        if name in expected and shape != expected[name]
+        if name in expected and shape != expected[name] and name not in reshaped
     ]
     if wrong_shape:
         raise ValueError(
@@ -68,7 +80,12 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_
             f"(another model variant or preset?): {_listing(wrong_shape, 5)}"
         )
 
-    missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    if reshaped:
+        state = {k: v for k, v in safetensors.torch.load_file(str(path)).items() if k not in reshaped}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k not in reshaped and k not in tied_aliases(model)]
+    else:
+        missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
     if unexpected:
         raise ValueError(
             f"{path}: holds {len(unexpected)} tensors this model does not have (pi0 vs pi0.5, or another fusion "
@@ -80,7 +97,8 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path, *, allow_fresh_
         raise ValueError(f"{path}: missing {len(base_missing)} base-model tensors: {_listing(base_missing)}")
     if fresh and not allow_fresh_graph:
         raise ValueError(f"{path}: missing {len(fresh)} graph-extension tensors: {_listing(fresh)}")
-    report = LoadReport(path=path, loaded=len(found), fresh=fresh)
+    changes = [f"{name} {list(found[name])} -> {list(expected[name])}" for name in sorted(reshaped)]
+    report = LoadReport(path=path, loaded=len(found), fresh=fresh, reshaped=changes)
     logger.info(report.summary())
     return report
 

@@ -72,8 +72,9 @@ class Sources:
     """What a checkpoint copies beside the weights, so that it trains on and serves on its own."""
 
     config: dict  # the training config, as written to train_config.yaml
-    dataset_dir: Path  # its norm stats and data spec
+    dataset_dir: Path  # its data spec
     tokenizer_path: Path
+    norm_stats_path: Path
 
 
 def save_checkpoint(
@@ -140,7 +141,7 @@ def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict
     (tmp / layout.TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(sources.config, sort_keys=False))
     assets = tmp / layout.ASSETS_DIR / layout.ASSET_ID
     assets.mkdir(parents=True)
-    shutil.copy2(sources.dataset_dir / layout.NORM_STATS_FILE, assets / layout.NORM_STATS_FILE)
+    shutil.copy2(sources.norm_stats_path, assets / layout.NORM_STATS_FILE)
     shutil.copy2(sources.tokenizer_path, tmp / layout.TOKENIZER_FILE)
     meta = read_meta(sources.dataset_dir)
     spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}

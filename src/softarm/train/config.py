@@ -15,10 +15,20 @@ import types
 import typing
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
 from softarm.data.prepared import read_meta
-from softarm.layout import CONFIG_FILE, META_FILE, TOKENIZER_FILE, WEIGHTS_FILE
+from softarm.layout import (
+    ASSET_ID,
+    ASSETS_DIR,
+    CONFIG_FILE,
+    GRAPH_NODES,
+    META_FILE,
+    NORM_STATS_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from softarm.model import SoftArmModelConfig, plain, preset
 
 
@@ -29,6 +39,9 @@ class ConfigError(ValueError):
 # What a dataset decides about the model: its arm's node count, node features (and which are measured) and edges,
 # and the length of the action chunks it was cut into. Weights depend on the first three.
 SHAPE_FIELDS = ("num_nodes", "node_features", "feature_names", "measured_features", "edges")
+# What a saved model's architecture is besides its arm: a base given as train.init_from must agree on all of them.
+ARCHITECTURE_FIELDS = ("pi05", "paligemma_variant", "action_expert_variant", "vision", "vocab_size", "fusion",
+                       "graph_width", "graph_depth", "graph_heads")  # fmt: skip
 
 
 def dataset_fields(meta: dict) -> dict[str, Any]:
@@ -65,7 +78,11 @@ class DataSection:
     path: str = ""  # a prepared dataset written by `softarm convert`
     batch_size: int = 8  # global: split across ranks
     num_workers: int = 0
-    tokenizer: str | None = None  # sentencepiece model; None: the dataset's own tokenizer.model
+    # sentencepiece model; None: train.init_from's tokenizer.model (a softarm base carries its own), else the dataset's
+    tokenizer: str | None = None
+    # norm_stats.json to normalise with, or a directory holding it (a checkpoint or base: assets/softarm/); None: the
+    # dataset's own. Fine-tuning a base on the arm it knows keeps the base's (openpi reuses a base's assets likewise).
+    norm_stats: str | None = None
     # chunk steps past an episode's end: "hold" trains them as its last action repeated (openpi, LeRobot), so the
     # policy learns to stay where a demonstration ended; "mask" leaves them out of the loss
     action_padding: Literal["hold", "mask"] = "hold"
@@ -147,11 +164,11 @@ class TrainConfig:
             model = dataclasses.replace(model, rtc_max_delay=self.train.rtc_max_delay)
         except ValueError as e:
             raise ConfigError(f"train.rtc_max_delay: {e}") from None
-        tokenizer = (
-            Path(self.data.tokenizer).expanduser() if self.data.tokenizer else Path(self.data.path) / TOKENIZER_FILE
-        )
+        tokenizer = self.tokenizer_path()
         if not tokenizer.is_file():
             raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
+        if self.data.norm_stats is not None:
+            check_norm_stats(self.norm_stats_path(), meta)
         counts = ("steps", "grad_accum", "log_every", "val_every", "save_every", "keep_last", "max_bad_steps",
                   "dist_timeout_s")  # fmt: skip
         for key in ("lora.rank", "lora.expert_rank", "data.batch_size", *(f"train.{name}" for name in counts)):
@@ -166,9 +183,25 @@ class TrainConfig:
         if self.train.init_from and not (Path(self.train.init_from) / WEIGHTS_FILE).is_file():
             raise ConfigError(f"train.init_from: no model.safetensors in {self.train.init_from}")
         if self.train.init_from:
-            check_same_arm(model, Path(self.train.init_from), "train.init_from",
-                           "start from openpi's base weights or from a model of this arm")  # fmt: skip
+            check_same_architecture(model, Path(self.train.init_from))
         return model
+
+    def tokenizer_path(self) -> Path:
+        if self.data.tokenizer:
+            return Path(self.data.tokenizer).expanduser()
+        if self.train.init_from and (Path(self.train.init_from) / TOKENIZER_FILE).is_file():
+            return Path(self.train.init_from) / TOKENIZER_FILE  # the base's token ids are the ones it learned
+        return Path(self.data.path) / TOKENIZER_FILE
+
+    def norm_stats_path(self) -> Path:
+        """The norm_stats.json training normalises with."""
+        if self.data.norm_stats is None:
+            return Path(self.data.path) / NORM_STATS_FILE
+        path = Path(self.data.norm_stats).expanduser()
+        for candidate in (path / NORM_STATS_FILE, path / ASSETS_DIR / ASSET_ID / NORM_STATS_FILE):
+            if path.is_dir() and candidate.is_file():
+                return candidate
+        return path
 
     def to_dict(self) -> dict:
         return plain(dataclasses.asdict(self))
@@ -185,6 +218,35 @@ def check_same_arm(model: SoftArmModelConfig, directory: Path, what: str, hint: 
     if differs:
         listing = "; ".join(f"{key} {_short(saved[key])} there, {_short(ours[key])} here" for key in differs)
         raise ConfigError(f"{what}: {directory} holds a model for another arm or configuration ({listing}); {hint}")
+
+
+def check_same_architecture(model: SoftArmModelConfig, directory: Path) -> None:
+    """A softarm base in `directory` (its model_config.json) must be the architecture the config builds; its arm may
+    differ (the arm-shaped graph tensors are then re-initialised when it loads). An openpi checkpoint fits any."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved, ours = json.loads(path.read_text()), model.to_dict()
+    differs = [key for key in ARCHITECTURE_FIELDS if key in saved and saved[key] != ours[key]]
+    if differs:
+        listing = "; ".join(f"{key} {_short(saved[key])} there, {_short(ours[key])} here" for key in differs)
+        raise ConfigError(f"train.init_from: {directory} holds another architecture ({listing}); set model.preset "
+                          "and model.overrides to what the base was built with")  # fmt: skip
+
+
+def check_norm_stats(path: Path, meta: dict) -> None:
+    """data.norm_stats must exist and describe the dataset's actions, state and graph."""
+    if not path.is_file():
+        raise ConfigError(f"data.norm_stats: no {NORM_STATS_FILE} at {path}")
+    stats = json.loads(path.read_text()).get("norm_stats", {})
+    expected = {"actions": [meta["action_dim"]], GRAPH_NODES: [meta["num_nodes"], meta["node_features"]]}
+    if meta["state_dim"]:
+        expected["state"] = [meta["state_dim"]]
+    for key, shape in expected.items():
+        found = list(np.shape(stats[key]["mean"])) if key in stats else None
+        if found != shape:
+            raise ConfigError(f"data.norm_stats: {path} has {key} of shape {found}; the dataset's {key} is {shape} "
+                              "(statistics of another arm?)")  # fmt: skip
 
 
 def _short(value: Any, limit: int = 60) -> str:

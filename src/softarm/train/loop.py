@@ -34,7 +34,7 @@ from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cam
 from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
-from softarm.layout import LOSS_PLOT, TOKENIZER_FILE
+from softarm.layout import CONFIG_FILE, LOSS_PLOT
 from softarm.model import PI0GraphPytorch, SoftArmModelConfig, count_parameters
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
@@ -166,6 +166,7 @@ class Run:
     dir: Path
     dataset_dir: Path
     tokenizer_path: Path
+    norm_stats_path: Path  # the norm_stats.json it normalises with: the dataset's, or data.norm_stats
     sharded: bool  # FSDP over several ranks
 
     def log(self, text: str) -> None:
@@ -283,7 +284,7 @@ def start(config: TrainConfig) -> Run:
         )
     return Run(
         config=config, model_config=model_config, dist=dist, device=pick_device(t.device, dist), dir=Path(t.out_dir),
-        dataset_dir=dataset_dir, tokenizer_path=Path(config.data.tokenizer or dataset_dir / TOKENIZER_FILE),
+        dataset_dir=dataset_dir, tokenizer_path=config.tokenizer_path(), norm_stats_path=config.norm_stats_path(),
         sharded=t.strategy == "fsdp" and dist.world > 1,
     )  # fmt: skip
 
@@ -297,7 +298,7 @@ def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
             f"data.tokenizer: {tokenizer.vocab_size} pieces, "
             f"more than the model's {model_config.vocab_size}-token vocabulary"
         )
-    norm_stats = normalize.load(run.dataset_dir)
+    norm_stats = normalize.deserialize_json(run.norm_stats_path.read_text())
 
     def dataset(split: str) -> SoftArmDataset:
         prepared = PreparedDataset(run.dataset_dir, split)
@@ -320,8 +321,9 @@ def build_model(run: Run) -> PI0GraphPytorch:
     t, lora = run.config.train, run.config.lora
     torch.manual_seed(t.seed)
     model = PI0GraphPytorch(run.model_config)
-    if t.init_from:
-        run.log(load_weights(model, t.init_from).summary())
+    if t.init_from:  # a softarm base (model_config.json) may be of another arm: its arm-shaped graph tensors re-init
+        other_arm = (Path(t.init_from) / CONFIG_FILE).is_file()
+        run.log(load_weights(model, t.init_from, other_arm=other_arm).summary())
     if adapted := apply_lora(model, rank=lora.rank, expert_rank=lora.expert_rank, alpha=lora.alpha,
                              dropout=lora.dropout):  # fmt: skip
         run.log(f"LoRA on {adapted} Gemma projections (rank {lora.rank} VLM, {lora.expert_rank} action expert)")
@@ -443,6 +445,6 @@ def save(run: Run, state: ckpt.TrainState) -> None:
     model_state = fsdp.full_model_state(state.model) if run.sharded else None
     optimizer_state = fsdp.full_optimizer_state(state.model, state.optimizer) if run.sharded or run.dist.main else None
     if run.dist.main:
-        sources = ckpt.Sources(run.config.to_dict(), run.dataset_dir, run.tokenizer_path)
+        sources = ckpt.Sources(run.config.to_dict(), run.dataset_dir, run.tokenizer_path, run.norm_stats_path)
         ckpt.save_checkpoint(run.dir, state, sources, optimizer_state=optimizer_state, model_state=model_state,
                              keep_last=run.config.train.keep_last)  # fmt: skip
