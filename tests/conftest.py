@@ -77,6 +77,24 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tmp / "run" / "checkpoints" / "3", tmp / "prep"
 
 
+# `softarm pretrain` at toy sizes: the tiny preset, 2 steps, a few simulated episodes and evaluations
+SMALL_PRETRAIN = ["--episodes", "reach=2", "--episodes", "follow=1", "--hard-reach", "4", "--val-episodes", "1",
+                  "--eval-episodes", "1", "--workers", "1", "model.preset=tiny", "data.batch_size=4",
+                  "data.num_workers=0", "train.steps=2", "train.save_every=2", "train.val_every=2",
+                  "train.log_every=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `softarm pretrain` output at toy sizes: simulated episodes (raw, raw_hard, prepared), two tiny bases trained
+    2 steps (base/graph, base/no_graph), their runs and evaluations."""
+    from softarm.cli import main
+
+    out = tmp_path_factory.mktemp("pretrain")
+    assert main(["pretrain", "--out", str(out), *SMALL_PRETRAIN]) == 0
+    return out
+
+
 def make_observation(config: SoftArmModelConfig, batch: int = 2, seed: int = 0) -> Observation:
     gen = torch.Generator().manual_seed(seed)
     images = {k: torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1 for k in IMAGE_SLOTS}

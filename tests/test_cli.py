@@ -15,9 +15,44 @@ def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) 
     assert "Preset 'tiny' (pi0, fusion 'prefix'): 0.91 M parameters, of which the graph extension 0.106 M" in out
 
 
-def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    flags = ["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--episodes", "choose=2", "--eval-episodes", "2",
-             "--eval-episodes", "follow=0"]  # fmt: skip
+def test_demo_fine_tunes_the_bases_and_reports_what_it_added(
+    pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = pretrained / "base"
+    flags = ["demo", "--out", str(tmp_path), "--base", str(base), "--episodes", "choose=2", "--episodes", "reach=1",
+             "--eval-episodes", "1"]  # fmt: skip
+    overrides = ["model.preset=tiny", "train.steps=2", "train.save_every=2", "train.val_every=2", "data.num_workers=0",
+                 "data.batch_size=4"]  # fmt: skip
+    assert main([*flags, *overrides]) == 0
+    out = capsys.readouterr().out
+    assert f"[3/5] fine-tuning the pretrained bases ({base}) on choose + reach" in out
+    for name in ("graph", "no_graph"):
+        checkpoint = tmp_path / "runs" / name / "checkpoints" / "2"
+        config = (checkpoint / "train_config.yaml").read_text()
+        assert f"init_from: {base / name}" in config
+        assert (checkpoint / "tokenizer.model").read_bytes() == (base / name / "tokenizer.model").read_bytes()
+        stats = Path("assets", "softarm", "norm_stats.json")
+        assert (checkpoint / stats).read_text() == (base / name / stats).read_text()  # the same arm: the base's
+    report = (tmp_path / "report.md").read_text()
+    assert "start from a base pretrained once in simulation" in report
+    fine_tuning = report[report.index("## What fine-tuning added") :]
+    assert "| task | base (graph), not fine-tuned | pi0 + graph | pi0, no graph |" in fine_tuning
+    for task in ("reach", "choose", "follow"):
+        assert (tmp_path / "eval" / task / "base" / "eval.json").is_file()
+        assert f"\n| {task} | " in fine_tuning
+    summary = json.loads((tmp_path / "eval" / "reach" / "graph" / "eval.json").read_text())["summary"]
+    assert summary["noise_scale"] == 0.0
+    (base / "graph" / "base.json").rename(base / "graph" / "card.json")
+    try:
+        assert main([*flags, *overrides]) == 2
+        assert f"{base / 'graph'} is not a base of `softarm pretrain` (base.json missing)" in capsys.readouterr().err
+    finally:
+        (base / "graph" / "card.json").rename(base / "graph" / "base.json")
+
+
+def test_demo_from_scratch_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["demo", "--from-scratch", "--out", str(tmp_path), "--episodes", "reach=3", "--episodes", "choose=2",
+             "--eval-episodes", "2", "--eval-episodes", "follow=0"]  # fmt: skip
     overrides = ["train.steps=3", "train.save_every=3", "train.val_every=3", "data.num_workers=0", "data.batch_size=4"]
     args = [*flags, *overrides]
     assert main(args) == 0
@@ -61,9 +96,11 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path: Path, capsys: pytest.Ca
         main(["demo", "--out", str(tmp_path), "--eval-episodes", "=3"])
     assert main([*flags, "--plan-from", "current", *overrides]) == 2  # the episodes there were planned from rest
     err = capsys.readouterr().err
-    assert "plan_from 'rest' hold_steps 3; choose another --out for seed 0 noise 0.05 arm 'pneumatic' plan_from" in err
-    assert err.endswith("plan_from 'current' hold_steps 3\n")
-    assert main(["demo", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes", "reach=0"]) == 2
+    assert ("plan_from 'rest' hold_steps 3 hard_only False; choose another --out for seed 0 noise 0.05 arm "
+            "'pneumatic' plan_from") in err  # fmt: skip
+    assert err.endswith("plan_from 'current' hold_steps 3 hard_only False\n")
+    assert main(["demo", "--from-scratch", "--out", str(tmp_path), "--episodes", "reach=3", "--eval-episodes",
+                 "reach=0"]) == 2  # fmt: skip
     assert "softarm demo: error: no evaluation episodes for reach: give --eval-episodes TASK=COUNT >= 1" in (
         capsys.readouterr().err
     )

@@ -1,18 +1,21 @@
 """`softarm demo`: the whole system on the built-in simulated arm, on a CPU, in one command.
 
-simulate expert episodes -> convert them into one dataset -> train the small real PI0Pytorch twice (with the graph,
-and without it: same data, same seed, same steps) -> closed-loop evaluation of both next to the expert, a
-payload-blind expert and random pressures -> report.md with plots. Every stage writes into OUT and is skipped when
-its output is already there, so a re-run only does what is missing (an interrupted training resumes from its last
-checkpoint).
+simulate expert episodes -> convert them into one dataset -> fine-tune the pretrained base models twice (the base
+with the graph, and the base without it, pretrained alike: same data, same seed, same steps) -> closed-loop
+evaluation of the base and both fine-tuned models next to the expert, a payload-blind expert and random pressures
+-> report.md with plots. Every stage writes into OUT and is skipped when its output is already there, so a re-run
+only does what is missing (an interrupted training resumes from its last checkpoint).
 
 The tasks ask for different things of a policy: `reach` to find a ball anywhere in the images, `choose` to read
 the prompt, `follow` to keep correcting. Every episode carries a random payload on the tip: the same pressures then
 bend the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is,
-while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover. By
-default the models learn `choose` and the baselines show all three tasks: on 2 CPU cores the small model does not
-learn to find a ball in the images (docs/cpu_model_search.md), and training on a mixture with `reach` and `follow`
-costs `choose` most of its success; `--episodes reach=100` adds a task to the training mixture.
+while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover.
+
+The bases (models/sim_base, `softarm pretrain`, docs/sim_base.md) learnt to see and reach on `reach` and `follow`
+and never saw `choose`: fine-tuning teaches it, as a π0 user fine-tunes pi0_base on a task, with some `reach`
+episodes in the mixture so that what the base knew stays. `base=None` trains the small `tiny` model from scratch
+instead (configs/demo.yaml, choose alone: a model trained from scratch in minutes does not learn to find a ball in
+the images, docs/cpu_model_search.md).
 """
 
 from __future__ import annotations
@@ -26,48 +29,67 @@ import shutil
 
 from softarm.apps.demo_report import write_report
 from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.apps.pretrain import BASE_FILE, SHIPPED
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
 from softarm.sim.agents import DEFAULT_PLAN_FROM
-from softarm.sim.arm_model import ARMS, DEFAULT_ARM
+from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
 from softarm.sim.generate import generate
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+DEFAULT_CONFIG = CONFIGS / "finetune.yaml"  # from the bases
+SCRATCH_CONFIG = CONFIGS / "demo.yaml"  # from scratch
 # name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
 MODELS = {"graph": "state", "no_graph": "none"}
 BASELINES = ("expert", "expert-blind", "random")
-# openpi's image slots <- the pneumatic arm's cameras: two fixed views that together give depth, and the wrist camera.
-# Another arm's cameras go to the slots in the order of their names, as `softarm convert` maps them by default.
-CAMERAS = {DEFAULT_ARM: {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"}}
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoOptions:
-    # demonstrations per task; the models train on all of them (a mixture if several tasks)
-    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"choose": 150})
+    # the pretrained bases, one directory per model (graph, no_graph); None trains the models from scratch
+    base: Path | None = SHIPPED
+    # demonstrations per task; the models train on all of them (a mixture if several tasks). None: choose 150, and
+    # from the bases reach 100 too, so that fine-tuning keeps what the base knew
+    episodes: Mapping[str, int] | None = None
     noise: float = 0.05  # DART: std of the noise on the executed commands while recording
     plan_from: str = DEFAULT_PLAN_FROM  # where the expert's solver starts (softarm.sim.agents.ExpertAgent)
     val_episodes: int = 20
     # closed-loop episodes per policy and task (0 leaves a task out): 100 on choose, for intervals that can separate
     # the two models; fewer on follow, whose expert re-plans every step (about 1.4 s per episode). The models are
     # scored on the tasks they learned, the baselines on all.
-    eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 50, "choose": 100,
+    eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 100, "choose": 100,
                                                                                   "follow": 30})  # fmt: skip
     seeds: int = 1  # training seeds per model; the report pools their evaluations
-    config: Path = DEFAULT_CONFIG
+    config: Path | None = None  # None: configs/finetune.yaml from the bases, configs/demo.yaml from scratch
     overrides: tuple[str, ...] = ()  # dotted config overrides for both trainings, e.g. ("train.steps=50",)
     arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
+    # the flow's starting noise per task for the models (1 = openpi's sampling, also for a task not named). None:
+    # from the bases 0 on every task, which holds one pressure pattern per ball, what reach's 10 mm needs
+    # (docs/cpu_model_search.md); from scratch openpi's 1, as the figures of that comparison were measured
+    noise_scale: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.episodes is None:
+            object.__setattr__(self, "episodes", {"choose": 150, **({"reach": 100} if self.base else {})})
+        if self.config is None:
+            object.__setattr__(self, "config", DEFAULT_CONFIG if self.base else SCRATCH_CONFIG)
+        if self.noise_scale is None:
+            object.__setattr__(
+                self, "noise_scale", dict.fromkeys(("reach", "choose", "follow"), 0.0) if self.base else {}
+            )
 
 
 def _stage(number: int, text: str) -> None:
     print(f"[{number}/5] {text}", flush=True)
 
 
-def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoOptions) -> Path:
-    overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={fusion}",
+def _train(run_dir: Path, name: str, seed: int, prepared: Path, options: DemoOptions) -> Path:
+    overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={MODELS[name]}",
                  f"train.seed={seed}"]  # fmt: skip
+    if options.base:  # the same arm as the base's: its normalisation too
+        overrides += [f"train.init_from={options.base / name}", f"data.norm_stats={options.base / name}"]
     config = load_config(options.config, [*overrides, *options.overrides])
     final = run_dir / CHECKPOINTS_DIR / str(config.train.steps)
     if final.is_dir():
@@ -77,14 +99,33 @@ def _train(run_dir: Path, fusion: str, seed: int, prepared: Path, options: DemoO
     return final
 
 
-def _evaluate(task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, arm: str) -> Path:
-    eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if checkpoint else policy, arm=arm,
-                               checkpoint=checkpoint and str(checkpoint), videos=2 if checkpoint else 1)  # fmt: skip
+def _evaluate(
+    task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, options: DemoOptions
+) -> Path:
+    model = checkpoint is not None
+    eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if model else policy, arm=options.arm,
+                               checkpoint=checkpoint and str(checkpoint), videos=2 if model else 1,
+                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0)  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
         print(f"  {task} / {eval_dir.name}: {eval_dir / EVAL_FILE} exists, reused")
     else:
         evaluate(eval_options, eval_dir)
     return eval_dir / EVAL_FILE
+
+
+def _base_card(options: DemoOptions) -> dict[str, dict]:
+    """The bases' base.json, checked: one directory per model, each a base directory `softarm pretrain` wrote."""
+    cards = {}
+    for name in MODELS:
+        path = Path(options.base) / name / BASE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.parent} is not a base of `softarm pretrain` ({BASE_FILE} missing); "
+                                    "--from-scratch trains without one")  # fmt: skip
+        cards[name] = json.loads(path.read_text())
+        if cards[name]["arm"] != options.arm:
+            raise ValueError(f"{path.parent} was pretrained on the {cards[name]['arm']} arm, not {options.arm!r}; "
+                             "--from-scratch trains the other arm without a base")  # fmt: skip
+    return cards
 
 
 def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str, dict[str, dict]]:
@@ -97,6 +138,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
     arm = ARMS[options.arm]
+    cards = _base_card(options) if options.base else {}
     trained = list(options.episodes)
     missing = [task for task in trained if options.eval_episodes.get(task, 0) < 1]
     if missing:
@@ -114,14 +156,14 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     if (prepared / META_FILE).is_file():
         print(f"  {prepared} exists, reused")
     else:
-        cameras = CAMERAS.get(options.arm)
+        cameras = CAMERA_SLOTS.get(options.arm)
         convert(out / "raw", prepared, ConvertOptions(val_episodes=options.val_episodes, cameras=cameras))
-    _stage(3, f"training the small real pi0 on {' + '.join(trained)}, with the graph and without it "
-              f"({options.seeds} seed(s))")  # fmt: skip
+    start = f"fine-tuning the pretrained bases ({options.base})" if options.base else "training the small real pi0"
+    _stage(3, f"{start} on {' + '.join(trained)}, with the graph and without it ({options.seeds} seed(s))")
     runs = {name: [out / "runs" / (name if seed == 0 else f"{name}_seed{seed}") for seed in range(options.seeds)]
             for name in MODELS}  # fmt: skip
     checkpoints = {
-        name: [_train(run_dir, MODELS[name], seed, prepared, options) for seed, run_dir in enumerate(run_dirs)]
+        name: [_train(run_dir, name, seed, prepared, options) for seed, run_dir in enumerate(run_dirs)]
         for name, run_dirs in runs.items()
     }
     counts = ", ".join(f"{task} {options.eval_episodes[task]}" for task in tasks)
@@ -129,15 +171,32 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     evaluations: dict[str, dict[str, list[Path]]] = {}
     for task in tasks:
         evaluations[task] = {}
-        for policy in ("expert", "expert-blind", *(MODELS if task in trained else ()), "random"):
-            targets = [(None, out / "eval" / task / policy)] if policy in BASELINES else [
-                (checkpoint, out / "eval" / task / run.name) for checkpoint, run in
-                zip(checkpoints[policy], runs[policy], strict=True)
-            ]  # fmt: skip
+        # from the bases every model has seen every skill but choose (which fine-tuning teaches): all are scored
+        models = MODELS if options.base or task in trained else ()
+        for policy in ("expert", "expert-blind", *(["base"] if options.base else []), *models, "random"):
+            if policy in BASELINES:
+                targets = [(None, out / "eval" / task / policy)]
+            elif policy == "base":  # the graph base alone, before fine-tuning
+                targets = [(Path(options.base) / "graph", out / "eval" / task / "base")]
+            else:
+                targets = [(checkpoint, out / "eval" / task / run.name)
+                           for checkpoint, run in zip(checkpoints[policy], runs[policy], strict=True)]  # fmt: skip
             count = options.eval_episodes[task]
-            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count, options.arm) for ck, d in targets]
+            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count, options) for ck, d in targets]
     _stage(5, "writing the report")
-    untrained = [task for task in tasks if task not in trained]
+    intro = _intro(options, arm, cards, [task for task in tasks if task not in trained])
+    for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was scored)
+        gif = out / "eval" / task / ("graph" if "graph" in evaluations[task] else "expert") / "rollouts.gif"
+        if gif.is_file():
+            shutil.copyfile(gif, out / f"rollouts_{task}.gif")
+    write_report(out, evaluations, runs, intro=intro, cameras=[camera.name for camera in arm.cameras])
+    return {
+        task: {policy: json.loads(files[0].read_text())["summary"] for policy, files in policies.items()}
+        for task, policies in evaluations.items()
+    }
+
+
+def _intro(options: DemoOptions, arm, cards: dict[str, dict], untrained: list[str]) -> str:
     dart = (f", its commands executed with Gaussian noise of std {options.noise} while the expert's own commands "
             "are the labels (DART)") if options.noise else ""  # fmt: skip
     sensed = f"{len(arm.measured)} of the 19" if len(arm.measured) < 19 else "all 19"
@@ -148,23 +207,38 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
         f"cameras {cameras}, {arm.image_size[0]}x{arm.image_size[1]}. "
         f"Demonstrations: {', '.join(f'{n} {t}' for t, n in options.episodes.items())} episodes of the scripted "
         f"expert{dart}. Every episode carries a random 0-50 g payload on the tip, unknown to the policies. "
-        "Both models are the same small real PI0Pytorch (configs/demo.yaml), trained from scratch on the same "
-        f"episodes with the same seed and steps; 'pi0 + graph' also reads the {arm.num_segments}-node graph (fusion "
-        f"`state`), 'pi0, no graph' has only the {arm.num_actuators} actuator states in its state slot. The "
-        "payload-blind expert plans for 25 g whatever the tip carries: what a controller without shape sensing "
-        "achieves. Evaluation episodes are held out (seeds from 1,000,000)."
     )
+    if cards:
+        graph = cards["graph"]
+        tasks = " and ".join(f"`{t}`" for t in graph["data"]["tasks"])
+        intro += (
+            f"Both models start from a base pretrained once in simulation (`{options.base}`, `softarm pretrain`, "
+            f"docs/sim_base.md): the `tiny_vision` PI0Pytorch trained from scratch for {graph['steps']} steps on "
+            f"{graph['data']['episodes']} expert episodes whose prompts are {tasks}; it never saw `choose`. The "
+            "graph base and the no-graph base were pretrained alike (same data, seed and schedule), so neither "
+            f"side starts from weights that saw what it lacks; each is fine-tuned here ({Path(options.config).name}) "
+            "on the same episodes with the same seed and steps. 'base' is the graph base alone, before "
+            "fine-tuning. "
+        )
+    else:
+        intro += (
+            f"Both models are the same small real PI0Pytorch ({Path(options.config).name}), trained from scratch on "
+            "the same episodes with the same seed and steps. "
+        )
+    intro += (
+        f"'pi0 + graph' also reads the {arm.num_segments}-node graph (fusion `state`), 'pi0, no graph' has only the "
+        f"{arm.num_actuators} actuator states in its state slot. The payload-blind expert plans for 25 g whatever "
+        "the tip carries: what a controller without shape sensing achieves. Evaluation episodes are held out (seeds "
+        "from 1,000,000)"
+    )
+    scales = {task: scale for task, scale in options.noise_scale.items() if scale != 1}
+    if scales:
+        intro += "; models sample " + ", ".join(f"{task} with noise scale {s:g}" for task, s in scales.items())
+    intro += "."
     if untrained:
         intro += (
             f" No model was trained on {' or '.join(untrained)} in this run; `--episodes TASK=COUNT` adds a task to "
-            "the training mixture, and docs/cpu_model_search.md says why the default trains on choose alone."
+            "the training mixture, and docs/cpu_model_search.md says why the default from scratch trains on choose "
+            "alone."
         )
-    for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was trained)
-        gif = out / "eval" / task / ("graph" if task in trained else "expert") / "rollouts.gif"
-        if gif.is_file():
-            shutil.copyfile(gif, out / f"rollouts_{task}.gif")
-    write_report(out, evaluations, runs, intro=intro, cameras=[camera.name for camera in arm.cameras])
-    return {
-        task: {policy: json.loads(files[0].read_text())["summary"] for policy, files in policies.items()}
-        for task, policies in evaluations.items()
-    }
+    return intro

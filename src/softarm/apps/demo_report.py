@@ -11,13 +11,15 @@ from collections.abc import Mapping, Sequence
 import json
 from pathlib import Path
 
+import numpy as np
+
 from softarm.apps.evaluate import wilson_interval
 from softarm.layout import LOSS_PLOT, METRICS_FILE
 from softarm.plotting import pyplot, save_figure
 from softarm.train.metrics import read_metrics
 
-LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "graph": "pi0 + graph",
-          "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
+LABELS = {"expert": "scripted expert", "expert-blind": "expert, payload-blind", "base": "base (graph), not fine-tuned",
+          "graph": "pi0 + graph", "no_graph": "pi0, no graph", "random": "random"}  # fmt: skip
 MODELS = ("graph", "no_graph")
 # The payload-blind expert plans for 25 g: close enough in the middle band, a miss at either end, where only a policy
 # that senses its shape can still be right.
@@ -27,8 +29,8 @@ PAYLOAD_BANDS = {
     "heavy (>= 40 g)": (40.0, float("inf")),
 }
 EXTREMES = ("light (< 10 g)", "heavy (>= 40 g)")
-COLORS = {"expert": "tab:gray", "expert-blind": "silver", "graph": "tab:green", "no_graph": "tab:orange",
-          "random": "tab:red"}  # fmt: skip
+COLORS = {"expert": "tab:gray", "expert-blind": "silver", "base": "tab:olive", "graph": "tab:green",
+          "no_graph": "tab:orange", "random": "tab:red"}  # fmt: skip
 TASK_TEXT = {
     "reach": "`reach` (vision): one ball anywhere in the workspace; success = the tip stays within 10 mm of it "
     "for 0.3 s within 5 s",
@@ -137,10 +139,10 @@ def plot_success(path: Path, episodes: Episodes) -> Path:
 def _row(name: str, rows: Sequence[dict], evaluations: int) -> str:
     hits, n = successes(rows)
     low, high = wilson_interval(hits, n)
-    errors = sorted(r["final_error_mm"] for r in rows)
-    times = sorted(r["time_to_success_s"] for r in rows if r["time_to_success_s"] is not None)
-    rmse = sorted(r["tracking_rmse_mm"] for r in rows if "tracking_rmse_mm" in r)
-    median = lambda values: f"{values[len(values) // 2]:.1f}" if values else "-"  # noqa: E731
+    errors = [r["final_error_mm"] for r in rows]
+    times = [r["time_to_success_s"] for r in rows if r["time_to_success_s"] is not None]
+    rmse = [r["tracking_rmse_mm"] for r in rows if "tracking_rmse_mm" in r]
+    median = lambda values: f"{np.median(values):.1f}" if values else "-"  # noqa: E731  # as eval.json's summary
     seeds = f" ({evaluations} seeds)" if evaluations > 1 else ""
     return (
         f"| {LABELS[name]}{seeds} | {hits}/{n} ({100 * hits / n:.0f} %) | {100 * low:.0f}-{100 * high:.0f} % | "
@@ -154,6 +156,30 @@ def _by_payload(episodes: Mapping[str, Sequence[dict]]) -> list[str]:
         cells = [successes(rows, band) for band in PAYLOAD_BANDS.values()]
         lines.append(f"| {LABELS[name]} | {' | '.join(f'{s}/{n}' if n else '-' for s, n in cells)} |")
     return lines
+
+
+def _cell(rows: Sequence[dict] | None) -> str:
+    if not rows:
+        return "-"
+    hits, n = successes(rows)
+    low, high = wilson_interval(hits, n)
+    return f"{hits}/{n} ({100 * low:.0f}-{100 * high:.0f} %)"
+
+
+def _fine_tuning(episodes: Episodes) -> list[str]:
+    """The base alone next to the models fine-tuned from it, per task: what fine-tuning added, and what it kept."""
+    names = [n for n in ("base", *MODELS) if any(n in episodes[t] for t in episodes)]
+    lines = ["## What fine-tuning added", "", f"| task | {' | '.join(LABELS[n] for n in names)} |",
+             "|---" * (len(names) + 1) + "|"]  # fmt: skip
+    lines += [f"| {task} | {' | '.join(_cell(episodes[task].get(n)) for n in names)} |" for task in episodes]
+    for task in episodes:
+        if "base" in episodes[task] and "graph" in episodes[task]:
+            base, tuned = successes(episodes[task]["base"]), successes(episodes[task]["graph"])
+            (b_low, b_high), (t_low, t_high) = wilson_interval(*base), wilson_interval(*tuned)
+            change = "gained" if t_low > b_high else "lost" if t_high < b_low else "kept (intervals overlap)"
+            lines.append(f"- {task}: the fine-tuned graph model {change}: {_cell(episodes[task]['base'])} before, "
+                         f"{_cell(episodes[task]['graph'])} after.")  # fmt: skip
+    return [*lines, ""]
 
 
 def load_evaluations(paths: Mapping[str, Mapping[str, Sequence[Path]]]) -> tuple[Episodes, dict]:
@@ -202,6 +228,8 @@ def write_report(
             whose = "graph model" if "graph" in episodes[task] else "scripted expert"
             views = " | ".join(cameras)
             lines += [f"Rollouts of the {whose} ({views} camera): ![{task}](rollouts_{task}.gif)", ""]
+    if any("base" in episodes[t] for t in tasks):
+        lines += _fine_tuning(episodes)
     present = [t for t in tasks if all(m in episodes[t] for m in MODELS)]
     if present:
         graph, no_graph = (pooled(episodes, m, present) for m in MODELS)

@@ -1,0 +1,205 @@
+"""`softarm pretrain`: the simulator's base model, pretrained once from scratch so that fine-tuning starts from a model
+that sees, as a π0 user starts from pi0_base.
+
+record demonstrations (reach, reach where it is hard, follow; never choose, the task the demo fine-tunes on) -> one
+dataset, with a tokenizer that knows every task's words -> train tiny_vision with the graph and without it, same
+data, seed and schedule (configs/pretrain.yaml) -> score each closed loop on the three tasks -> export each as a base
+directory: model config, EMA weights, norm stats, tokenizer, data spec and `base.json` (recipe, training figures,
+scores), loadable by `train.init_from`, `softarm eval` and `softarm serve`. Every stage is skipped when its output is
+there, and an interrupted training resumes, so the same command finishes what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+import json
+import os
+from pathlib import Path
+import shutil
+
+import numpy as np
+
+from softarm import layout
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.data.convert import ConvertOptions, convert
+from softarm.model import plain
+from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
+from softarm.sim.generate import generate
+from softarm.sim.tasks import task_prompts
+from softarm.train.config import load_config
+from softarm.train.loop import train
+from softarm.train.metrics import read_metrics
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain.yaml"
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "sim_base"  # the bases that come with the project
+BASE_FILE = "base.json"
+MODELS = {"graph": "state", "no_graph": "none"}  # name -> model.overrides.fusion
+HARD_SEED = 100_000  # the far-ball / light-payload reach episodes are drawn from here (the others from 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainOptions:
+    # expert demonstrations per task, seeds from 0
+    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 2400, "follow": 200})
+    # further reach seeds (from HARD_SEED) of which only the hard ones are recorded (`sim.tasks.is_hard`): the far
+    # balls and light payloads a policy misses most
+    hard_reach: int = 1600
+    val_episodes: int = 100
+    # closed-loop episodes per base and task, on held-out seeds, sampled with `noise_scale`
+    eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 100, "follow": 30,
+                                                                                  "choose": 30})  # fmt: skip
+    noise_scale: float = 0.0  # deterministic sampling: what reach needs (docs/cpu_model_search.md)
+    models: tuple[str, ...] = tuple(MODELS)
+    config: Path = DEFAULT_CONFIG
+    overrides: tuple[str, ...] = ()  # dotted config overrides for every training
+    export: Path | None = None  # where the bases go, one directory per model (default: OUT/base)
+    arm: str = DEFAULT_ARM
+    workers: int = 2  # simulator processes recording demonstrations
+
+
+def _stage(number: int, text: str) -> None:
+    print(f"[{number}/5] {text}", flush=True)
+
+
+def _record(out: Path, options: PretrainOptions) -> list[Path]:
+    """The raw directories: one for the plain episodes of every task, one for the hard reach episodes (a directory
+    holds one seed range per task)."""
+    workers = min(options.workers, os.cpu_count() or 1)
+    raw, hard = out / "raw", out / "raw_hard"
+    for task, count in options.episodes.items():
+        result = generate(task, count, raw, seed=0, workers=workers, arm=options.arm)
+        print(f"  {task}: {result.written} episodes written, {result.reused} reused")
+    if options.hard_reach:
+        result = generate("reach", options.hard_reach, hard, seed=HARD_SEED, workers=workers, arm=options.arm,
+                          hard_only=True)  # fmt: skip
+        print(f"  hard reach: {result.written} written, {result.reused} reused, {result.passed_over} passed over")
+    return [raw, hard] if options.hard_reach else [raw]
+
+
+def _prepare(out: Path, sources: list[Path], options: PretrainOptions) -> tuple[Path, Path]:
+    """The dataset, and a tokenizer for the words of every task on every built-in arm: a model fine-tuned from the
+    base keeps its token ids, so the base must be able to spell the prompts it has not seen yet."""
+    from softarm.data.tokenizer import train_prompt_tokenizer
+
+    prepared, tokenizer = out / "prepared", out / layout.TOKENIZER_FILE
+    if not tokenizer.is_file():
+        train_prompt_tokenizer(task_prompts(list(ARMS.values())), tokenizer)
+    if (prepared / layout.META_FILE).is_file():
+        print(f"  {prepared} exists, reused")
+    else:
+        options_ = ConvertOptions(val_episodes=options.val_episodes, cameras=CAMERA_SLOTS.get(options.arm))
+        result = convert(sources, prepared, options_)
+        print(f"  kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples {result.samples}")
+    return prepared, tokenizer
+
+
+def _train(name: str, prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions) -> tuple[Path, dict]:
+    run_dir = out / "runs" / name
+    overrides = [f"data.path={prepared}", f"data.tokenizer={tokenizer}", f"train.out_dir={run_dir}",
+                 f"model.overrides.fusion={MODELS[name]}"]  # fmt: skip
+    config = load_config(options.config, [*overrides, *options.overrides])
+    final = run_dir / layout.CHECKPOINTS_DIR / str(config.train.steps)
+    if final.is_dir():
+        print(f"  {name}: {final} exists, reused")
+    else:
+        train(config)
+    return final, config.to_dict()
+
+
+def training_figures(run_dir: Path, samples_per_step: int) -> dict:
+    """s/step (median over the logged intervals) and the last validation losses, from a run's metrics.jsonl."""
+    records = read_metrics(run_dir / layout.METRICS_FILE)
+    rates = [r["samples_per_s"] for r in records if r.get("samples_per_s")]
+    val = [r for r in records if "val_loss" in r]
+    figures = {"s_per_step_median": samples_per_step / float(np.median(rates)) if rates else None}
+    if val:
+        figures |= {k: val[-1][k] for k in ("val_loss", "val_loss_ema") if k in val[-1]}
+    return figures
+
+
+def export_base(checkpoint: Path, directory: Path, card: dict) -> Path:
+    """A base directory from a checkpoint: its EMA weights (what is scored and served) as the model's weights, the
+    model config, norm stats, tokenizer and data spec, and `card` as base.json. No optimizer or trainer state: a base
+    starts new trainings, it does not resume one."""
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / layout.ASSETS_DIR / layout.ASSET_ID).mkdir(parents=True)
+    ema = checkpoint / layout.EMA_FILE
+    shutil.copy2(ema if ema.is_file() else checkpoint / layout.WEIGHTS_FILE, tmp / layout.WEIGHTS_FILE)
+    stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
+    for name in (layout.CONFIG_FILE, layout.TOKENIZER_FILE, layout.DATA_SPEC_FILE, stats):
+        shutil.copy2(checkpoint / name, tmp / name)
+    (tmp / BASE_FILE).write_text(json.dumps(plain(card), indent=2) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(directory)
+    return directory
+
+
+def _score(base: Path, name: str, out: Path, options: PretrainOptions) -> dict[str, dict]:
+    scores = {}
+    for task, episodes in options.eval_episodes.items():
+        if episodes < 1:
+            continue
+        eval_options = EvalOptions(task=task, episodes=episodes, checkpoint=str(base), arm=options.arm, videos=1,
+                                   noise_scale=options.noise_scale)  # fmt: skip
+        eval_dir = out / "eval" / task / name
+        report = reusable_report(eval_options, eval_dir)
+        summary = report["summary"] if report is not None else evaluate(eval_options, eval_dir)
+        scores[task] = {key: summary[key] for key in ("episodes", "successes", "success_rate", "success_rate_wilson95",
+                                                      "final_error_mm_median")}  # fmt: skip
+        if "tracking_rmse_mm_median" in summary:
+            scores[task]["tracking_rmse_mm_median"] = summary["tracking_rmse_mm_median"]
+    return scores
+
+
+def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> dict[str, Path]:
+    """Run (or finish) the pretraining in `out`; returns {model name: exported base directory}."""
+    out = Path(out)
+    if not Path(options.config).is_file():
+        raise FileNotFoundError(f"pretraining config {options.config} not found")
+    unknown = sorted(set(options.models) - set(MODELS))
+    if unknown or not options.models:
+        raise ValueError(f"--models: unknown {unknown or 'none given'}; choose from {sorted(MODELS)}")
+    if "choose" in options.episodes:
+        raise ValueError("the base must not see choose, the task the demo fine-tunes it on: leave it out of --episodes")
+    if options.arm not in ARMS:
+        raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
+    export = Path(options.export) if options.export is not None else out / "base"
+    _stage(1, f"recording expert demonstrations ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}, "
+              f"and the hard ones of {options.hard_reach} more reach seeds)")  # fmt: skip
+    sources = _record(out, options)
+    _stage(2, "converting them into one dataset")
+    prepared, tokenizer = _prepare(out, sources, options)
+    bases = {}
+    for name in options.models:
+        _stage(3, f"pretraining the {name} base from scratch ({options.config.name})")
+        checkpoint, config = _train(name, prepared, tokenizer, out, options)
+        meta = json.loads((prepared / layout.META_FILE).read_text())
+        card = {
+            "name": f"sim_base/{name}",
+            "arm": options.arm,
+            "fusion": MODELS[name],
+            "recipe": {**dataclasses.asdict(options), "config": str(options.config), "hard_seed": HARD_SEED},
+            "data": {
+                "episodes": len(meta["episodes"]),
+                "samples": meta["samples"],
+                "tasks": sorted({ep["prompt"] for ep in meta["episodes"]}),
+            },
+            "train_config": config,
+            "steps": int(checkpoint.name),
+            "training": training_figures(
+                checkpoint.parents[1], config["data"]["batch_size"] * config["train"]["grad_accum"]
+            ),
+            "license": "Apache-2.0 (the project's)",
+        }
+        counts = ", ".join(f"{t} {n}" for t, n in options.eval_episodes.items())
+        _stage(4, f"scoring the {name} base closed loop ({counts})")
+        base = export_base(checkpoint, export / name, card)
+        card["scores"] = _score(base, name, out, options)
+        (base / BASE_FILE).write_text(json.dumps(plain(card), indent=2) + "\n")
+        bases[name] = base
+    _stage(5, f"bases written to {export}")
+    return bases

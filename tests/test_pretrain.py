@@ -1,0 +1,55 @@
+"""`softarm pretrain` at toy sizes: demonstrations without choose, one dataset, two bases trained, scored, exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sentencepiece
+
+from softarm.cli import main
+from softarm.policy import SoftArmPolicy
+from softarm.weights import load_model
+from tests.conftest import SMALL_PRETRAIN
+
+
+def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) -> None:
+    for name, fusion in (("graph", "state"), ("no_graph", "none")):
+        base = pretrained / "base" / name
+        assert sorted(p.name for p in base.iterdir()) == ["assets", "base.json", "data_spec.json", "model.safetensors",
+                                                          "model_config.json", "tokenizer.model"]  # fmt: skip
+        card = json.loads((base / "base.json").read_text())
+        assert (card["name"], card["fusion"], card["steps"]) == (f"sim_base/{name}", fusion, 2)
+        assert card["arm"] == "pneumatic"
+        assert card["data"]["tasks"] == ["follow the red ball", "reach the ball"]  # never choose's prompts
+        hard = json.loads((pretrained / "raw_hard" / "generate_reach.json").read_text())
+        assert card["data"]["episodes"] == 3 + hard["written"]
+        assert card["recipe"]["hard_reach"] == 4
+        assert card["training"]["s_per_step_median"] > 0
+        assert set(card["training"]) >= {"val_loss", "val_loss_ema"}
+        assert set(card["scores"]) == {"reach", "follow", "choose"}
+        for task, score in card["scores"].items():
+            assert score["episodes"] == 1, task
+            assert 0 <= score["success_rate"] <= 1
+        # the weights are the EMA of the last checkpoint: what was scored is what ships
+        checkpoint = pretrained / "runs" / name / "checkpoints" / "2"
+        assert (base / "model.safetensors").read_bytes() == (checkpoint / "ema.safetensors").read_bytes()
+        assert load_model(base).config.fusion == fusion
+        assert SoftArmPolicy.from_checkpoint(base).metadata["fusion"] == fusion  # servable as it is
+        # the tokenizer spells the colours of choose, which the base never saw, with pieces of their own
+        tokens = sentencepiece.SentencePieceProcessor(model_file=str(base / "tokenizer.model"))
+        assert not any(p.startswith("<0x") for p in tokens.encode("reach the green ball", out_type=str))
+
+
+def test_a_second_run_reuses_every_stage_and_choose_is_refused(
+    pretrained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(pretrained), *SMALL_PRETRAIN]) == 0
+    out = capsys.readouterr().out
+    assert "reach: 0 episodes written, 2 reused" in out
+    assert f"{pretrained / 'prepared'} exists, reused" in out
+    assert out.count("/checkpoints/2 exists, reused") == 2
+    assert main(["pretrain", "--out", str(pretrained), "--episodes", "choose=5"]) == 2
+    assert "the base must not see choose" in capsys.readouterr().err
