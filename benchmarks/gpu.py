@@ -155,7 +155,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed inference calls per cell")
     parser.add_argument("--compile-mode", default="max-autotune")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.preset, args.device, args.batch, args.steps, args.warmup, args.repeats = "tiny", "cpu", 1, 1, 0, 1
+        args.compile_mode = "default"
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device here; skipped (run it on a GPU machine, or with --device cpu "

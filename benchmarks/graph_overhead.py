@@ -7,6 +7,7 @@ itself, to separate the encoder's cost from the attention's.
 
     .venv/bin/python benchmarks/graph_overhead.py                  # tiny + realistic shapes, on CPU
     .venv/bin/python benchmarks/graph_overhead.py --scenario full  # full-size pi0/pi0.5 in bf16 (needs a GPU)
+    .venv/bin/python benchmarks/graph_overhead.py --smoke          # seconds: that it runs (the suite calls it)
 
 Scenarios:
   tiny       the tiny preset as tests use it (16 image tokens per camera)
@@ -61,7 +62,7 @@ def step_seconds(model, obs, actions, graph, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    kwargs = {} if graph is None else {"graph": graph}
+    kwargs = {} if graph is None else {"graph_nodes": graph}
     model(obs, actions, **kwargs).mean().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -100,7 +101,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.scenario, args.variant, args.repeats, args.warmup = "tiny", "pi0", 1, 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -60,7 +60,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes, args.length, args.repeats = 3, 4, 1
     total = args.episodes * args.length
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -54,7 +54,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pi05", action="store_true", help="quantile normalisation and the pi0.5 prompt format")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes, args.length, args.batch, args.workers = 2, 8, 4, [0]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = build_dataset(Path(tmp), args.episodes, args.length)
         data = PreparedDataset(prepared, "train")

@@ -2,11 +2,12 @@
 
 A batch as an arm with two cameras and a short prompt produces it: the third image slot is masked in every sample
 and the prompt fills a few of its `max_token_len` positions. The two variants are the same model and batch; the
-padding drop is switched off by replacing `softarm.model.drop_shared_padding` with the identity. They are timed in
-rotating order, and the losses are compared (the drop is exact up to float rounding).
+padding drop is switched off by the model's own switch, `drop_prefix_padding` (what a compiled model turns off).
+They are timed in rotating order, and the losses are compared (the drop is exact up to float rounding).
 
     .venv/bin/python benchmarks/prefix_padding.py                       # the demo's tiny tower (56-px patches)
     .venv/bin/python benchmarks/prefix_padding.py --patch 28 --width 64 --depth 2
+    .venv/bin/python benchmarks/prefix_padding.py --smoke               # seconds: that it runs (the suite calls it)
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from openpi.models.model import Observation
 import torch
 
-from softarm import model as model_module
 from softarm.layout import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch, VisionSpec, preset
 
@@ -41,18 +41,13 @@ def make_batch(config, batch: int, cameras: int, prompt_tokens: int):
 
 def step(model, obs, actions, graph, drop: bool) -> tuple[float, float]:
     """Seconds for forward + backward, and the loss."""
-    original = model_module.drop_shared_padding
-    if not drop:
-        model_module.drop_shared_padding = lambda *tensors: tensors
-    try:
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        loss = model(obs, actions, graph_nodes=graph).mean()
-        loss.backward()
-        return time.perf_counter() - start, float(loss)
-    finally:
-        model_module.drop_shared_padding = original
+    model.drop_prefix_padding = drop
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    loss = model(obs, actions, graph_nodes=graph).mean()
+    loss.backward()
+    return time.perf_counter() - start, float(loss)
 
 
 def main() -> None:
@@ -65,7 +60,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=6, help="prompt positions in use")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.repeats, args.warmup = 2, 1, 0
     vision = VisionSpec(width=args.width, depth=args.depth, mlp_dim=2 * args.width, num_heads=max(args.width // 16, 1),
                         patch_size=args.patch)  # fmt: skip
     config = preset("tiny", vision=vision, fusion="state")

@@ -101,7 +101,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--direct", metavar="CHECKPOINT", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.clients = 1, 1
     if args.direct:
         print(json.dumps(time_direct(args.direct, args.repeats)))
         return

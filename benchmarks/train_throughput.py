@@ -48,13 +48,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fusions", nargs="+", default=["none", "state", "suffix", "prefix"])
+    parser.add_argument("--episodes", type=int, default=12, help="simulated reach episodes to train on")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.steps, args.warmup, args.repeats, args.fusions = 2, 1, 1, 1, ["none", "state"]
+        args.episodes = 2
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (the logging interval)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate("reach", 12, root / "raw")
-        convert(root / "raw", root / "prep", ConvertOptions(val_episodes=2))
+        generate("reach", args.episodes, root / "raw")
+        convert(root / "raw", root / "prep", ConvertOptions(val_episodes=min(2, args.episodes - 1)))
         rates: dict[str, list[float]] = {f: [] for f in args.fusions}
         for r in range(args.repeats):
             for fusion in args.fusions:

@@ -5,11 +5,12 @@ a degree-4 polynomial fitted on 1200 targets maps the pixel coordinates back to 
 With one camera the position along its viewing ray stays ambiguous (the workspace is a 3-D volume, not a surface);
 a second view fixes it. The reach task needs the tip within 10 mm.
 
-    .venv/bin/python benchmarks/camera_depth.py
+    .venv/bin/python experiments/camera_depth.py
 """
 
 from __future__ import annotations
 
+import argparse
 from itertools import combinations_with_replacement
 
 import mujoco
@@ -40,13 +41,18 @@ def polynomial(features: np.ndarray, degree: int = 4) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", type=int, default=1500, help="reach targets; the last fifth are the test set")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
+    args = parser.parse_args()
+    count = 100 if args.smoke else args.targets
     with SoftArmEnv() as env:
         static = StaticArm(env)
         targets = np.array(
-            [TASKS["reach"].sample(1_000_000 + s, static, env.control_hz).targets[0] for s in range(1500)]
+            [TASKS["reach"].sample(1_000_000 + s, static, env.control_hz).targets[0] for s in range(count)]
         )
         pixels = {camera: project(env, camera, targets) for camera in ("base", "side")}
-    train, test = slice(0, 1200), slice(1200, None)
+    train, test = slice(0, count * 4 // 5), slice(count * 4 // 5, None)
     print("cameras     | 3-D error from exact pixel coordinates (mm): median / mean / 90th percentile")
     for cameras in (("base",), ("side",), ("base", "side")):
         features = polynomial(np.concatenate([pixels[c] for c in cameras], axis=1) / 100)

@@ -7,7 +7,7 @@ several rest poses (the episode's own and random ones) with `plan_from="current"
 command range, and how close to the target they put the tip. Labels that depend on a start the policy no longer
 sees after the arm has moved give it several answers per target to average.
 
-    .venv/bin/python benchmarks/expert_redundancy.py [--targets 50] [--starts 6]
+    .venv/bin/python experiments/expert_redundancy.py [--targets 50] [--starts 6]
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=50)
     parser.add_argument("--starts", type=int, default=6, help="rest poses per target: the episode's and random ones")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.targets, args.starts = 2, 2
     with SoftArmEnv() as env:
         static, task = StaticArm(env), TASKS["reach"]
         low, high = env.spec.command_range

@@ -6,7 +6,7 @@ checkpoint and task the same held-out episodes run at every scale; the table giv
 final error, and per scale the episodes won and lost against scale 1 (paired: same episodes, same seeds). Writes
 noise_scale.json and noise_scale.png.
 
-    .venv/bin/python benchmarks/noise_scale.py --run reach=C6/checkpoints/3000 \
+    .venv/bin/python experiments/noise_scale.py --run reach=C6/checkpoints/3000 \
         --run choose=demo_out/runs/graph/checkpoints/1500 --episodes 300 --seed 2000000 --out noise_out
 
 Each cell is an `softarm eval` run in OUT/<task>-<run name>/<scale>, reused when it is already there.
@@ -65,7 +65,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1_000_000, help="first evaluation episode seed")
     parser.add_argument("--replan", type=int, default=8)
     parser.add_argument("--out", default="noise_out")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.scales, args.episodes = "0", 1
     scales = sorted({float(x) for x in args.scales.split(",")} | {1.0})
     results: dict = {}
     for run in args.run:

@@ -5,7 +5,7 @@ recovered from each episode's seed) from one frame of (a) the 10 chamber pressur
 (c) both; whole episodes are held out (every 5th by a seeded shuffle). R^2 near 1: the input reveals the payload;
 near or below 0: it does not.
 
-    .venv/bin/python benchmarks/payload_probe.py demo_out/prepared
+    .venv/bin/python experiments/payload_probe.py demo_out/prepared
 """
 
 from __future__ import annotations
@@ -65,12 +65,16 @@ def probe(x: np.ndarray, y: np.ndarray, held_out: np.ndarray, steps: int = 3000)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prepared", type=Path)
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of each probe")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps = 5
     pressures, graph, payload, episode = load(args.prepared)
     held_out = (np.random.default_rng(0).permutation(episode.max() + 1) % 5 == 0)[episode]
     print(f"{episode.max() + 1} episodes, {len(payload)} frames; {held_out.sum()} frames of held-out episodes")
     for name, x in (("pressures", pressures), ("graph", graph), ("graph + pressures", np.c_[pressures, graph])):
-        r2, rmse = probe(x, payload, held_out)
+        r2, rmse = probe(x, payload, held_out, args.steps)
         print(f"{name:<18} R^2 {r2:6.3f}   RMSE {rmse:5.1f} g   (payload std {payload[held_out].std():.1f} g)")
 
 

@@ -6,7 +6,7 @@ without stopping at success, and prints per episode: the tip error's range over 
 holds still has a narrow one) and the largest difference between the policy's final command and the pressures the
 expert planning from rest (one answer per target and payload) gives for that ball.
 
-    .venv/bin/python benchmarks/reach_misses.py CHECKPOINT EVAL_DIR/eval.json [--replan 8] [--episodes 30]
+    .venv/bin/python experiments/reach_misses.py CHECKPOINT EVAL_DIR/eval.json [--replan 8] [--episodes 30]
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def main() -> None:
     parser.add_argument("eval_json", help="eval.json of a reach evaluation of CHECKPOINT")
     parser.add_argument("--replan", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=30, help="at most this many failed and successful ones")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.episodes = 1
     episodes = json.loads(Path(args.eval_json).read_text())["episodes"]
     groups = {
         outcome: [e["seed"] for e in episodes if e["success"] == (outcome == "succeeded")][: args.episodes]

@@ -10,7 +10,7 @@ a chunk switch, the worst gap between a new chunk and what the old one planned f
 writes rtc.json and rtc.png, and measures the extra inference cost of guidance (median ms per chunk, interleaved
 with plain sampling, on one observation of the task).
 
-    .venv/bin/python benchmarks/rtc.py --task choose --checkpoint PLAIN/checkpoints/1500 \
+    .venv/bin/python experiments/rtc.py --task choose --checkpoint PLAIN/checkpoints/1500 \
         --trained-checkpoint RTC/checkpoints/1500 --episodes 100 --out rtc_out
 
 Each cell is an `softarm eval` run in OUT/<task>/<mode>/<latency>ms, reused when it is already there.
@@ -113,7 +113,10 @@ def main() -> None:
     parser.add_argument("--noise-scale", type=float, default=1.0, help="of the flow's starting noise (softarm eval)")
     parser.add_argument("--arm", default="pneumatic")
     parser.add_argument("--out", default="rtc_out")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.latencies, args.episodes, args.repeats = "0,100", 1, 1
     tasks, latencies = args.task or ["choose"], [float(x) for x in args.latencies.split(",")]
     modes = [m for m in MODES if m != "rtc-trained" or args.trained_checkpoint]
     results: dict = {}

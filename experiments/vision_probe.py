@@ -6,7 +6,7 @@ locate the ball here cannot steer the arm to it either. Median / mean error (mm)
 `--tower cnn` swaps in a small convolutional net with a spatial soft-argmax (the classic visuomotor encoder, Levine
 et al. 2016) as a reference for how well the data itself lets a network locate the ball.
 
-    .venv/bin/python benchmarks/vision_probe.py PREPARED_DIR --cameras base_0_rgb right_wrist_0_rgb \\
+    .venv/bin/python experiments/vision_probe.py PREPARED_DIR --cameras base_0_rgb right_wrist_0_rgb \\
         --vision '{width: 64, depth: 2, mlp_dim: 128, num_heads: 4, patch_size: 28}' --steps 2000 --readout flat
 """
 
@@ -92,7 +92,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--readout", choices=["flat", "attention"], default="flat")
     parser.add_argument("--tower", choices=["siglip", "cnn"], default="siglip")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batch = 4, 2
 
     images, targets, split = load(args.prepared, args.cameras)
     mean, std = targets[split["train"]].mean(0), targets[split["train"]].std(0)

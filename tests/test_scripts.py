@@ -1,0 +1,61 @@
+"""Every script in benchmarks/ and experiments/ runs, in its smoke mode (tiny sizes, seconds), so none rots unseen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """script -> (arguments, a line its output must contain). The simulator-trained inputs come from the toy
+    `softarm pretrain` run: its graph base and dataset."""
+    base, prepared = pretrained / "base" / "graph", pretrained / "prepared"
+    evaluation = pretrained / "eval" / "reach" / "graph" / "eval.json"
+    return {
+        "benchmarks/gpu.py": ([], "| 3 | "),
+        "benchmarks/graph_overhead.py": ([], "tiny       pi0     state"),
+        "benchmarks/lerobot_import.py": ([], "LeRobot / HDF5: "),
+        "benchmarks/loader.py": ([], "samples/s"),
+        "benchmarks/prefix_padding.py": ([], "speed-up"),
+        "benchmarks/recorder.py": ([], "| lzf | "),
+        "benchmarks/rosbag_import.py": ([], "bags / HDF5: "),
+        "benchmarks/serving.py": ([], "infer latency, median of 1: direct"),
+        "benchmarks/train_throughput.py": ([], "state   "),
+        "experiments/camera_depth.py": ([], "base + side | "),
+        "experiments/expert_redundancy.py": ([], "2 reach targets x 2 starts"),
+        "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
+        "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
+        "experiments/reach_misses.py": ([str(base), str(evaluation)], "median error range over the last 20 steps"),
+        "experiments/rtc.py": (["--checkpoint", str(base), "--task", "reach"], "inference cost at a delay of"),
+        "experiments/vision_probe.py": ([str(prepared), "--cameras", "base_0_rgb", "right_wrist_0_rgb"], "step 4: "),
+    }
+
+
+def test_every_script_has_a_smoke_run(tmp_path: Path) -> None:
+    scripts = sorted(str(p.relative_to(ROOT)) for folder in ("benchmarks", "experiments")
+                     for p in (ROOT / folder).glob("*.py"))  # fmt: skip
+    assert scripts == sorted(smoke_runs(tmp_path, tmp_path))
+
+
+@pytest.mark.parametrize("script", sorted(smoke_runs(Path("."), Path("."))))
+def test_script_runs_in_smoke_mode(
+    script: str, pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, expected = smoke_runs(pretrained, tmp_path)[script]
+    if script == "benchmarks/serving.py":  # its robot side must not import torch: a process of its own
+        result = subprocess.run([sys.executable, script, "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
+                                check=False, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        out = result.stdout
+    else:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [script, "--smoke", *args])
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        out = capsys.readouterr().out
+    assert expected in out, out[-2000:]
