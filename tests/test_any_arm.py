@@ -92,22 +92,64 @@ def test_episodes_that_do_not_fit_the_dataset_are_skipped_with_the_reason(tmp_pa
     result = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
     assert result.kept == ["a_first.h5", "b_ok.h5"]
     reasons = {s["file"]: f"{s['key']}: {s['reason']}" for s in result.skipped}
-    first = "(first: a_first.h5)"
-    assert reasons["c_six_nodes.h5"] == f"observations/graph/nodes: 6 nodes; the dataset's episodes have 7 {first}"
-    assert reasons["d_more_actions.h5"] == f"action: 13-D actions; the dataset's episodes have 12-D {first}"
+    kept = "(1 episode of this arm; the dataset keeps the arm of 2 episodes, first: a_first.h5)"
+    assert reasons["c_six_nodes.h5"] == f"observations/graph/nodes: another arm: 6 nodes; the dataset's have 7 {kept}"
+    assert reasons["d_more_actions.h5"] == f"action: another arm: 13-D actions; the dataset's have 12-D {kept}"
     assert reasons["e_no_state.h5"] == (
-        f"observations/state: missing; other episodes have 6-D state {first}; --state none drops state from every "
-        "episode"
+        "observations/state: another arm: missing; the dataset's have 6-D state; --state none drops state from every "
+        f"episode {kept}"
     )
-    assert reasons["f_wider_state.h5"].startswith("observations/state: 8-D state; the dataset's episodes have 6-D")
+    assert reasons["f_wider_state.h5"].startswith("observations/state: another arm: 8-D state; the dataset's have 6-D")
     assert reasons["g_other_edges.h5"].startswith("graph/edges: edges [[0, 1], [1, 2], [2, 3]")
     assert "differ from the dataset's [[0, 1], [1, 2], [0, 3]" in reasons["g_other_edges.h5"]
-    assert reasons["h_with_contact.h5"].startswith("observations/graph/nodes@features: measures ['pos_x', 'pos_y'")
-    assert "the dataset's episodes measure ['pos_x'" in reasons["h_with_contact.h5"]
+    assert reasons["h_with_contact.h5"].startswith("observations/graph/nodes@features: another arm: measures ['pos_x'")
+    assert "the dataset's measure ['pos_x'" in reasons["h_with_contact.h5"]
 
     dropped = convert(raw, tmp_path / "no_state", ConvertOptions(val_episodes=1, state=False))
     assert {"e_no_state.h5", "f_wider_state.h5"} <= set(dropped.kept)
     assert json.loads((tmp_path / "no_state" / "meta.json").read_text())["state_dim"] is None
+
+
+@pytest.mark.parametrize("odd_name", ["a_odd.h5", "m_odd.h5", "z_odd.h5"])  # first, in the middle, last
+def test_a_stray_episode_does_not_decide_the_dataset(tmp_path: Path, odd_name: str) -> None:
+    raw = tmp_path / "raw"
+    for seed, name in enumerate(("b.h5", "c.h5", "d.h5", "n.h5", "o.h5", "p.h5")):
+        write_episode(raw / name, make_episode(length=6, seed=seed))
+    write_episode(raw / odd_name, make_episode(length=6, seed=9, features=18))  # 18 columns: another arm
+    result = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert result.kept == ["b.h5", "c.h5", "d.h5", "n.h5", "o.h5", "p.h5"]
+    assert [(s["file"], s["key"]) for s in result.skipped] == [(odd_name, "observations/graph/nodes@features")]
+    assert result.skipped[0]["reason"] == (
+        "another arm: measures ['feature_0', 'feature_1', 'feature_2', 'feature_3', 'feature_4', 'feature_5', "
+        "'feature_6', 'feature_7', 'feature_8', 'feature_9', 'feature_10', 'feature_11', 'feature_12', 'feature_13', "
+        "'feature_14', 'feature_15', 'feature_16', 'feature_17']; the dataset's measure ['pos_x', 'pos_y', 'pos_z', "
+        "'quat_w', 'quat_x', 'quat_y', 'quat_z', 'vel_x', 'vel_y', 'vel_z', 'angvel_x', 'angvel_y', 'angvel_z', "
+        "'kappa_x', 'kappa_y', 'twist', 'last_action', 'actuator_state', 'contact_force'] (1 episode of this arm; "
+        "the dataset keeps the arm of 6 episodes, first: b.h5)"
+    )
+    assert json.loads((tmp_path / "prep" / "meta.json").read_text())["node_features"] == 19
+    assert sorted(p.name for p in (tmp_path / "prep").iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_tie_between_arms_is_refused_and_split_arms_writes_one_dataset_each(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    for seed in range(2):
+        write_episode(raw / f"ten_{seed}.h5", make_episode(length=5, seed=seed))
+        write_episode(raw / f"eight_{seed}.h5", make_episode(length=7, seed=seed, nodes=8, actions=8))
+    with pytest.raises(ValueError, match=r"no arm is shared by most episodes: 2 episodes \(first: eight_0.h5\): 8 "
+                                         r"nodes x 19 measured features, 8 actuators, 4-D state, cameras base/tip; 2 "
+                                         r"episodes \(first: ten_0.h5\): 10 nodes .* --split-arms"):  # fmt: skip
+        convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    assert not (tmp_path / "prep").exists()
+    assert main(["convert", str(raw), str(tmp_path / "split"), "--split-arms", "--val-episodes", "1"]) == 0
+    names = sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert names == ["arm_0_8nodes_8actuators", "arm_1_10nodes_10actuators", "report.json"]
+    for name, nodes, length in (("arm_0_8nodes_8actuators", 8, 7), ("arm_1_10nodes_10actuators", 10, 5)):
+        data = PreparedDataset(tmp_path / "split" / name, "all")
+        assert (data.meta["num_nodes"], len(data)) == (nodes, 2 * length)
+    report = json.loads((tmp_path / "split" / "report.json").read_text())
+    assert [(a["dataset"], a["episodes"]) for a in report["arms"]] == [("arm_0_8nodes_8actuators", 2),
+                                                                        ("arm_1_10nodes_10actuators", 2)]  # fmt: skip
 
 
 def test_features_name_undeclared_columns_or_keep_a_subset(tmp_path: Path) -> None:

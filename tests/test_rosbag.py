@@ -108,12 +108,13 @@ def test_a_prompt_topic_and_a_graph_as_a_float_array(tmp_path: Path) -> None:
 
 
 def _skip_reason(tmp: Path, name: str, topics: dict, episode: RawEpisode | None = None, **rig) -> str:
-    """Convert one good bag and one bad one; the bad one is skipped and its reason returned."""
+    """Convert two good bags and a bad one; the bad one is skipped and its reason returned."""
     source = tmp / name
-    write_rig_bag(source / "a_good", truth(5))
+    for seed in (5, 7):
+        write_rig_bag(source / f"a_good{seed}", truth(seed))
     bad = write_rig_bag(source / "b_bad", episode or truth(6), **rig)
     result = convert(source, tmp / f"{name}_prep", ConvertOptions(val_episodes=0, topics=TopicMap.parse(topics)))
-    assert result.kept == ["a_good"]
+    assert result.kept == ["a_good5", "a_good7"]
     assert [s["file"] for s in result.skipped] == [bad.name]
     return f"{result.skipped[0]['key']}: {result.skipped[0]['reason']}"
 
@@ -125,7 +126,8 @@ def test_bad_bags_are_skipped_with_bag_topic_and_time(tmp_path: Path) -> None:
     assert "more than max_age_s 0.075" in gap  # 3 of its 25 ms periods
     nine = truth(6)
     nine.actions = np.concatenate([nine.actions, nine.actions[:, :1]], axis=1)
-    assert _skip_reason(tmp_path, "size", topics, nine).startswith("/chambers/cmd: 9-D actions; the dataset's")
+    wider = _skip_reason(tmp_path, "size", topics, nine)
+    assert wider.startswith("/chambers/cmd: another arm: 9-D actions; the dataset's have 8-D (1 episode of this arm")
     missing = _skip_reason(tmp_path, "missing", topics, drop=("/tip_cam/image_raw/compressed", -1.0, 100.0))
     assert missing == (
         "/tip_cam/image_raw/compressed: missing: the bag has topics ['/chambers/cmd', "

@@ -167,7 +167,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         seed=args.seed,
         features=features,
         state=args.state != "none",
-        topics=TopicMap.load(args.topics) if args.topics else None,
+        topics=TopicMap.load(args.topics) if args.topics else None, split_arms=args.split_arms,
         lerobot=LeRobotKeys(
             graph=args.graph_key, state=None if args.state_key == "none" else args.state_key,
             action=args.action_key, num_nodes=args.num_nodes,
@@ -178,6 +178,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         f"kept {len(result.kept)} episodes, skipped {len(result.skipped)}; samples: train {result.samples['train']}, "
         f"val {result.samples['val']}; wrote {result.out_dir} (skipped episodes and reasons in report.json)"
     )
+    if args.split_arms:
+        print("one dataset per arm: " + ", ".join(str(d) for d in result.datasets))
     return 0
 
 
@@ -297,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--num-nodes", type=int, help="LeRobot: N of a flat graph feature (default: its size / F)")
     conv.add_argument("--state-key", default="observation.state", help="LeRobot: the state feature, or none")
     conv.add_argument("--action-key", default="action", help="LeRobot: the action feature")
+    conv.add_argument("--split-arms", action="store_true",
+                      help="episodes of several arms: one dataset per arm in OUT_DIR/arm_<k>_... (default: the arm "
+                           "most episodes share; the others are reported)")  # fmt: skip
     conv.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     conv.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     conv.set_defaults(func=cmd_convert)

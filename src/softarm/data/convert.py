@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 from pathlib import Path
+import shutil
 
 import numpy as np
 from openpi_client import image_tools  # the resize that openpi.transforms.ResizeImages uses at inference
@@ -52,6 +53,8 @@ class ConvertOptions:
     state: bool = True  # False drops the episodes' state (`--state none`)
     # the sources are ROS bags read through this topic map (`softarm.data.rosbag.TopicMap`, `--topics MAP.yaml`)
     topics: TopicMap | None = None
+    # episodes of several arms: one dataset per arm in OUT_DIR/arm_<k>_... (False: the arm most episodes share)
+    split_arms: bool = False
 
 
 @dataclasses.dataclass
@@ -60,6 +63,7 @@ class ConvertResult:
     kept: list[str]
     skipped: list[dict]
     samples: dict[str, int]
+    datasets: list[Path] = dataclasses.field(default_factory=list)  # one, or one per arm with split_arms
 
 
 class _ArrayWriter:
@@ -102,16 +106,49 @@ def _camera_map(episode: RawEpisode, cameras: dict[str, str] | None) -> dict[str
 
 
 @dataclasses.dataclass
-class _DatasetArm:
-    """What the first valid episode fixes for the whole dataset; each later episode must agree or is skipped."""
+class _Arm:
+    """What an episode's arm is: its cameras in the image slots, node count, node features, actuators and state. A
+    dataset is the episodes of one arm; the edges come from the first of them that declares any."""
 
-    first: str  # the episode that fixed it, named in the reasons
+    first: str  # the first episode of this arm, named in the reasons
     slots: dict[str, str | None]
     num_nodes: int
     layout: arm.NodeLayout
     action_dim: int
     state_dim: int | None
-    edges: tuple[arm.Edge, ...] | None  # as the first episode that declares edges gives them
+    keys: EpisodeKeys  # where its first episode's fields live, for the reasons
+    edges: tuple[arm.Edge, ...] | None = None
+
+    @property
+    def signature(self) -> tuple:
+        return tuple(self.slots.items()), self.num_nodes, self.layout, self.action_dim, self.state_dim
+
+    def describe(self) -> str:
+        cameras = "/".join(c for c in self.slots.values() if c is not None)
+        state = f"{self.state_dim}-D state" if self.state_dim else "no state"
+        return (f"{self.num_nodes} nodes x {len(self.layout.measured)} measured features, {self.action_dim} actuators, "
+                f"{state}, cameras {cameras}")  # fmt: skip
+
+    def difference(self, other: _Arm) -> tuple[str, str]:
+        """(key, reason): the first way this arm differs from `other`."""
+        keys = self.keys
+        if self.slots != other.slots:
+            return (
+                keys.images or "<cameras>",
+                f"cameras {self.slots} in the image slots; the dataset's are {other.slots}",
+            )
+        if self.num_nodes != other.num_nodes:
+            return keys.graph_nodes, f"{self.num_nodes} nodes; the dataset's have {other.num_nodes}"
+        if self.layout != other.layout:
+            return keys.node_features, (f"measures {list(self.layout.measured)}; the dataset's measure "
+                                        f"{list(other.layout.measured)}")  # fmt: skip
+        if self.action_dim != other.action_dim:
+            return keys.actions, f"{self.action_dim}-D actions; the dataset's have {other.action_dim}-D"
+        width, wanted = self.state_dim, other.state_dim
+        reason = (f"missing; the dataset's have {wanted}-D state" if width is None
+                  else f"{width}-D state, but the dataset's have none" if wanted is None
+                  else f"{width}-D state; the dataset's have {wanted}-D")  # fmt: skip
+        return keys.state, f"{reason}; --state none drops state from every episode"
 
     def meta(self) -> dict:
         edges = self.edges if self.edges is not None else arm.chain_edges(self.num_nodes)
@@ -142,37 +179,29 @@ def _columns(
     return names, features or names
 
 
-def _fit(episode: RawEpisode, dataset: _DatasetArm, wanted: tuple[str, ...], keys: EpisodeKeys) -> None:
-    """Skip (EpisodeError) an episode that does not fit the dataset its first valid episode defined."""
-    path, first = episode.path, f"first: {dataset.first}"
-    for slot, camera in dataset.slots.items():
+def _episode_arm(episode: RawEpisode, label: dict, wanted: tuple[str, ...], keys: EpisodeKeys,
+                 cameras: dict[str, str] | None) -> _Arm:  # fmt: skip
+    """The arm an episode records (EpisodeError if it lacks a camera the options map to a slot)."""
+    slots = _camera_map(episode, cameras)
+    for slot, camera in slots.items():
         if camera is not None and camera not in episode.images:
-            raise EpisodeError(path, keys.image(camera), f"missing: camera {camera!r} feeds slot {slot}")
-    nodes = episode.graph_nodes.shape[1]
-    if nodes != dataset.num_nodes:
-        raise EpisodeError(path, keys.graph_nodes, f"{nodes} nodes; the dataset's episodes have "
-                                                   f"{dataset.num_nodes} ({first})")  # fmt: skip
-    if arm.NodeLayout.of(wanted) != dataset.layout:
-        raise EpisodeError(path, keys.node_features, f"measures {list(wanted)}; the dataset's episodes measure "
-                                                     f"{list(dataset.layout.measured)} ({first})")  # fmt: skip
-    if episode.actions.shape[1] != dataset.action_dim:
-        raise EpisodeError(path, keys.actions, f"{episode.actions.shape[1]}-D actions; the dataset's episodes have "
-                                               f"{dataset.action_dim}-D ({first})")  # fmt: skip
-    width, wanted_width = None if episode.state is None else episode.state.shape[1], dataset.state_dim
-    if width != wanted_width:
-        reason = (
-            f"missing; other episodes have {wanted_width}-D state ({first})" if width is None
-            else f"{width}-D state, but the dataset's episodes have none ({first})" if wanted_width is None
-            else f"{width}-D state; the dataset's episodes have {wanted_width}-D ({first})"
-        )  # fmt: skip
-        raise EpisodeError(path, keys.state, f"{reason}; --state none drops state from every episode")
-    if episode.edges is not None:
-        edges = arm.validate_edges(nodes, episode.edges.tolist())
-        if dataset.edges is None:
-            dataset.edges = edges
-        elif not arm.same_graph(edges, dataset.edges):
-            raise EpisodeError(path, keys.edges, f"edges {[list(e) for e in edges]} differ from the dataset's "
-                                                 f"{[list(e) for e in dataset.edges]}")  # fmt: skip
+            raise EpisodeError(episode.path, keys.image(camera), f"missing: camera {camera!r} feeds slot {slot}")
+    return _Arm(first=episode_name(label), slots=slots, num_nodes=episode.graph_nodes.shape[1],
+                layout=arm.NodeLayout.of(wanted), action_dim=episode.actions.shape[1],
+                state_dim=None if episode.state is None else episode.state.shape[1], keys=keys)  # fmt: skip
+
+
+def _join_edges(episode: RawEpisode, group: _Arm, keys: EpisodeKeys) -> None:
+    """The first episode of an arm that declares edges gives them; a later one that declares others is skipped."""
+    if episode.edges is None:
+        return
+    edges = arm.validate_edges(group.num_nodes, episode.edges.tolist())
+    if group.edges is None:
+        group.edges = edges
+    elif not arm.same_graph(edges, group.edges):
+        theirs = [list(e) for e in group.edges]
+        raise EpisodeError(episode.path, keys.edges, f"edges {[list(e) for e in edges]} differ from the dataset's "
+                                                     f"{theirs} (first: {group.first})")  # fmt: skip
 
 
 def open_episodes(
@@ -215,64 +244,123 @@ def convert(
     episodes = open_episodes(sources, options)
     with atomic_directory(out_dir, overwrite=options.overwrite) as tmp_dir:
         result = _convert_into(episodes, tmp_dir, options)
+    result.datasets = [out_dir / d.relative_to(tmp_dir) for d in result.datasets]
     result.out_dir = out_dir
     return result
+
+
+@dataclasses.dataclass
+class _Group:
+    """The episodes of one arm, converted into a directory of their own (the dataset, or one of several)."""
+
+    arm: _Arm
+    directory: Path
+    writers: dict[str, _ArrayWriter]
+    episodes: list[dict] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def open(cls, episode_arm: _Arm, directory: Path, size: int) -> _Group:
+        directory.mkdir()
+        graph_shape = (episode_arm.num_nodes, episode_arm.layout.width)
+        writers = {
+            **{
+                f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8)
+                for s in episode_arm.slots
+            },
+            GRAPH_NODES: _ArrayWriter(directory, GRAPH_NODES, graph_shape, np.float32),
+            "actions": _ArrayWriter(directory, "actions", (episode_arm.action_dim,), np.float32),
+            "state": _ArrayWriter(directory, "state", (MAX_STATE_DIM,), np.float32),
+        }
+        return cls(episode_arm, directory, writers)
+
+    def append(self, episode: RawEpisode, names: tuple[str, ...], label: dict, size: int) -> None:
+        start = self.writers["actions"].frames
+        for slot, camera in self.arm.slots.items():
+            frames = (
+                np.zeros((episode.length, size, size, 3), np.uint8)
+                if camera is None
+                else np.asarray(image_tools.resize_with_pad(episode.images[camera], size, size))
+            )
+            self.writers[f"image_{slot}"].append(frames)
+        self.writers[GRAPH_NODES].append(self.arm.layout.select(episode.graph_nodes, names))
+        self.writers["actions"].append(episode.actions)
+        state = np.zeros((episode.length, MAX_STATE_DIM), np.float32)
+        if episode.state is not None:
+            state[:, : episode.state.shape[1]] = episode.state
+        self.writers["state"].append(state)
+        self.episodes.append({**label, "prompt": episode.prompt, "fps": episode.fps, "start": start,
+                              "length": episode.length})  # fmt: skip
+
+    def name(self, k: int) -> str:
+        return f"arm_{k}_{self.arm.num_nodes}nodes_{self.arm.action_dim}actuators"
 
 
 def _convert_into(
     sources: list[tuple[dict, Callable[[], RawEpisode], EpisodeKeys]], directory: Path, options: ConvertOptions
 ) -> ConvertResult:
+    """Read every episode once, each arm's episodes into arrays of their own; keep the arm most episodes share (or,
+    with `split_arms`, write each arm as a dataset of its own)."""
     size = options.image_size
-    writers: dict[str, _ArrayWriter] = {}
-    dataset: _DatasetArm | None = None
-    episodes, skipped = [], []
+    groups: list[_Group] = []
+    skipped: list[dict] = []
     for label, read, keys in tqdm(sources, desc="converting episodes", unit="episode"):
         try:
             episode = read()
             if not options.state:
                 episode = dataclasses.replace(episode, state=None)
             names, wanted = _columns(episode, options.features, keys)
-            if dataset is None:
-                dataset = _DatasetArm(
-                    first=episode_name(label), slots=_camera_map(episode, options.cameras),
-                    num_nodes=episode.graph_nodes.shape[1], layout=arm.NodeLayout.of(wanted),
-                    action_dim=episode.actions.shape[1],
-                    state_dim=None if episode.state is None else episode.state.shape[1], edges=None,
-                )  # fmt: skip
-                graph_shape = (dataset.num_nodes, dataset.layout.width)
-                writers = {
-                    **{f"image_{s}": _ArrayWriter(directory, f"image_{s}", (size, size, 3), np.uint8)
-                       for s in dataset.slots},
-                    GRAPH_NODES: _ArrayWriter(directory, GRAPH_NODES, graph_shape, np.float32),
-                    "actions": _ArrayWriter(directory, "actions", (dataset.action_dim,), np.float32),
-                    "state": _ArrayWriter(directory, "state", (MAX_STATE_DIM,), np.float32),
-                }  # fmt: skip
-            _fit(episode, dataset, wanted, keys)
+            episode_arm = _episode_arm(episode, label, wanted, keys, options.cameras)
+            group = next((g for g in groups if g.arm.signature == episode_arm.signature), None)
+            if group is None:
+                group = _Group.open(episode_arm, directory / f".arm_{len(groups)}", size)
+                groups.append(group)
+            _join_edges(episode, group.arm, keys)
         except EpisodeError as e:
             skipped.append({**label, "key": e.key, "reason": e.reason})
             tqdm.write(f"skipped {e}")
             continue
-        start = writers["actions"].frames
-        for slot, camera in dataset.slots.items():
-            frames = (
-                np.zeros((episode.length, size, size, 3), np.uint8)
-                if camera is None
-                else np.asarray(image_tools.resize_with_pad(episode.images[camera], size, size))
-            )
-            writers[f"image_{slot}"].append(frames)
-        writers[GRAPH_NODES].append(dataset.layout.select(episode.graph_nodes, names))
-        writers["actions"].append(episode.actions)
-        state = np.zeros((episode.length, MAX_STATE_DIM), np.float32)
-        if episode.state is not None:
-            state[:, : episode.state.shape[1]] = episode.state
-        writers["state"].append(state)
-        episodes.append({**label, "prompt": episode.prompt, "fps": episode.fps, "start": start,
-                         "length": episode.length})  # fmt: skip
-    arrays = {name: writer.close() for name, writer in writers.items()}
-    if not episodes:
+        group.append(episode, names, label, size)
+    arrays = [{name: writer.close() for name, writer in group.writers.items()} for group in groups]
+    if not groups:
         reasons = "; ".join(f"{episode_name(s)}: {s['key']}: {s['reason']}" for s in skipped[:5])
         raise ValueError(f"no valid episode among {len(sources)} episodes: {reasons}")
+    order = sorted(range(len(groups)), key=lambda k: -len(groups[k].episodes))  # ties keep the order of reading
+    if options.split_arms:
+        results = [_finish(groups[k], arrays[k], directory / groups[k].name(i), skipped, options)
+                   for i, k in enumerate(order)]  # fmt: skip
+        arms = [{"dataset": groups[k].name(i), "episodes": len(groups[k].episodes), "arm": groups[k].arm.describe(),
+                 "first": groups[k].arm.first} for i, k in enumerate(order)]  # fmt: skip
+        (directory / REPORT_FILE).write_text(json.dumps({"arms": arms, "skipped": skipped}, indent=2) + "\n")
+        return ConvertResult(out_dir=directory, kept=[n for r in results for n in r.kept], skipped=skipped,
+                             samples={s: sum(r.samples[s] for r in results) for s in ("train", "val")},
+                             datasets=[r.out_dir for r in results])  # fmt: skip
+    chosen = groups[order[0]]
+    if len(order) > 1 and len(groups[order[1]].episodes) == len(chosen.episodes):
+        listing = "; ".join(f"{len(g.episodes)} episodes (first: {g.arm.first}): {g.arm.describe()}"
+                            for g in (groups[k] for k in order))  # fmt: skip
+        raise ValueError(f"no arm is shared by most episodes: {listing}; keep the episodes of one arm, or convert with "
+                         "--split-arms (one dataset per arm)")  # fmt: skip
+    for k in order[1:]:
+        key, reason = groups[k].arm.difference(chosen.arm)
+        count = len(groups[k].episodes)
+        note = (f"another arm: {reason} ({count} episode{'s' if count > 1 else ''} of this arm; the dataset keeps the "
+                f"arm of {len(chosen.episodes)} episodes, first: {chosen.arm.first})")  # fmt: skip
+        skipped += [{**{f: ep[f] for f in ("source", "file", "episode_index") if f in ep}, "key": key, "reason": note}
+                    for ep in groups[k].episodes]  # fmt: skip
+    return _finish(chosen, arrays[order[0]], directory, skipped, options)
 
+
+def _finish(
+    group: _Group, arrays: dict, directory: Path, skipped: list[dict], options: ConvertOptions
+) -> ConvertResult:
+    """The dataset of one arm in `directory`: its arrays, meta.json, report.json, norm stats and tokenizer."""
+    directory.mkdir(exist_ok=True)
+    for writer in group.writers.values():
+        (group.directory / f"{writer.name}.bin").rename(directory / f"{writer.name}.bin")
+    group.directory.rmdir()
+    for other in directory.glob(".arm_*"):  # the episodes of the arms not kept
+        shutil.rmtree(other)
+    episodes = group.episodes
     num_val = min(options.val_episodes, len(episodes) - 1)
     val = set(np.random.default_rng(options.seed).permutation(len(episodes))[:num_val].tolist())
     for i, ep in enumerate(episodes):
@@ -280,8 +368,8 @@ def _convert_into(
     samples = {s: sum(ep["length"] for ep in episodes if ep["split"] == s) for s in ("train", "val")}
     meta = {
         "format": FORMAT_VERSION,
-        "image_size": size,
-        **dataset.meta(),
+        "image_size": options.image_size,
+        **group.arm.meta(),
         "action_horizon": options.action_horizon,
         "arrays": arrays,
         "episodes": episodes,
@@ -289,8 +377,7 @@ def _convert_into(
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     kept = [episode_name(ep) for ep in episodes]
-    result = ConvertResult(out_dir=directory, kept=kept, skipped=skipped, samples=samples)
-    report = {"kept": result.kept, "skipped": skipped, "samples": samples}
+    report = {"kept": kept, "skipped": skipped, "samples": samples}
     (directory / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     # imported here: they bring openpi (and with it torch and jax), which reading and checking episodes do not need
     from softarm.data.stats import write_norm_stats
@@ -298,4 +385,4 @@ def _convert_into(
 
     write_norm_stats(directory)
     train_prompt_tokenizer([ep["prompt"] for ep in episodes], directory / TOKENIZER_FILE)
-    return result
+    return ConvertResult(out_dir=directory, kept=kept, skipped=skipped, samples=samples, datasets=[directory])
