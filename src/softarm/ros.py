@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from softarm.data.rosbag import Stream, TopicMap, decode_graph, decode_image, decode_vector
+from softarm.data.rosbag import Stream, TopicMap, decode_graph, decode_image, decode_vector, message_time
 
 RECENT = 20  # messages per topic whose spacing gives its period
 
@@ -29,13 +29,6 @@ class NotReady(RuntimeError):
 class _Latest:
     message: object
     times: deque  # ns of the recent messages
-
-
-def message_time(message, received_ns: int) -> int:
-    """The header stamp where the message has one (and it is set), else when it was received."""
-    header = getattr(message, "header", None)
-    stamp = header.stamp.sec * 10**9 + header.stamp.nanosec if header is not None else 0
-    return stamp or received_ns
 
 
 class LiveTopics:

@@ -170,15 +170,28 @@ def read_bag(path: str | Path, topics: TopicMap) -> RawEpisode:
     path = Path(path)
     try:
         with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
-            streams = _read_streams(reader, path, topics)
+            cameras = {s.topic for s in topics.cameras.values()}
+            streams = _read_streams(reader, path, topics, keep=lambda topic: topic not in cameras)
+
+            def fetch(topic: str, indices: np.ndarray) -> list:
+                """The topic's messages at these positions, read again: a camera's frames are kept only for the
+                ticks (a bag's whole image stream need not fit in memory)."""
+                wanted, found = set(indices.tolist()), {}
+                connection = next(c for c in reader.connections if c.topic == topic)
+                for k, (_, _, raw) in enumerate(reader.messages(connections=[connection])):
+                    if k in wanted:
+                        found[k] = reader.deserialize(raw, connection.msgtype)
+                return [found[int(i)] for i in indices]
+
+            return _sample(path, topics, streams, fetch)
     except EpisodeError:
         raise
     except Exception as e:  # any failure of the bag reader: a truncated or corrupt bag
         raise EpisodeError(path, "<bag>", f"unreadable bag ({type(e).__name__}: {e})") from None
-    return _sample(path, topics, streams)
 
 
-def _read_streams(reader, path: Path, topics: TopicMap) -> dict[str, _Messages]:
+def _read_streams(reader, path: Path, topics: TopicMap, keep) -> dict[str, _Messages]:
+    """Every mapped topic's message times, checked, and the messages of the topics `keep` says."""
     wanted = {topics.graph.topic: "graph", topics.action.topic: "action"}
     wanted |= {s.topic: f"camera {name}" for name, s in topics.cameras.items()}
     if topics.state:
@@ -200,10 +213,8 @@ def _read_streams(reader, path: Path, topics: TopicMap) -> dict[str, _Messages]:
     values: dict[str, list] = {topic: [] for topic in wanted}
     for connection, received, raw in reader.messages(connections=[connections[t] for t in wanted]):
         message = reader.deserialize(raw, connection.msgtype)
-        header = getattr(message, "header", None)
-        stamp = header.stamp.sec * 10**9 + header.stamp.nanosec if header else 0
-        times[connection.topic].append(stamp or received)  # an unset stamp (0): when the recorder got it
-        values[connection.topic].append(message)
+        times[connection.topic].append(message_time(message, received))
+        values[connection.topic].append(message if keep(connection.topic) else None)
     streams = {}
     for topic, stamps in times.items():
         stamps_ns = np.asarray(stamps, np.int64)
@@ -215,6 +226,13 @@ def _read_streams(reader, path: Path, topics: TopicMap) -> dict[str, _Messages]:
                                             f"{_clock(stamps_ns[k - 1])}")  # fmt: skip
         streams[topic] = _Messages(topic, stamps_ns, values[topic])
     return streams
+
+
+def message_time(message, received_ns: int) -> int:
+    """When a message's data was taken: its header stamp where it has one that is set, else when it was received."""
+    header = getattr(message, "header", None)
+    stamp = header.stamp.sec * 10**9 + header.stamp.nanosec if header is not None else 0
+    return stamp or received_ns
 
 
 def _clock(ns: int) -> str:
@@ -233,7 +251,7 @@ def _latest(path: Path, stream: _Messages, ticks: np.ndarray, max_age_s: float, 
     return index
 
 
-def _sample(path: Path, topics: TopicMap, streams: dict[str, _Messages]) -> RawEpisode:
+def _sample(path: Path, topics: TopicMap, streams: dict[str, _Messages], fetch) -> RawEpisode:
     action = streams[topics.action.topic]
     ticks = action.times
     fps = 1.0 / action.period_s() if len(ticks) > 1 else None
@@ -254,7 +272,8 @@ def _sample(path: Path, topics: TopicMap, streams: dict[str, _Messages]) -> RawE
     actions = _vectors(path, topics.action, [action.values[i] for i in keep], ticks)
     state = _vectors(path, topics.state, pick(topics.state), ticks) if topics.state else None
     graph_nodes, names = _graph(path, topics.graph, pick(topics.graph), ticks)
-    images = {name: _frames(path, stream, pick(stream), ticks) for name, stream in topics.cameras.items()}
+    images = {name: _frames(path, stream, fetch(stream.topic, index[stream.topic]), ticks)
+              for name, stream in topics.cameras.items()}  # fmt: skip
     prompt = topics.prompt
     if topics.prompt_topic:
         messages = streams[topics.prompt_topic]
@@ -349,4 +368,11 @@ def _graph(path: Path, stream: Stream, messages: list, ticks: np.ndarray) -> tup
 
 
 def _frames(path: Path, stream: Stream, messages: list, ticks: np.ndarray) -> np.ndarray:
-    return np.stack(_decoded(path, stream.topic, decode_image, messages, ticks, "an image of shape"))
+    cache: dict[int, np.ndarray] = {}
+
+    def decode(message) -> np.ndarray:  # a frame that serves several ticks is decoded once
+        if id(message) not in cache:
+            cache[id(message)] = decode_image(message)
+        return cache[id(message)]
+
+    return np.stack(_decoded(path, stream.topic, decode, messages, ticks, "an image of shape"))
