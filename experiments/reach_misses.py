@@ -30,7 +30,7 @@ def print_success_by_reach(episodes: list[dict], specs: list) -> None:
     """The arm hangs along z: a ball far from that axis needs the largest bend."""
     radius = np.array([1000 * np.hypot(*spec.targets[0][:2]) for spec in specs])
     success = np.array([e["success"] for e in episodes])
-    for third in np.array_split(np.argsort(radius), 3):
+    for third in np.array_split(np.argsort(radius), min(3, len(radius))):
         low, high = radius[third].min(), radius[third].max()
         print(f"ball {low:3.0f}-{high:3.0f} mm from the axis: {success[third].sum()}/{len(third)} succeeded")
     print()

@@ -92,8 +92,14 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.apps.demo import DemoOptions, run_demo
 
+    from softarm.apps.pretrain import BASE_FILE, SHIPPED
+
     if args.from_scratch and args.base:
         raise SystemExit("--from-scratch trains without a base: drop --base")
+    if not args.from_scratch and not args.base and not (SHIPPED / "graph" / BASE_FILE).is_file():
+        print(f"no pretrained bases in {SHIPPED}: the models train from scratch (`softarm pretrain` makes the bases; "
+              "--base takes them)")  # fmt: skip
+        args.from_scratch = True
     defaults = DemoOptions(**({"base": None} if args.from_scratch else {"base": Path(args.base)} if args.base else {}))
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "follow=50")
@@ -420,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", default="pretrain_out", help="where everything goes; a re-run reuses what is there")
     pre.add_argument("--export", help="where the bases go, one directory per model (default: OUT/base)")
     pre.add_argument("--episodes", action="append", metavar="TASK=COUNT",
-                     help="expert episodes of a task (repeatable; default reach=2400 follow=200; never "
+                     help="expert episodes of a task (repeatable; default reach=2400 follow=100; never "
                           "choose)")  # fmt: skip
     pre.add_argument("--hard-reach", type=int, default=1600,
                      help="further reach seeds of which only the hard ones (far ball, light payload) are "

@@ -41,7 +41,7 @@ HARD_SEED = 100_000  # the far-ball / light-payload reach episodes are drawn fro
 @dataclasses.dataclass(frozen=True)
 class PretrainOptions:
     # expert demonstrations per task, seeds from 0
-    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 2400, "follow": 200})
+    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 2400, "follow": 100})
     # further reach seeds (from HARD_SEED) of which only the hard ones are recorded (`sim.tasks.is_hard`): the far
     # balls and light payloads a policy misses most
     hard_reach: int = 1600
@@ -182,7 +182,12 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
             "name": f"sim_base/{name}",
             "arm": options.arm,
             "fusion": MODELS[name],
-            "recipe": {**dataclasses.asdict(options), "config": str(options.config), "hard_seed": HARD_SEED},
+            "recipe": {
+                **dataclasses.asdict(options),
+                "config": str(options.config),
+                "export": str(export),
+                "hard_seed": HARD_SEED,
+            },
             "data": {
                 "episodes": len(meta["episodes"]),
                 "samples": meta["samples"],
