@@ -91,7 +91,6 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.apps.demo import DemoOptions, run_demo
-
     from softarm.apps.pretrain import BASE_FILE, SHIPPED
 
     if args.from_scratch and args.base:
