@@ -122,7 +122,12 @@ def latency_figures(args, device: torch.device) -> list[dict]:
     previous = torch.randn(1, model.config.action_horizon, 32, device=device)
     for mode in ("eager", args.compile_mode, "guided"):
         model.drop_prefix_padding = mode != args.compile_mode  # as SoftArmPolicy serves: compiled keeps static shapes
-        sample = model.sample_actions if mode != args.compile_mode else torch.compile(model.sample_actions, mode=mode)
+        if mode != args.compile_mode:
+            sample = model.sample_actions
+        elif args.compile_backend == "inductor":
+            sample = torch.compile(model.sample_actions, mode=mode)
+        else:  # the graph capture without code generation: checks the path, times nothing worth reading
+            sample = torch.compile(model.sample_actions, backend=args.compile_backend)
         prefix = ActionPrefix(previous, overlap=8, delay=2) if mode == "guided" else None
         for cameras in (1, 2, 3):
             observation, graph, _ = batch(model, 1, cameras, device)
@@ -154,12 +159,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20, help="timed inference calls per cell")
     parser.add_argument("--compile-mode", default="max-autotune")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor, or eager)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
     if args.smoke:
         args.preset, args.device, args.batch, args.steps, args.warmup, args.repeats = "tiny", "cpu", 1, 1, 0, 1
-        args.compile_mode = "default"
+        args.compile_mode, args.compile_backend = "default", "eager"  # inductor's compile is tested elsewhere
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device here; skipped (run it on a GPU machine, or with --device cpu "
