@@ -165,3 +165,15 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SOFTARM_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match=r"raw episode directory .* does not exist"):
         main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")])
+
+
+def test_demo_without_shipped_bases_trains_from_scratch_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import softarm.apps.pretrain
+
+    monkeypatch.setattr(softarm.apps.pretrain, "SHIPPED", tmp_path / "sim_base")
+    assert main(["demo", "--out", str(tmp_path / "out"), "--episodes", "reach=3", "--eval-episodes", "reach=0"]) == 2
+    captured = capsys.readouterr()
+    assert f"no pretrained bases in {tmp_path / 'sim_base'}: the models train from scratch" in captured.out
+    assert "no evaluation episodes for reach" in captured.err
