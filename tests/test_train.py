@@ -296,9 +296,13 @@ def test_bf16_precisions_train(prepared: Path, tmp_path: Path, precision: str) -
     )
 
 
-def test_compiled_training_matches_eager(prepared: Path, tmp_path: Path) -> None:
-    """train.compile: the step runs a torch.compile'd model (inductor, on this CPU) and learns what eager learns;
-    the checkpoint holds the plain parameter names."""
+def test_compiled_training_matches_eager(prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile: the step runs a torch.compile'd model, forward and backward captured by dynamo and AOT autograd,
+    and learns what eager learns; the checkpoint holds the plain parameter names. The graphs run on the aot_eager
+    backend: inductor's code generation of a training step takes minutes on 2 cores (the compiled sampling test in
+    test_policy.py runs inductor)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{**kw, "backend": "aot_eager"}))
     common = ("train.steps=2", "train.save_every=2", "train.val_every=100", "train.ema_decay=null")
     eager = train(config(prepared, tmp_path / "eager", *common))
     compiled = train(config(prepared, tmp_path / "compiled", *common, "train.compile=true"))
