@@ -181,9 +181,16 @@ def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3) -> d
     return states
 
 
-def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> None:
-    states = run_two_ranks(prepared, tmp_path / "run", "ddp")
-    final = load_model(tmp_path / "run" / "checkpoints" / "3")  # what rank 0 saved at the last step
+@pytest.fixture(scope="module")
+def ddp_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
+    """Two DDP ranks trained 3 steps: the run directory and each rank's final weights."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    return out, run_two_ranks(prepared, out, "ddp")
+
+
+def test_two_rank_ddp_keeps_ranks_identical(ddp_run: tuple[Path, dict[int, dict]]) -> None:
+    run, states = ddp_run
+    final = load_model(run / "checkpoints" / "3")  # what rank 0 saved at the last step
     changed = 0
     saved = final.state_dict()
     for key, value in states[0].items():
@@ -193,12 +200,14 @@ def test_two_rank_ddp_keeps_ranks_identical(prepared: Path, tmp_path: Path) -> N
     assert changed > 100
 
 
-def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(prepared: Path, tmp_path: Path) -> None:
-    run_two_ranks(prepared, tmp_path / "ddp", "ddp")
+def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
+    prepared: Path, tmp_path: Path, ddp_run: tuple[Path, dict[int, dict]]
+) -> None:
+    ddp_dir = ddp_run[0]
     run_two_ranks(prepared, tmp_path / "fsdp", "fsdp")
-    ddp = safetensors.torch.load_file(str(tmp_path / "ddp" / "checkpoints" / "3" / "model.safetensors"))
+    ddp = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
     sharded = load_model(tmp_path / "fsdp" / "checkpoints" / "3").state_dict()  # a full, plain model
-    start = safetensors.torch.load_file(str(tmp_path / "ddp" / "checkpoints" / "3" / "model.safetensors"))
+    start = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
     for key, value in ddp.items():  # same data, same math; only the order of the reductions differs
         torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert start.keys() == ddp.keys()
@@ -208,7 +217,7 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(prepared: Path, tm
     val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     ddp_val = {
         r["step"]: r["val_loss"]
-        for r in map(json.loads, (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
+        for r in map(json.loads, (ddp_dir / "metrics.jsonl").read_text().splitlines())
         if "val_loss" in r
     }
     assert val.keys() == ddp_val.keys() == {2, 3}
