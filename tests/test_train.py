@@ -207,10 +207,10 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
     run_two_ranks(prepared, tmp_path / "fsdp", "fsdp")
     ddp = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
     sharded = load_model(tmp_path / "fsdp" / "checkpoints" / "3").state_dict()  # a full, plain model
-    start = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
+    written = safetensors.torch.load_file(str(tmp_path / "fsdp" / "checkpoints" / "3" / "model.safetensors"))
     for key, value in ddp.items():  # same data, same math; only the order of the reductions differs
         torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    assert start.keys() == ddp.keys()
+    assert written.keys() == ddp.keys()  # every tensor in full, under its plain name
     optimizer = torch.load(tmp_path / "fsdp" / "checkpoints" / "3" / "optimizer.pt", weights_only=False)
     assert "graph_encoder.node_proj.weight" in optimizer["state"]  # unsharded AdamW state, keyed by name
     records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
