@@ -16,6 +16,7 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.prepared import PreparedDataset
 from softarm.data.raw import RawEpisode, write_episode
+from softarm.data.spec import read_spec
 from softarm.policy import SoftArmPolicy
 from softarm.train.config import ConfigError, load_config
 from softarm.train.loop import train
@@ -292,14 +293,26 @@ def test_the_gripper_serves_requests_without_contact_force(trained: Path) -> Non
 
 
 def test_info_describes_the_arm_of_a_dataset_and_of_a_checkpoint(
-    gripper: tuple[Path, Path], trained: Path, capsys: pytest.CaptureFixture[str]
+    gripper: tuple[Path, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for path in (gripper[1], trained):
+    # a checkpoint written before data_spec.json held the whole spec: its graph is read from model_config.json
+    old = tmp_path / "old_checkpoint"
+    old.mkdir()
+    config = json.loads((trained / "model_config.json").read_text())
+    (old / "model_config.json").write_text(json.dumps(config | {"ignored_features": ["pos_x", "kappa_x"]}))
+    spec = json.loads((trained / "data_spec.json").read_text())
+    keys = ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")
+    (old / "data_spec.json").write_text(json.dumps({key: spec[key] for key in keys}))
+    assert read_spec(trained) == read_spec(old) == read_spec(gripper[1])  # the spec trained on, from memory
+    for path in (gripper[1], trained, old):
         assert main(["info", str(path)]) == 0
         out = capsys.readouterr().out
         assert f"Arm of {path}: 7 nodes, 12 actuators, state 6, cameras " in out
         assert "  edges: [[0, 1], [1, 2], [0, 3], [3, 4], [0, 5], [5, 6]]" in out
         assert "  measured node features: pos_x [m], pos_y [m], pos_z [m], quat_w [-]," in out
         assert "  not measured (fed as 0): vel_x, vel_y, vel_z, angvel_x, angvel_y, angvel_z, contact_force" in out
+        assert "Node features (the schema" not in out
+        ignored = {gripper[1]: None, trained: "none", old: "pos_x, kappa_x"}[path]
+        assert (f"  measured, ignored by the model (ignored_features): {ignored}" in out) == (ignored is not None)
     assert main(["info", str(gripper[0])]) == 2
     assert "is neither a prepared dataset (meta.json) nor a checkpoint" in capsys.readouterr().err

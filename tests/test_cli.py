@@ -7,12 +7,16 @@ from softarm.cli import main
 from tests.conftest import raw_dir
 
 
-def test_info_prints_schema_and_preset_size(capsys: pytest.CaptureFixture[str]) -> None:
+def test_info_prints_the_preset_size_and_the_schema_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--preset", "tiny", "--fusion", "prefix"]) == 0
     out = capsys.readouterr().out
-    assert "Node features (the schema; an arm senses all or some of them, on any number of nodes):" in out
-    assert " 18  contact_force   N" in out
     assert "Preset 'tiny' (pi0, fusion 'prefix'): 0.91 M parameters, of which the graph extension 0.106 M" in out
+    assert "Node features (the schema" not in out  # only with --schema, or when nothing else is asked
+    for flags in (["--schema"], []):
+        assert main(["info", *flags]) == 0
+        out = capsys.readouterr().out
+        assert "Node features (the schema; an arm senses all or some of them, on any number of nodes):" in out
+        assert " 18  contact_force   N" in out
 
 
 def test_demo_fine_tunes_the_bases_and_reports_what_it_added(
@@ -172,8 +176,14 @@ def test_demo_without_shipped_bases_trains_from_scratch_and_says_so(
 ) -> None:
     import softarm.apps.pretrain
 
-    monkeypatch.setattr(softarm.apps.pretrain, "SHIPPED", tmp_path / "sim_base")
-    assert main(["demo", "--out", str(tmp_path / "out"), "--episodes", "reach=3", "--eval-episodes", "reach=0"]) == 2
+    shipped = tmp_path / "sim_base"
+    monkeypatch.setattr(softarm.apps.pretrain, "SHIPPED", shipped)
+    flags = ["demo", "--out", str(tmp_path / "out"), "--episodes", "reach=3", "--eval-episodes", "reach=0"]
+    assert main(flags) == 2
     captured = capsys.readouterr()
-    assert f"no pretrained bases in {tmp_path / 'sim_base'}: the models train from scratch" in captured.out
+    assert f"no pretrained graph and no_graph base in {shipped}: the models train from scratch" in captured.out
     assert "no evaluation episodes for reach" in captured.err
+    (shipped / "graph").mkdir(parents=True)
+    (shipped / "graph" / "base.json").write_text("{}")  # one base alone: the comparison needs both
+    assert main(flags) == 2
+    assert f"no pretrained no_graph base in {shipped}: the models train from scratch" in capsys.readouterr().out

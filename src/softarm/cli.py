@@ -28,42 +28,39 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def describe_arm(path: Path) -> list[str]:
-    """The arm a prepared dataset or a checkpoint was made for, as lines of text."""
+    """The arm a prepared dataset or a checkpoint was made for (its `DatasetSpec`), as lines of text; for a checkpoint
+    also the measured features its model was built to ignore."""
     import json
 
     from softarm import arm, layout
+    from softarm.data.spec import read_spec
 
-    if (path / layout.META_FILE).is_file():
-        meta = json.loads((path / layout.META_FILE).read_text())
-        names, measured, edges = meta["features"], meta["measured"], meta["edges"]
-    elif (path / layout.CONFIG_FILE).is_file() and (path / layout.DATA_SPEC_FILE).is_file():
-        config = json.loads((path / layout.CONFIG_FILE).read_text())
-        meta = json.loads((path / layout.DATA_SPEC_FILE).read_text())
-        names = arm.column_names(config["node_features"], config.get("feature_names"))
-        measured, edges = config.get("measured_features") or names, config["edges"]
-    else:
-        raise FileNotFoundError(f"{path} is neither a prepared dataset ({layout.META_FILE}) nor a checkpoint "
-                                f"({layout.CONFIG_FILE} and {layout.DATA_SPEC_FILE})")  # fmt: skip
-    cameras = {slot: camera for slot, camera in meta["cameras"].items() if camera is not None}
-    unmeasured = [name for name in names if name not in measured]
-    return [
-        f"Arm of {path}: {meta['num_nodes']} nodes, {meta['action_dim']} actuators, "
-        f"state {meta['state_dim'] or 'none'}, cameras {cameras}",
-        f"  edges: {edges}",
+    spec = read_spec(path)
+    measured = spec.layout.measured
+    lines = [
+        f"Arm of {path}: {spec.num_nodes} nodes, {spec.action_dim} actuators, state {spec.state_dim or 'none'}, "
+        f"cameras {spec.present_cameras}, action chunks of {spec.action_horizon}",
+        f"  edges: {[list(e) for e in spec.edges]}",
         f"  measured node features: {', '.join(f'{n} [{arm.feature_unit(n)}]' for n in measured)}",
-        f"  not measured (fed as 0): {', '.join(unmeasured) or 'none'}",
+        f"  not measured (fed as 0): {', '.join(spec.layout.unmeasured) or 'none'}",
     ]
+    if not (path / layout.META_FILE).is_file() and (path / layout.CONFIG_FILE).is_file():
+        ignored = json.loads((path / layout.CONFIG_FILE).read_text()).get("ignored_features") or []
+        lines.append(f"  measured, ignored by the model (ignored_features): {', '.join(ignored) or 'none'}")
+    return lines
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the node schema, the arm of a dataset or checkpoint, and for a preset what the model adds to π0."""
+    """Describe the arm of a dataset or checkpoint, and for a preset what the model adds to π0; with neither (or with
+    --schema) the node schema an arm's features come from."""
     from softarm import arm
 
-    print("Node features (the schema; an arm senses all or some of them, on any number of nodes):")
-    for i, feature in enumerate(arm.NODE_FEATURES):
-        print(f"  {i:2d}  {feature.name:<15} {feature.unit:<9} {feature.description}")
     if args.path:
         print("\n".join(describe_arm(Path(args.path))))
+    if args.schema or not (args.path or args.preset):
+        print("Node features (the schema; an arm senses all or some of them, on any number of nodes):")
+        for i, feature in enumerate(arm.NODE_FEATURES):
+            print(f"  {i:2d}  {feature.name:<15} {feature.unit:<9} {feature.description}")
     if args.preset:
         from softarm.model import PI0GraphPytorch, count_parameters, preset
 
@@ -91,13 +88,13 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.apps.demo import DemoOptions, run_demo
-    from softarm.apps.pretrain import BASE_FILE, SHIPPED
+    from softarm.apps.pretrain import SHIPPED, missing_bases
 
     if args.from_scratch and args.base:
         raise SystemExit("--from-scratch trains without a base: drop --base")
-    if not args.from_scratch and not args.base and not (SHIPPED / "graph" / BASE_FILE).is_file():
-        print(f"no pretrained bases in {SHIPPED}: the models train from scratch (`softarm pretrain` makes the bases; "
-              "--base takes them)")  # fmt: skip
+    if not args.from_scratch and not args.base and (missing := missing_bases(SHIPPED)):
+        print(f"no pretrained {' and '.join(missing)} base in {SHIPPED}: the models train from scratch (`softarm "
+              "pretrain` makes the bases; --base takes them)")  # fmt: skip
         args.from_scratch = True
     defaults = DemoOptions(**({"base": None} if args.from_scratch else {"base": Path(args.base)} if args.base else {}))
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=600")
@@ -275,13 +272,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softarm", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
-    info = verbs.add_parser("info", help="the node schema, the arm of a dataset or checkpoint, a model preset's size")
+    info = verbs.add_parser("info", help="the arm of a dataset or checkpoint, a model preset's size, the node schema")
     info.add_argument("path", nargs="?", help="a prepared dataset or a checkpoint: print the arm it was made for")
     info.add_argument("--preset", choices=["tiny", "tiny_vision", "pi0", "pi05"],
                       help="also build this model preset and count it")  # fmt: skip
     info.add_argument(
         "--fusion", choices=["state", "prefix", "suffix", "none"], help="override the preset's fusion mode"
     )
+    info.add_argument("--schema", action="store_true", help="also list the 19 node features of the schema")
     info.set_defaults(func=cmd_info)
     conv = verbs.add_parser("convert", help="validate raw HDF5 or LeRobot episodes and write a prepared dataset")
     conv.add_argument("sources", nargs="+", metavar="SOURCE",

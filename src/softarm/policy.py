@@ -10,7 +10,6 @@ Given the previous chunk's unexecuted actions and the inference delay, sampling 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 import time
@@ -22,6 +21,7 @@ from torch.utils.data import default_collate
 
 from softarm import layout
 from softarm.data.loader import to_device
+from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
 from softarm.model import PI0GraphPytorch
@@ -52,7 +52,7 @@ class SoftArmPolicy:
     def __init__(
         self,
         model: PI0GraphPytorch,
-        spec: dict,
+        spec: DatasetSpec,
         norm_stats,
         tokenizer,
         *,
@@ -65,10 +65,10 @@ class SoftArmPolicy:
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
         self.noise_scale = checked_noise_scale(noise_scale)
         self._inputs = input_transform(
-            spec["cameras"], norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
-            layout=config.node_layout, action_dim=spec["action_dim"], state_dim=spec["state_dim"],
+            spec.cameras, norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
+            layout=config.node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim,
         )  # fmt: skip
-        self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec["action_dim"])
+        self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec.action_dim)
         self.compile_mode = compile_mode(compile, self.device)
         self._sample = model.sample_actions
         if self.compile_mode is not None:
@@ -95,7 +95,7 @@ class SoftArmPolicy:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         weights = directory / layout.EMA_FILE if use_ema and (directory / layout.EMA_FILE).is_file() else None
         model = load_model(directory, device, weights).eval().trust_validated_inputs()  # SoftArmInputs checks
-        spec = json.loads((directory / layout.DATA_SPEC_FILE).read_text())
+        spec = read_spec(directory)
         norm_stats = normalize.load((directory / stats).parent)
         tokenizer = SentencePieceTokenizer(directory / layout.TOKENIZER_FILE, max_len=model.config.max_token_len)
         return cls(
@@ -109,9 +109,9 @@ class SoftArmPolicy:
         config = self.model.config
         return {
             "action_horizon": config.action_horizon,
-            "action_dim": self.spec["action_dim"],
-            "cameras": {slot: cam for slot, cam in self.spec["cameras"].items() if cam is not None},
-            "state_dim": self.spec["state_dim"],
+            "action_dim": self.spec.action_dim,
+            "cameras": self.spec.present_cameras,
+            "state_dim": self.spec.state_dim,
             "graph": {
                 "num_nodes": config.num_nodes,
                 # the columns of a request's graph_nodes [num_nodes, len(node_features)], in this order
@@ -162,7 +162,7 @@ class SoftArmPolicy:
 
     def _previous_chunk(self, observation: dict) -> tuple[int, int]:
         """The checked length of "prev_actions" (0 without) and "delay"."""
-        horizon, action_dim = self.model.config.action_horizon, self.spec["action_dim"]
+        horizon, action_dim = self.model.config.action_horizon, self.spec.action_dim
         delay = observation.get("delay", 0)
         if "prev_actions" not in observation:
             if delay not in (0, None):
@@ -189,10 +189,10 @@ class SoftArmPolicy:
         happens now, not on the robot's first request; the RNG streams are left as they were. Returns seconds."""
         side, spec, measured = layout.IMAGE_SIZE, self.spec, self.model.config.node_layout.measured
         observation = {
-            "images": {cam: np.zeros((side, side, 3), np.uint8) for cam in spec["cameras"].values() if cam},
+            "images": {cam: np.zeros((side, side, 3), np.uint8) for cam in spec.present_cameras.values()},
             "graph_nodes": np.zeros((self.model.config.num_nodes, len(measured)), np.float32),
             "prompt": "warm up",
-            **({"state": np.zeros(spec["state_dim"], np.float32)} if spec["state_dim"] else {}),
+            **({"state": np.zeros(spec.state_dim, np.float32)} if spec.state_dim else {}),
         }
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         start = time.monotonic()

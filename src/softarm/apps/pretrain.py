@@ -58,6 +58,11 @@ class PretrainOptions:
     workers: int = 2  # simulator processes recording demonstrations
 
 
+def missing_bases(directory: str | Path) -> list[str]:
+    """The models that have no base in `directory` (a base is a directory with base.json, one per model)."""
+    return [name for name in MODELS if not (Path(directory) / name / BASE_FILE).is_file()]
+
+
 def _stage(number: int, text: str) -> None:
     print(f"[{number}/5] {text}", flush=True)
 

@@ -72,16 +72,14 @@ def _prepared_episode(path: Path, index: int) -> Episode:
     data = PreparedDataset(path, "all")
     if not 0 <= index < len(data.episodes):
         raise ValueError(f"--episode {index}: {path} has {len(data.episodes)} episodes (0..{len(data.episodes) - 1})")
-    meta, episode = data.meta, data.episodes[index]
+    spec, episode = data.spec, data.episodes[index]
     frames = slice(episode["start"], episode["start"] + episode["length"])
-    images = {slot: np.asarray(data.arrays[f"image_{slot}"][frames]) for slot, camera in meta["cameras"].items()
-              if camera is not None}  # fmt: skip
-    state = np.asarray(data.arrays["state"][frames, : meta["state_dim"]]) if meta["state_dim"] else None
+    images = {slot: np.asarray(data.arrays[f"image_{slot}"][frames]) for slot in spec.present_cameras}
+    state = np.asarray(data.arrays["state"][frames, : spec.state_dim]) if spec.state_dim else None
     raw = RawEpisode(path=path, images=images, graph_nodes=np.asarray(data.arrays[layout.GRAPH_NODES][frames]),
                      actions=np.asarray(data.arrays["actions"][frames]), prompt=episode["prompt"], fps=episode["fps"],
                      state=state)  # fmt: skip
-    edges = tuple(tuple(e) for e in meta["edges"])
-    return Episode(name=episode_name(episode), raw=raw, features=tuple(meta["features"]), edges=edges)
+    return Episode(name=episode_name(episode), raw=raw, features=spec.layout.features, edges=spec.edges)
 
 
 def _color_feature(episode: Episode, wanted: str | None) -> str | None:

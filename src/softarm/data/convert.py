@@ -32,7 +32,8 @@ from softarm.data.lerobot import LeRobotKeys, LeRobotSource, camera_name, is_ler
 from softarm.data.prepared import episode_name
 from softarm.data.raw import HDF5_KEYS, MAX_STATE_DIM, EpisodeError, EpisodeKeys, RawEpisode, read_episode
 from softarm.data.rosbag import TopicMap, find_bags, is_bag, read_bag
-from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
+from softarm.data.spec import DatasetSpec
+from softarm.layout import GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
 
 RAW_SUFFIXES = (".h5", ".hdf5")
 
@@ -150,18 +151,11 @@ class _Arm:
                   else f"{width}-D state; the dataset's have {wanted}-D")  # fmt: skip
         return keys.state, f"{reason}; --state none drops state from every episode"
 
-    def meta(self) -> dict:
+    def spec(self, image_size: int, action_horizon: int) -> DatasetSpec:
         edges = self.edges if self.edges is not None else arm.chain_edges(self.num_nodes)
-        return {
-            "cameras": self.slots,
-            "num_nodes": self.num_nodes,
-            "node_features": self.layout.width,
-            "features": list(self.layout.features),
-            "measured": list(self.layout.measured),
-            "edges": [list(e) for e in edges],
-            "action_dim": self.action_dim,
-            "state_dim": self.state_dim,
-        }
+        return DatasetSpec(cameras=self.slots, num_nodes=self.num_nodes, layout=self.layout, edges=edges,
+                           action_dim=self.action_dim, state_dim=self.state_dim, action_horizon=action_horizon,
+                           image_size=image_size)  # fmt: skip
 
 
 def _columns(
@@ -367,10 +361,7 @@ def _finish(
         ep["split"] = "val" if i in val else "train"
     samples = {s: sum(ep["length"] for ep in episodes if ep["split"] == s) for s in ("train", "val")}
     meta = {
-        "format": FORMAT_VERSION,
-        "image_size": options.image_size,
-        **group.arm.meta(),
-        "action_horizon": options.action_horizon,
+        **group.arm.spec(options.image_size, options.action_horizon).to_json(),
         "arrays": arrays,
         "episodes": episodes,
         "samples": samples,

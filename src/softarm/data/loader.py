@@ -26,7 +26,7 @@ class SoftArmDataset(Dataset):
     def __init__(self, prepared: PreparedDataset, transform) -> None:
         self.prepared = prepared
         self.transform = transform
-        self.state_dim = prepared.meta["state_dim"] or 0
+        self.state_dim = prepared.spec.state_dim or 0
 
     def __len__(self) -> int:
         return len(self.prepared)
@@ -45,7 +45,7 @@ class SoftArmDataset(Dataset):
 
 def prepared_cameras(prepared: PreparedDataset) -> dict[str, str | None]:
     """Prepared images are stored per openpi slot: each slot with a camera reads itself."""
-    return {slot: slot if prepared.meta["cameras"][slot] is not None else None for slot in IMAGE_SLOTS}
+    return {slot: slot if slot in prepared.spec.present_cameras else None for slot in IMAGE_SLOTS}
 
 
 class ResumableSampler(Sampler[int]):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import mmap
 from pathlib import Path
 
 import numpy as np
 
-from softarm.layout import FORMAT_VERSION, GRAPH_NODES, IMAGE_SLOTS, META_FILE
+from softarm.data.spec import DatasetSpec, read_meta
+from softarm.layout import GRAPH_NODES, IMAGE_SLOTS, META_FILE
 
 
 @dataclasses.dataclass
@@ -30,18 +30,6 @@ def episode_name(episode: dict) -> str:
     return f"{episode['source']}: {name}" if "source" in episode else name
 
 
-def read_meta(directory: str | Path) -> dict:
-    """A prepared dataset's meta.json, if it is of the format this softarm reads."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a dataset written by `softarm convert`")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, this softarm reads {FORMAT_VERSION} (convert the raw "
-                         "episodes again)")  # fmt: skip
-    return meta
-
-
 def map_array(path: Path, spec: dict) -> tuple[np.ndarray, mmap.mmap | None]:
     """A read-only view of a prepared array file, its pages read on demand, and its mapping. Training reads frames in
     random order, so the kernel is told not to read ahead: with readahead a 150 KB frame pulled ~3 MB off the disk,
@@ -60,13 +48,14 @@ class PreparedDataset:
 
     def __init__(self, directory: str | Path, split: str = "train") -> None:
         self.directory = Path(directory)
-        self.meta = read_meta(self.directory)
+        self.meta = read_meta(self.directory)  # the spec, then the arrays, episodes and sample counts
+        self.spec = DatasetSpec.from_json(self.meta, self.directory / META_FILE)
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         mapped = {name: map_array(self.directory / a["file"], a) for name, a in self.meta["arrays"].items()}
         self.arrays = {name: array for name, (array, _) in mapped.items()}
         self._pages = {name: pages for name, (_, pages) in mapped.items() if pages is not None}
-        self.horizon: int = self.meta["action_horizon"]
+        self.horizon = self.spec.action_horizon
         self.episodes = [ep for ep in self.meta["episodes"] if split in ("all", ep["split"])]
         self._episode_of_frame = np.concatenate(
             [np.full(ep["length"], i, dtype=np.int64) for i, ep in enumerate(self.episodes)] or [np.zeros(0, np.int64)]
@@ -100,7 +89,7 @@ class PreparedDataset:
         end = episode["start"] + episode["length"]
         steps = min(self.horizon, end - frame)
         # past the episode end the arm holds its last command (LeRobot's clamped indices, which openpi trains on)
-        actions = np.empty((self.horizon, self.meta["action_dim"]), np.float32)
+        actions = np.empty((self.horizon, self.spec.action_dim), np.float32)
         actions[:steps] = self.arrays["actions"][frame : frame + steps]
         actions[steps:] = actions[steps - 1]
         return Sample(

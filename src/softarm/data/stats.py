@@ -28,7 +28,7 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
     data = PreparedDataset(directory, split="train")
     if not len(data):
         raise ValueError(f"{directory}: the train split is empty; nothing to compute statistics from")
-    state_dim = data.meta["state_dim"]
+    state_dim, layout = data.spec.state_dim, data.spec.layout
     running = {"actions": normalize.RunningStats(), GRAPH_NODES: normalize.RunningStats()}
     if state_dim:
         running["state"] = normalize.RunningStats()
@@ -41,9 +41,9 @@ def compute_norm_stats(directory: str | Path) -> dict[str, normalize.NormStats]:
         if state_dim:
             running["state"].update(np.asarray(data.arrays["state"][chunk, :state_dim], np.float64))
     stats = {key: stats.get_statistics() for key, stats in running.items()}
-    shape = (data.meta["num_nodes"], data.meta["node_features"])
+    shape = (data.spec.num_nodes, layout.width)
     graph = floor_scale(normalize.NormStats(**{f: getattr(stats[GRAPH_NODES], f).reshape(shape) for f in STAT_FIELDS}))
-    unmeasured = [i for i, name in enumerate(data.meta["features"]) if name not in data.meta["measured"]]
+    unmeasured = [layout.features.index(name) for name in layout.unmeasured]
     identity = {"mean": 0.0, "std": 1.0, "q01": -1.0, "q99": 1.0}
     for field, value in identity.items():
         getattr(graph, field)[:, unmeasured] = value

@@ -2,7 +2,7 @@
 
 `<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
 (when EMA is on), optimizer.pt, trainer_state.pt (step, data position, RNG states, EMA count), train_config.yaml,
-assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (camera slots, sizes). It is
+assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (the dataset's spec). It is
 written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
 are kept. With LoRA, model/ema.safetensors hold the adapters merged in (servable as they are) and lora.safetensors
 the trained tensors under the training model's names, which resume loads on top of the same frozen base.
@@ -11,7 +11,6 @@ the trained tensors under the training model's names, which resume loads on top 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 import random
 import shutil
@@ -23,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 import yaml
 
 from softarm import layout
-from softarm.data.prepared import read_meta
+from softarm.data.spec import DatasetSpec, write_spec
 from softarm.train.lora import has_lora, merged_state_dict, trainable_state_dict
 from softarm.weights import load_weights, save_model, save_state
 
@@ -72,7 +71,7 @@ class Sources:
     """What a checkpoint copies beside the weights, so that it trains on and serves on its own."""
 
     config: dict  # the training config, as written to train_config.yaml
-    dataset_dir: Path  # its data spec
+    spec: DatasetSpec  # the dataset trained on, as data_spec.json
     tokenizer_path: Path
     norm_stats_path: Path
 
@@ -143,9 +142,7 @@ def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict
     assets.mkdir(parents=True)
     shutil.copy2(sources.norm_stats_path, assets / layout.NORM_STATS_FILE)
     shutil.copy2(sources.tokenizer_path, tmp / layout.TOKENIZER_FILE)
-    meta = read_meta(sources.dataset_dir)
-    spec = {k: meta[k] for k in ("cameras", "state_dim", "action_dim", "action_horizon", "num_nodes", "node_features")}
-    (tmp / layout.DATA_SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    write_spec(sources.spec, tmp / layout.DATA_SPEC_FILE)
 
 
 def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:

@@ -2,7 +2,7 @@
 
 Sections mirror what a person changes: `model` (a preset plus SoftArmModelConfig overrides), `data`, `optim`,
 `train`. Unknown keys, wrong types and a missing dataset are reported with the dotted key and what was expected.
-The arm's sizes, node features and edges are not set here: they come from the dataset (`dataset_fields`).
+The arm's sizes, node features and edges are not set here: they come from the dataset (`DatasetSpec.model_fields`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from softarm.data.prepared import read_meta
+from softarm.data.spec import DatasetSpec, read_spec
 from softarm.layout import (
     ASSET_ID,
     ASSETS_DIR,
@@ -44,21 +44,14 @@ ARCHITECTURE_FIELDS = ("pi05", "paligemma_variant", "action_expert_variant", "vi
                        "graph_width", "graph_depth", "graph_heads")  # fmt: skip
 
 
-def dataset_fields(meta: dict) -> dict[str, Any]:
-    """The model config fields a prepared dataset's meta.json fixes."""
-    return {"num_nodes": meta["num_nodes"], "node_features": meta["node_features"],
-            "feature_names": tuple(meta["features"]), "measured_features": tuple(meta["measured"]),
-            "edges": tuple(tuple(e) for e in meta["edges"]), "action_horizon": meta["action_horizon"]}  # fmt: skip
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     preset: Literal["tiny", "tiny_vision", "pi0", "pi05"] = "tiny"
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # any SoftArmModelConfig field
 
     def build(self, dataset: dict[str, Any] | None = None, where: str = "the dataset") -> SoftArmModelConfig:
-        """The preset with the overrides and, when given, the fields a dataset fixes (`dataset_fields`); an override
-        that contradicts the dataset is an error."""
+        """The preset with the overrides and, when given, the fields a dataset fixes (`DatasetSpec.model_fields`); an
+        override that contradicts the dataset is an error."""
         overrides = dict(self.overrides)
         for key, value in (dataset or {}).items():
             if key in overrides and plain(overrides[key]) != plain(value):
@@ -154,10 +147,10 @@ class TrainConfig:
         if not self.data.path or not (Path(self.data.path) / META_FILE).is_file():
             raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
         try:
-            meta = read_meta(self.data.path)
+            spec = read_spec(self.data.path)
         except ValueError as e:
             raise ConfigError(f"data.path: {e}") from None
-        model = self.model.build(dataset_fields(meta), f"the dataset {self.data.path}")
+        model = self.model.build(spec.model_fields(), f"the dataset {self.data.path}")
         if "rtc_max_delay" in self.model.overrides:
             raise ConfigError("model.overrides.rtc_max_delay: set train.rtc_max_delay instead (training decides it)")
         try:
@@ -168,7 +161,7 @@ class TrainConfig:
         if not tokenizer.is_file():
             raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
         if self.data.norm_stats is not None:
-            check_norm_stats(self.norm_stats_path(), meta)
+            check_norm_stats(self.norm_stats_path(), spec)
         counts = ("steps", "grad_accum", "log_every", "val_every", "save_every", "keep_last", "max_bad_steps",
                   "dist_timeout_s")  # fmt: skip
         for key in ("lora.rank", "lora.expert_rank", "data.batch_size", *(f"train.{name}" for name in counts)):
@@ -234,14 +227,14 @@ def check_same_architecture(model: SoftArmModelConfig, directory: Path) -> None:
                           "and model.overrides to what the base was built with")  # fmt: skip
 
 
-def check_norm_stats(path: Path, meta: dict) -> None:
+def check_norm_stats(path: Path, spec: DatasetSpec) -> None:
     """data.norm_stats must exist and describe the dataset's actions, state and graph."""
     if not path.is_file():
         raise ConfigError(f"data.norm_stats: no {NORM_STATS_FILE} at {path}")
     stats = json.loads(path.read_text()).get("norm_stats", {})
-    expected = {"actions": [meta["action_dim"]], GRAPH_NODES: [meta["num_nodes"], meta["node_features"]]}
-    if meta["state_dim"]:
-        expected["state"] = [meta["state_dim"]]
+    expected = {"actions": [spec.action_dim], GRAPH_NODES: [spec.num_nodes, spec.layout.width]}
+    if spec.state_dim:
+        expected["state"] = [spec.state_dim]
     for key, shape in expected.items():
         found = list(np.shape(stats[key]["mean"])) if key in stats else None
         if found != shape:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from softarm import rtc
 from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, to_device
 from softarm.data.prepared import PreparedDataset, episode_name
+from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
 from softarm.layout import CONFIG_FILE, LOSS_PLOT
@@ -165,6 +166,7 @@ class Run:
     device: torch.device
     dir: Path
     dataset_dir: Path
+    spec: DatasetSpec  # the dataset's
     tokenizer_path: Path
     norm_stats_path: Path  # the norm_stats.json it normalises with: the dataset's, or data.norm_stats
     sharded: bool  # FSDP over several ranks
@@ -284,7 +286,8 @@ def start(config: TrainConfig) -> Run:
         )
     return Run(
         config=config, model_config=model_config, dist=dist, device=pick_device(t.device, dist), dir=Path(t.out_dir),
-        dataset_dir=dataset_dir, tokenizer_path=config.tokenizer_path(), norm_stats_path=config.norm_stats_path(),
+        dataset_dir=dataset_dir, spec=read_spec(dataset_dir), tokenizer_path=config.tokenizer_path(),
+        norm_stats_path=config.norm_stats_path(),
         sharded=t.strategy == "fsdp" and dist.world > 1,
     )  # fmt: skip
 
@@ -304,7 +307,7 @@ def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
         prepared = PreparedDataset(run.dataset_dir, split)
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
-            num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.meta["action_dim"],
+            num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.spec.action_dim,
         )  # fmt: skip
         return SoftArmDataset(prepared, transform)
 
@@ -445,6 +448,6 @@ def save(run: Run, state: ckpt.TrainState) -> None:
     model_state = fsdp.full_model_state(state.model) if run.sharded else None
     optimizer_state = fsdp.full_optimizer_state(state.model, state.optimizer) if run.sharded or run.dist.main else None
     if run.dist.main:
-        sources = ckpt.Sources(run.config.to_dict(), run.dataset_dir, run.tokenizer_path, run.norm_stats_path)
+        sources = ckpt.Sources(run.config.to_dict(), run.spec, run.tokenizer_path, run.norm_stats_path)
         ckpt.save_checkpoint(run.dir, state, sources, optimizer_state=optimizer_state, model_state=model_state,
                              keep_last=run.config.train.keep_last)  # fmt: skip
