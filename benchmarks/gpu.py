@@ -25,7 +25,8 @@ import time
 import torch
 
 from softarm.layout import IMAGE_SIZE, IMAGE_SLOTS
-from softarm.model import PI0GraphPytorch, preset
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
 from softarm.openpi_compat import unchecked_observation
 from softarm.rtc import ActionPrefix
 from softarm.train.lora import apply_lora

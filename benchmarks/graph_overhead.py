@@ -27,7 +27,9 @@ from openpi.models.model import Observation
 import torch
 
 from softarm.layout import IMAGE_SLOTS
-from softarm.model import PI0GraphPytorch, VisionSpec, build_base_model, preset
+from softarm.model import PI0GraphPytorch, build_base_model
+from softarm.model_config import preset
+from softarm.vision import VisionSpec
 
 MODES = {"pi0": ("state", "prefix", "suffix"), "pi05": ("prefix", "suffix")}
 

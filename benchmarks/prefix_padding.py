@@ -20,7 +20,9 @@ from openpi.models.model import Observation
 import torch
 
 from softarm.layout import IMAGE_SLOTS
-from softarm.model import PI0GraphPytorch, VisionSpec, preset
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
+from softarm.vision import VisionSpec
 
 
 def make_batch(config, batch: int, cameras: int, prompt_tokens: int):

@@ -23,7 +23,9 @@ import yaml
 
 from softarm.data.prepared import PreparedDataset
 from softarm.layout import GRAPH_NODES
-from softarm.model import PI0GraphPytorch, VisionSpec, preset
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
+from softarm.vision import VisionSpec
 
 
 def load(prepared: Path, cameras: list[str]):

@@ -18,7 +18,7 @@ import torch
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import RawEpisode, write_episode
 from softarm.layout import IMAGE_SLOTS
-from softarm.model import SoftArmModelConfig
+from softarm.model_config import SoftArmModelConfig
 from softarm.serve import SoftArmPolicyServer
 
 DEBUG_CONFIG = Path(__file__).parents[1] / "configs" / "debug.yaml"

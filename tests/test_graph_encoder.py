@@ -80,7 +80,8 @@ def test_non_finite_values_are_located(bad) -> None:
 
 
 def test_validated_inputs_skip_the_finite_check_but_not_the_shape_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    from softarm.model import PI0GraphPytorch, preset
+    from softarm.model import PI0GraphPytorch
+    from softarm.model_config import preset
 
     model = PI0GraphPytorch(preset("tiny")).trust_validated_inputs()
     encoder = model.graph_encoder

@@ -14,7 +14,8 @@ from softarm.data.loader import ResumableSampler, SoftArmDataset, make_loader, p
 from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
 from softarm.data.transforms import SoftArmInputs, input_transform, output_transform
-from softarm.model import PI0GraphPytorch, preset
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
 from tests.conftest import make_episode, raw_dir
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from softarm import arm
-from softarm.model import ConvStem, PI0GraphPytorch, SoftArmModelConfig, VisionSpec, build_base_model, preset
+from softarm.model import PI0GraphPytorch, build_base_model
+from softarm.model_config import SoftArmModelConfig, preset
+from softarm.vision import ConvStem, VisionSpec
 from tests.conftest import make_actions, make_graph, make_observation
 
 CPU = torch.device("cpu")

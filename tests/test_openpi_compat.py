@@ -14,7 +14,9 @@ import torch
 
 from softarm import openpi_compat
 from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
-from softarm.model import backbone_overrides, build_base_model, preset
+from softarm.model import build_base_model
+from softarm.model_config import preset
+from softarm.openpi_compat import backbone_overrides
 from tests.conftest import make_observation
 
 

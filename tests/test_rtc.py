@@ -15,7 +15,8 @@ import torch
 
 from softarm import rtc
 from softarm.apps.evaluate import ModelAgent, delay_steps, smoothness
-from softarm.model import PI0GraphPytorch, preset
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
 from softarm.policy import SoftArmPolicy
 from softarm.rtc import ActionPrefix
 from softarm.sim.tasks import EpisodeSpec

@@ -277,7 +277,8 @@ def test_yaml_floats_and_lists() -> None:
 
 
 def test_init_from_official_base_weights(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from softarm.model import build_base_model, preset
+    from softarm.model import build_base_model
+    from softarm.model_config import preset
 
     base_dir = tmp_path / "pi0_base"
     base_dir.mkdir()

@@ -8,7 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from softarm.model import PI0GraphPytorch, build_base_model, preset
+from softarm.model import PI0GraphPytorch, build_base_model
+from softarm.model_config import preset
 from softarm.weights import load_model, load_weights, save_model
 from tests.conftest import make_actions, make_graph, make_observation
 

@@ -62,7 +62,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         for i, feature in enumerate(arm.NODE_FEATURES):
             print(f"  {i:2d}  {feature.name:<15} {feature.unit:<9} {feature.description}")
     if args.preset:
-        from softarm.model import PI0GraphPytorch, count_parameters, preset
+        from softarm.model import PI0GraphPytorch, count_parameters
+        from softarm.model_config import preset
 
         config = preset(args.preset, **({"fusion": args.fusion} if args.fusion else {}))
         model = PI0GraphPytorch(config)

@@ -20,256 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import contextlib
-import dataclasses
-import math
-from typing import Any, Literal
 
 from openpi.models import pi0_config
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import torch
 from torch import nn
 
-from softarm import arm, openpi_compat, rtc
+from softarm import openpi_compat, rtc
 from softarm.graph_encoder import GraphEncoder, GraphEncoding
+from softarm.model_config import SoftArmModelConfig
 from softarm.rtc import ActionPrefix
 
-FusionMode = Literal["state", "prefix", "suffix", "none"]
-FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
-PALIGEMMA_VOCAB_SIZE = 257_152
 # Every parameter the graph extension adds lives under one of these names; nothing else may be missing when
 # official base weights are loaded.
 GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.")
 openpi_compat.check_pi0_hooks()  # the methods PI0GraphPytorch overrides below
 
 
-@dataclasses.dataclass(frozen=True)
-class VisionSpec:
-    """A SigLIP vision tower smaller than PaliGemma's So400m/14, for tests and CPU demos.
-
-    ``SoftArmModelConfig.vision = None`` means the official tower (what the pretrained weights expect).
-    """
-
-    width: int = 32
-    depth: int = 1
-    mlp_dim: int = 64
-    num_heads: int = 2
-    patch_size: int = 56
-    # "patch": SigLIP's own patch projection (one strided conv). "conv": a convolutional stem (3x3 stride-2 convs,
-    # then the rest of the patch stride) in its place: ViTs trained from scratch with a conv stem optimise faster and
-    # localise better (Xiao et al. 2021, "Early Convolutions Help Transformers See Better").
-    stem: Literal["patch", "conv"] = "patch"
-
-    def __post_init__(self) -> None:
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"vision.stem must be 'patch' or 'conv', got {self.stem!r}")
-
-
-class ConvStem(nn.Module):
-    """Stride-2 3x3 convs (group-normalised, channels doubling up to `width`) while the patch stride stays even, then
-    one conv with the remaining stride to `width`: the same grid of tokens as SigLIP's patch projection, so the rest
-    of the tower is unchanged."""
-
-    def __init__(self, width: int, patch_size: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels, out, stride = 3, min(width, 16), patch_size
-        while stride % 2 == 0 and stride > 2:
-            layers += [nn.Conv2d(channels, out, 3, 2, 1, bias=False), nn.GroupNorm(math.gcd(8, out), out), nn.GELU()]
-            channels, out, stride = out, min(width, 2 * out), stride // 2
-        self.convs = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(channels, width, stride, stride)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """HF's SiglipVisionEmbeddings casts the pixels to `patch_embedding.weight.dtype`."""
-        return self.proj.weight
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.convs(pixels))
-
-
-@dataclasses.dataclass(frozen=True)
-class SoftArmModelConfig(pi0_config.Pi0Config):
-    """openpi's Pi0Config plus where and how the arm's graph enters the model."""
-
-    action_horizon: int = 16
-    fusion: FusionMode = "state"
-    graph_width: int = 128
-    graph_depth: int = 3
-    graph_heads: int = 4
-    num_nodes: int = arm.NUM_NODES
-    node_features: int = arm.NUM_NODE_FEATURES
-    # The names of the node features (None: the 19-feature schema, or feature_<i> for another count) and which of
-    # them the arm measures (None: all); the graph encoder masks the others. `softarm train` takes all of this, the
-    # sizes and the edges from the dataset.
-    feature_names: tuple[str, ...] | None = None
-    measured_features: tuple[str, ...] | None = None
-    edges: tuple[arm.Edge, ...] | None = None  # None: the chain 0-1-...-(num_nodes-1)
-    vision: VisionSpec | None = None  # None: the official SigLIP So400m/14 tower
-    vocab_size: int = PALIGEMMA_VOCAB_SIZE
-    # Node features the graph encoder does not read although the arm measures them. Velocities and the last command
-    # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking where
-    # to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
-    ignored_features: tuple[str, ...] = ()
-    # Real-time chunking (softarm.rtc). Inference-time guidance: the clip on the guidance weight (the paper's beta)
-    # and the weights' decay over the overlap. Training-time conditioning: the longest delay (control steps) the
-    # model was trained to take as a clean prefix (train.rtc_max_delay); 0 = trained without it.
-    rtc_max_guidance_weight: float = 5.0
-    rtc_schedule: str = "exp"
-    rtc_max_delay: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.vision, dict):
-            object.__setattr__(self, "vision", VisionSpec(**self.vision))
-        for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        edges = arm.chain_edges(self.num_nodes) if self.edges is None else self.edges
-        object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, edges))
-        names = arm.column_names(self.node_features, self.feature_names)
-        object.__setattr__(self, "feature_names", names)
-        measured = names if self.measured_features is None else tuple(self.measured_features)
-        object.__setattr__(self, "measured_features", measured)
-        arm.NodeLayout(names, measured)  # checks the measured names against the feature names
-        object.__setattr__(self, "ignored_features", tuple(self.ignored_features))
-        for name in self.ignored_features:
-            if name not in names:
-                raise ValueError(f"ignored_features: unknown node feature {name!r}; the nodes have {list(names)}")
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
-        if self.fusion == "state" and self.pi05:
-            raise ValueError(
-                "fusion 'state' needs pi0's continuous state slot; pi0.5 has none: use 'prefix' or 'suffix'"
-            )
-        if self.rtc_schedule not in rtc.SCHEDULES:
-            raise ValueError(f"rtc_schedule must be one of {rtc.SCHEDULES}, got {self.rtc_schedule!r}")
-        if self.rtc_max_guidance_weight < 0:
-            raise ValueError(f"rtc_max_guidance_weight must be >= 0, got {self.rtc_max_guidance_weight}")
-        if not 0 <= self.rtc_max_delay < self.action_horizon:
-            raise ValueError(f"rtc_max_delay must be in 0..{self.action_horizon - 1}, got {self.rtc_max_delay}")
-        if self.rtc_max_delay and self.pi05:
-            raise ValueError(
-                "training-time RTC gives each action token its own flow time, which pi0's action-time MLP takes; "
-                "pi0.5 conditions its action expert on one time per sample (adaRMS): use inference-time RTC"
-            )
-        if self.action_dim != 32:
-            raise ValueError(
-                f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
-            )
-
-    @property
-    def node_layout(self) -> arm.NodeLayout:
-        return arm.NodeLayout(self.feature_names, self.measured_features)
-
-    def to_dict(self) -> dict:
-        """Plain types only (lists, dicts, numbers), for JSON/YAML."""
-        return plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SoftArmModelConfig:
-        """From `to_dict`'s form: __post_init__ turns the lists back into tuples and `vision` into a VisionSpec."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(fields)}")
-        return cls(**data)
-
-
-def plain(value: Any) -> Any:
-    """Tuples as lists, all the way down: what JSON and YAML hold, and what compares equal to what they read back."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
-
-
-def preset(name: str, **overrides) -> SoftArmModelConfig:
-    """Named model configurations: ``tiny`` (CPU tests and demo), ``tiny_vision`` (CPU, finds a target in the
-    images), ``pi0`` and ``pi05`` (full size)."""
-    # The real PI0Pytorch at toy width: Gemma "dummy" (width 64, 4 layers, 8 heads) for both towers, a one-layer
-    # SigLIP with 56-px patches (16 tokens per image) and a small vocabulary.
-    tiny = {
-        "paligemma_variant": "dummy",
-        "action_expert_variant": "dummy",
-        "dtype": "float32",
-        "vision": VisionSpec(),
-        "vocab_size": 1024,
-        "graph_width": 64,
-        "graph_depth": 2,
-    }
-    presets: dict[str, dict] = {
-        "tiny": tiny,
-        # a two-layer tower, 28-px patches (64 tokens per image) behind a conv stem: localises a ball, ~4x the cost
-        "tiny_vision": {
-            **tiny,
-            "vision": VisionSpec(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=28, stem="conv"),
-        },
-        "pi0": {},
-        "pi05": {"pi05": True, "fusion": "suffix"},
-    }
-    if name not in presets:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
-    return SoftArmModelConfig(**{**presets[name], **overrides})
-
-
-@contextlib.contextmanager
-def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
-    """While constructing PI0Pytorch, build the HF PaliGemma/Gemma towers with the config's smaller vision
-    tower and vocabulary. Construction only: the classes, forward passes and weights are the official ones."""
-    vision: VisionSpec | None = getattr(config, "vision", None)
-    vocab_size: int = getattr(config, "vocab_size", PALIGEMMA_VOCAB_SIZE)
-    if vision is None and vocab_size == PALIGEMMA_VOCAB_SIZE:
-        yield
-        return
-
-    def small_paligemma(paligemma_cls, config):
-        if vision is not None:
-            vc = config.vision_config
-            vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size = vision.width, vision.depth, vision.mlp_dim
-            vc.num_attention_heads, vc.patch_size = vision.num_heads, vision.patch_size
-            vc.projection_dim = config.text_config.hidden_size
-            config.text_config.num_image_tokens = (vc.image_size // vc.patch_size) ** 2
-        config.text_config.vocab_size = vocab_size
-        config._vocab_size = vocab_size
-        paligemma = paligemma_cls(config=config)
-        if vision is not None:  # a tower trained from scratch: start its patch positions on a 2-D grid
-            embeddings = paligemma.model.vision_tower.vision_model.embeddings
-            init_grid_positions(embeddings.position_embedding.weight)
-            if vision.stem == "conv":
-                embeddings.patch_embedding = ConvStem(vision.width, vision.patch_size)
-        return paligemma
-
-    def small_gemma(gemma_cls, config):
-        config.vocab_size = vocab_size
-        return gemma_cls(config=config)
-
-    with openpi_compat.backbone_factories(small_paligemma, small_gemma):
-        yield
-
-
-@torch.no_grad()
-def init_grid_positions(weight: torch.Tensor) -> None:
-    """2-D sine-cosine patch position embedding (as MAE initialises ViTs) instead of random vectors, scaled to the
-    random init's spread. A small tower trained from scratch on a few hundred episodes then knows from the first
-    step which patches are neighbours, which is what locating a target in the image needs."""
-    num_patches, width = weight.shape
-    side = math.isqrt(num_patches)
-    if side * side != num_patches or width % 4:
-        return  # not a square grid of patches: keep the random init
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    # wavelengths from 2 patches (fine position) to twice the grid (unambiguous over the whole image)
-    steps = width // 4
-    frequencies = math.pi / float(side) ** (torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1))
-    parts = [f(axis.reshape(-1, 1).double() * frequencies) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
-    grid = torch.cat(parts, dim=1)
-    weight.copy_((grid / grid.std() * weight.std()).to(weight.dtype))
-
-
 def build_base_model(config: pi0_config.Pi0Config) -> PI0Pytorch:
     """The official PI0Pytorch for `config` (honouring a small vision tower / vocab), with eager sampling."""
-    with backbone_overrides(config):
+    with openpi_compat.backbone_overrides(config):
         model = PI0Pytorch(config)
     openpi_compat.eager_sampling(model)
     return model
@@ -281,7 +51,7 @@ class PI0GraphPytorch(PI0Pytorch):
     config: SoftArmModelConfig
 
     def __init__(self, config: SoftArmModelConfig) -> None:
-        with backbone_overrides(config):
+        with openpi_compat.backbone_overrides(config):
             super().__init__(config)
         openpi_compat.eager_sampling(self)
         openpi_compat.checkpoint_only_on_request(self)

@@ -12,11 +12,16 @@ import contextlib
 import functools
 import inspect
 
+from openpi.models import pi0_config
 from openpi.models.model import Observation
 from openpi.models.tokenizer import PaligemmaTokenizer
 from openpi.models_pytorch import gemma_pytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import sentencepiece
+
+from softarm.vision import ConvStem, init_grid_positions
+
+PALIGEMMA_VOCAB_SIZE = 257_152  # the official PaliGemma tokenizer's; the presets for CPUs use a smaller one
 
 # The PI0Pytorch methods PI0GraphPytorch overrides, with the parameters it relies on. `_preprocess_observation` is
 # private: it is the only place that decides whether training images are augmented.
@@ -54,6 +59,43 @@ def backbone_factories(paligemma: Callable[..., object], gemma: Callable[..., ob
         yield
     finally:
         gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM = originals
+
+
+@contextlib.contextmanager
+def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
+    """While constructing PI0Pytorch, build the HF PaliGemma/Gemma towers with the config's smaller vision
+    tower and vocabulary. Construction only: the classes, forward passes and weights are the official ones. It writes
+    HF config fields (and PaliGemma's private `_vocab_size`, which sizes its embedding) and swaps the patch embedding
+    for a conv stem: both below openpi's API, hence here."""
+    vision = getattr(config, "vision", None)  # a softarm.vision.VisionSpec, or None for the official tower
+    vocab_size: int = getattr(config, "vocab_size", PALIGEMMA_VOCAB_SIZE)
+    if vision is None and vocab_size == PALIGEMMA_VOCAB_SIZE:
+        yield
+        return
+
+    def small_paligemma(paligemma_cls, config):
+        if vision is not None:
+            vc = config.vision_config
+            vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size = vision.width, vision.depth, vision.mlp_dim
+            vc.num_attention_heads, vc.patch_size = vision.num_heads, vision.patch_size
+            vc.projection_dim = config.text_config.hidden_size
+            config.text_config.num_image_tokens = (vc.image_size // vc.patch_size) ** 2
+        config.text_config.vocab_size = vocab_size
+        config._vocab_size = vocab_size
+        paligemma = paligemma_cls(config=config)
+        if vision is not None:  # a tower trained from scratch: start its patch positions on a 2-D grid
+            embeddings = paligemma.model.vision_tower.vision_model.embeddings
+            init_grid_positions(embeddings.position_embedding.weight)
+            if vision.stem == "conv":
+                embeddings.patch_embedding = ConvStem(vision.width, vision.patch_size)
+        return paligemma
+
+    def small_gemma(gemma_cls, config):
+        config.vocab_size = vocab_size
+        return gemma_cls(config=config)
+
+    with backbone_factories(small_paligemma, small_gemma):
+        yield
 
 
 def eager_sampling(model: PI0Pytorch) -> None:

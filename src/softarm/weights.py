@@ -17,7 +17,8 @@ import safetensors.torch
 import torch
 
 from softarm.layout import CONFIG_FILE, WEIGHTS_FILE
-from softarm.model import PI0GraphPytorch, SoftArmModelConfig, is_graph_key
+from softarm.model import PI0GraphPytorch, is_graph_key
+from softarm.model_config import SoftArmModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from softarm import layout
 from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
 from softarm.data.convert import ConvertOptions, convert
-from softarm.model import plain
+from softarm.model_config import plain
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
 from softarm.sim.generate import generate
 from softarm.sim.tasks import task_prompts

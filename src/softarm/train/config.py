@@ -29,7 +29,7 @@ from softarm.layout import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
 )
-from softarm.model import SoftArmModelConfig, plain, preset
+from softarm.model_config import SoftArmModelConfig, plain, preset
 
 
 class ConfigError(ValueError):

@@ -36,7 +36,8 @@ from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
 from softarm.layout import CONFIG_FILE, LOSS_PLOT
-from softarm.model import PI0GraphPytorch, SoftArmModelConfig, count_parameters
+from softarm.model import PI0GraphPytorch, count_parameters
+from softarm.model_config import SoftArmModelConfig
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
 from softarm.train.config import ConfigError, TrainConfig, check_same_arm

@@ -1,0 +1,141 @@
+"""The model's configuration: openpi's Pi0Config plus where and how the arm's graph enters, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from openpi.models import pi0_config
+
+from softarm import arm, rtc
+from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE
+from softarm.vision import VisionSpec
+
+FusionMode = Literal["state", "prefix", "suffix", "none"]
+FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftArmModelConfig(pi0_config.Pi0Config):
+    """openpi's Pi0Config plus where and how the arm's graph enters the model."""
+
+    action_horizon: int = 16
+    fusion: FusionMode = "state"
+    graph_width: int = 128
+    graph_depth: int = 3
+    graph_heads: int = 4
+    num_nodes: int = arm.NUM_NODES
+    node_features: int = arm.NUM_NODE_FEATURES
+    # The names of the node features (None: the 19-feature schema, or feature_<i> for another count) and which of
+    # them the arm measures (None: all); the graph encoder masks the others. `softarm train` takes all of this, the
+    # sizes and the edges from the dataset.
+    feature_names: tuple[str, ...] | None = None
+    measured_features: tuple[str, ...] | None = None
+    edges: tuple[arm.Edge, ...] | None = None  # None: the chain 0-1-...-(num_nodes-1)
+    vision: VisionSpec | None = None  # None: the official SigLIP So400m/14 tower
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE
+    # Node features the graph encoder does not read although the arm measures them. Velocities and the last command
+    # reveal where a smooth demonstration is heading, so a policy can copy its own motion instead of looking where
+    # to go (causal confusion, de Haan et al. 2019; "copycat" policies, Wen et al. 2020).
+    ignored_features: tuple[str, ...] = ()
+    # Real-time chunking (softarm.rtc). Inference-time guidance: the clip on the guidance weight (the paper's beta)
+    # and the weights' decay over the overlap. Training-time conditioning: the longest delay (control steps) the
+    # model was trained to take as a clean prefix (train.rtc_max_delay); 0 = trained without it.
+    rtc_max_guidance_weight: float = 5.0
+    rtc_schedule: str = "exp"
+    rtc_max_delay: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.vision, dict):
+            object.__setattr__(self, "vision", VisionSpec(**self.vision))
+        for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        edges = arm.chain_edges(self.num_nodes) if self.edges is None else self.edges
+        object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, edges))
+        names = arm.column_names(self.node_features, self.feature_names)
+        object.__setattr__(self, "feature_names", names)
+        measured = names if self.measured_features is None else tuple(self.measured_features)
+        object.__setattr__(self, "measured_features", measured)
+        arm.NodeLayout(names, measured)  # checks the measured names against the feature names
+        object.__setattr__(self, "ignored_features", tuple(self.ignored_features))
+        for name in self.ignored_features:
+            if name not in names:
+                raise ValueError(f"ignored_features: unknown node feature {name!r}; the nodes have {list(names)}")
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
+        if self.fusion == "state" and self.pi05:
+            raise ValueError(
+                "fusion 'state' needs pi0's continuous state slot; pi0.5 has none: use 'prefix' or 'suffix'"
+            )
+        if self.rtc_schedule not in rtc.SCHEDULES:
+            raise ValueError(f"rtc_schedule must be one of {rtc.SCHEDULES}, got {self.rtc_schedule!r}")
+        if self.rtc_max_guidance_weight < 0:
+            raise ValueError(f"rtc_max_guidance_weight must be >= 0, got {self.rtc_max_guidance_weight}")
+        if not 0 <= self.rtc_max_delay < self.action_horizon:
+            raise ValueError(f"rtc_max_delay must be in 0..{self.action_horizon - 1}, got {self.rtc_max_delay}")
+        if self.rtc_max_delay and self.pi05:
+            raise ValueError(
+                "training-time RTC gives each action token its own flow time, which pi0's action-time MLP takes; "
+                "pi0.5 conditions its action expert on one time per sample (adaRMS): use inference-time RTC"
+            )
+        if self.action_dim != 32:
+            raise ValueError(
+                f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
+            )
+
+    @property
+    def node_layout(self) -> arm.NodeLayout:
+        return arm.NodeLayout(self.feature_names, self.measured_features)
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists, dicts, numbers), for JSON/YAML."""
+        return plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SoftArmModelConfig:
+        """From `to_dict`'s form: __post_init__ turns the lists back into tuples and `vision` into a VisionSpec."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(fields)}")
+        return cls(**data)
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists, all the way down: what JSON and YAML hold, and what compares equal to what they read back."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def preset(name: str, **overrides) -> SoftArmModelConfig:
+    """Named model configurations: ``tiny`` (CPU tests and demo), ``tiny_vision`` (CPU, finds a target in the
+    images), ``pi0`` and ``pi05`` (full size)."""
+    # The real PI0Pytorch at toy width: Gemma "dummy" (width 64, 4 layers, 8 heads) for both towers, a one-layer
+    # SigLIP with 56-px patches (16 tokens per image) and a small vocabulary.
+    tiny = {
+        "paligemma_variant": "dummy",
+        "action_expert_variant": "dummy",
+        "dtype": "float32",
+        "vision": VisionSpec(),
+        "vocab_size": 1024,
+        "graph_width": 64,
+        "graph_depth": 2,
+    }
+    presets: dict[str, dict] = {
+        "tiny": tiny,
+        # a two-layer tower, 28-px patches (64 tokens per image) behind a conv stem: localises a ball, ~4x the cost
+        "tiny_vision": {
+            **tiny,
+            "vision": VisionSpec(width=64, depth=2, mlp_dim=128, num_heads=4, patch_size=28, stem="conv"),
+        },
+        "pi0": {},
+        "pi05": {"pi05": True, "fusion": "suffix"},
+    }
+    if name not in presets:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
+    return SoftArmModelConfig(**{**presets[name], **overrides})
