@@ -26,6 +26,7 @@ from openpi_client.action_chunk_broker import ActionChunkBroker
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from softarm.data.raw import read_episode
+from softarm.execution import ChunkExecutor
 
 
 class EpisodeReplay:
@@ -52,48 +53,41 @@ class EpisodeReplay:
 
 
 class AsyncChunks:
-    """Asynchronous execution: `act(observation)` returns this control step's command at once, from the current
-    chunk, while a background thread fetches the next chunk `delay` steps before `replan` of the current one are
-    done. The delay is the round trip measured so far in control steps (running mean, rounded up); the reply takes
-    over at the step the arm has actually reached since the request."""
+    """Asynchronous execution (`softarm.execution`, `async` or `rtc`): `act(observation)` returns this control step's
+    command at once, while a background thread fetches the next chunk. The delay the scheduler plans with is the
+    round trip measured so far in control steps (running mean, rounded up); a reply takes over at the step the arm
+    has reached since its request."""
 
     def __init__(self, client: WebsocketClientPolicy, replan: int, period: float, rtc: bool = True) -> None:
-        self.client, self.replan, self.period, self.rtc = client, replan, period, rtc
-        self.chunk: np.ndarray | None = None
-        self.index = self.executed = self.step = 0
+        self.client, self.period = client, period
+        self.executor = ChunkExecutor(replan, "rtc" if rtc else "async")
         self.round_trip_s: float | None = None
-        self.in_flight: threading.Thread | None = None
-        self.reply: tuple[np.ndarray, int] | None = None  # (chunk, control step of its request)
+        self.reply: np.ndarray | None = None
         self.delays: list[int] = []  # control steps each reply took, as measured
 
     @property
     def delay(self) -> int:
         return 0 if self.round_trip_s is None else math.ceil(self.round_trip_s / self.period)
 
-    def _request(self, observation: dict, sent_at: int) -> None:
+    def _request(self, observation: dict) -> None:
         start = time.monotonic()
         chunk = np.asarray(self.client.infer(observation)["actions"])
         elapsed = time.monotonic() - start
         self.round_trip_s = elapsed if self.round_trip_s is None else 0.8 * self.round_trip_s + 0.2 * elapsed
-        self.reply = (chunk, sent_at)
+        self.reply = chunk
 
     def act(self, observation: dict) -> np.ndarray:
-        if self.chunk is None:  # the first chunk is waited for
-            self._request(observation, self.step)
+        executor = self.executor
+        if executor.chunk is None:  # the first chunk is waited for
+            self._request({**observation, **executor.request()})
         if self.reply is not None:  # a new chunk has arrived: it takes over where the arm is now
-            (chunk, sent_at), self.reply, self.in_flight = self.reply, None, None
-            self.chunk, self.index, self.executed = chunk, min(self.step - sent_at, len(chunk) - 1), 0
-            self.delays.append(self.step - sent_at)
-        if self.in_flight is None and self.executed >= max(0, self.replan - self.delay):
-            remaining = self.chunk[self.index :]
-            if self.rtc and len(remaining):
-                delay = min(self.delay, len(remaining), len(self.chunk) - 1)
-                observation = {**observation, "prev_actions": remaining, "delay": delay}
-            self.in_flight = threading.Thread(target=self._request, args=(observation, self.step), daemon=True)
-            self.in_flight.start()
-        action = self.chunk[min(self.index, len(self.chunk) - 1)]  # past the chunk's end: hold its last command
-        self.index, self.executed, self.step = self.index + 1, self.executed + 1, self.step + 1
-        return action
+            self.delays.append(executor.step - executor.sent_at)
+            reply, self.reply = self.reply, None
+            executor.receive(reply)
+        if executor.wants_request(self.delay):
+            request = {**observation, **executor.request(self.delay)}
+            threading.Thread(target=self._request, args=(request,), daemon=True).start()
+        return executor.command()
 
 
 def run(

@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-from softarm.apps.evaluate import EvalOptions, delay_steps, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.execution import delay_steps
 from softarm.plotting import pyplot, save_figure
 from softarm.policy import SoftArmPolicy
 from softarm.sim.arm_model import ARMS

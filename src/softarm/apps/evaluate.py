@@ -2,7 +2,7 @@
 
 A trained checkpoint runs through `SoftArmPolicy`, the class the server wraps, with receding-horizon control: the
 first `replan` actions of each 16-step chunk are executed, then the policy sees the arm again. With `latency_ms`
-the inference takes that long in simulated time, and `execution` says what the arm does meanwhile (`ModelAgent`).
+the inference takes that long in simulated time, and `execution` says what the arm does meanwhile (`softarm.execution`).
 The scripted expert (upper bound) and random pressures (floor) run through the same loop. Episodes come from the
 evaluation seeds, never from the generated training range.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from softarm.execution import ENSEMBLE_DECAY, EXECUTIONS, ChunkExecutor, delay_steps
 from softarm.layout import EVAL_FILE
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
@@ -30,8 +31,6 @@ from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import MAX_PAYLOAD, TASKS, EpisodeSpec
 
 POLICIES = ("model", "expert", "expert-blind", "random")
-EXECUTIONS = ("sync", "async", "rtc", "ensemble")
-ENSEMBLE_DECAY = 0.1  # temporal ensembling: chunk i (0 the oldest still running) weighs exp(-decay * i)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -46,91 +45,49 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 class ModelAgent:
-    """A trained policy under receding-horizon control over its action chunks, with an inference latency of `delay`
-    control steps in simulated time: a request sent at step k is answered at step k + delay.
-
-    - `sync`: each chunk's first `replan` actions are executed; then the next request goes out and the arm holds its
-      last command until the reply, which it executes from its first action.
-    - `async`: the arm keeps executing the current chunk; the next request goes out `delay` steps before `replan`
-      of its actions are done, and the reply takes over at its step `delay` (the steps already past).
-    - `rtc`: as async, and the request carries the current chunk's unexecuted actions and the delay
-      (`prev_actions`, `delay`), so the new chunk joins the old one (softarm.rtc).
-    - `ensemble`: as async, and every chunk still running votes on the command, the older ones more (temporal
-      ensembling, ACT: Zhao et al. 2023, weights exp(-decay * i)); consecutive plans are averaged instead of
-      replacing each other, which damps the jitter of a plan re-estimated from every new view.
-
-    The first chunk of an episode is waited for in every mode. With delay 0, sync and async are the plain loop; rtc
-    still sends the overlap, which guidance pulls the new chunk towards."""
+    """A trained policy under receding-horizon control over its action chunks (`softarm.execution`), with an
+    inference latency of `delay` control steps in simulated time: a request sent at step k is answered at step
+    k + delay. With delay 0, sync and async are the plain loop; rtc still sends the overlap, which guidance pulls the
+    new chunk towards."""
 
     def __init__(
         self, policy, replan: int, delay: int = 0, execution: str = "sync", decay: float = ENSEMBLE_DECAY
     ) -> None:
-        if execution not in EXECUTIONS:
-            raise ValueError(f"unknown execution {execution!r}; choose one of {EXECUTIONS}")
-        if delay < 0 or replan < 1 or decay < 0:
-            raise ValueError(f"delay and decay must be >= 0 and replan >= 1, got {delay}, {decay} and {replan}")
-        self.policy, self.replan, self.delay, self.execution, self.decay = policy, replan, delay, execution, decay
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay}")
+        self.policy, self.delay = policy, delay
+        self.executor = ChunkExecutor(replan, execution, decay)
         self.infer_ms: list[float] = []
-        self.switches: list[int] = []  # steps at which a new chunk took over from another, this episode
-        self.gaps: list[np.ndarray] = []  # |new command - what the old chunk planned for that step|, per switch
+        self.pending: tuple[int, np.ndarray] | None = None  # (arrival step, chunk)
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
-        self.step, self.last = 0, np.asarray(spec.initial_command, np.float32)
-        self.chunk: np.ndarray | None = None
-        self.index = self.executed = 0  # next action of the chunk; actions of it executed so far
-        self.pending: tuple[int, np.ndarray, int] | None = None  # (arrival step, chunk, first action to execute)
-        self.running: list[tuple[np.ndarray, int]] = []  # ensemble: (chunk, step of its action 0), oldest first
-        self.switches, self.gaps = [], []
+        self.executor.reset(spec.initial_command)
+        self.pending = None
+
+    @property
+    def switches(self) -> list[int]:
+        return self.executor.switches
+
+    @property
+    def gaps(self) -> list[np.ndarray]:
+        return self.executor.gaps
 
     @property
     def needs_images(self) -> bool:
         """Whether this step sends a request (an observation with images)."""
-        if self.pending is not None:
-            return False
-        if self.chunk is None:
-            return True
-        if self.execution == "sync":
-            return self.executed >= self.replan
-        return self.executed >= max(0, self.replan - self.delay)
+        return self.executor.wants_request(self.delay)
 
     def act(self, observation: dict) -> np.ndarray:
-        if self.needs_images:
-            remaining = self.chunk[self.index :] if self.chunk is not None else None
-            streaming = self.execution != "sync" and remaining is not None
-            if self.execution == "rtc" and remaining is not None and len(remaining):
-                result = self.policy.infer(
-                    observation, prev_actions=remaining, delay=min(self.delay, len(remaining), len(self.chunk) - 1)
-                )
-            else:
-                result = self.policy.infer(observation)
+        executor = self.executor
+        if executor.wants_request(self.delay):
+            result = self.policy.infer(observation, **executor.request(self.delay))
             self.infer_ms.append(result["policy_timing"]["infer_ms"])
-            self.pending = (self.step + self.delay, np.asarray(result["actions"]), self.delay if streaming else 0)
-        planned = None
-        if self.pending is not None and self.pending[0] == self.step:
-            if self.chunk is not None:  # what the old chunk would have commanded now (none before the first chunk)
-                planned = self.chunk[min(self.index, len(self.chunk) - 1)]
-                self.switches.append(self.step)
-            _, self.chunk, self.index = self.pending
-            self.pending, self.executed = None, 0
-            if self.execution == "ensemble":
-                self.running.append((self.chunk, self.step - self.index))
-        waiting = self.chunk is None or (self.execution == "sync" and self.pending is not None)
-        if not waiting and self.index < len(self.chunk):  # past a chunk's end (latency too long) the arm holds
-            self.last = self._ensembled() if self.execution == "ensemble" else self.chunk[self.index]
-            self.index += 1
-            self.executed += 1
-        if planned is not None:
-            self.gaps.append(np.abs(self.last - planned))
-        self.step += 1
-        return self.last
-
-    def _ensembled(self) -> np.ndarray:
-        """The weighted mean of this step's action in every chunk still running."""
-        self.running = [(chunk, first) for chunk, first in self.running if self.step - first < len(chunk)]
-        actions = np.stack([chunk[self.step - first] for chunk, first in self.running])
-        weights = np.exp(-self.decay * np.arange(len(actions)))
-        return (weights @ actions / weights.sum()).astype(actions.dtype)
+            self.pending = (executor.step + self.delay, np.asarray(result["actions"]))
+        if self.pending is not None and self.pending[0] == executor.step:
+            executor.receive(self.pending[1])
+            self.pending = None
+        return executor.command()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +105,6 @@ class EvalOptions:
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
     ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
     noise_scale: float = 1.0  # of the flow's starting noise (model policy): 0 samples deterministically
-
-
-def delay_steps(latency_ms: float, control_hz: float) -> int:
-    """Control steps that pass during an inference of `latency_ms` (a reply arriving mid-step is used next step)."""
-    return math.ceil(latency_ms * control_hz / 1000 - 1e-9)
 
 
 def smoothness(actions: np.ndarray, switches: list[int], gaps: list[np.ndarray], command_range: np.ndarray) -> dict:
