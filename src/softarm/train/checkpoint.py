@@ -84,8 +84,10 @@ def save_checkpoint(
     optimizer_state: dict,
     keep_last: int,
     model_state: dict | None = None,
+    rng_states: list[dict] | None = None,
 ) -> Path:
-    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model. Raises
+    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model.
+    `rng_states`: every rank's RNG streams, in rank order, when there are several (default: this process's). Raises
     CheckpointError, leaving the earlier checkpoints as they were, if the weights are not finite or the write fails
     (disk full, permission denied): a partial write is removed, and resume never reads a `tmp_<step>` anyway."""
     root = Path(run_dir) / layout.CHECKPOINTS_DIR
@@ -99,7 +101,7 @@ def save_checkpoint(
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        _write(tmp, state, sources, optimizer_state, model_state)
+        _write(tmp, state, sources, optimizer_state, model_state, rng_states or [rng_state()])
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -118,7 +120,9 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict, model_state: dict | None) -> None:
+def _write(
+    tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict, model_state: dict | None, rngs: list[dict]
+) -> None:
     model, ema = state.model, state.ema.module if state.ema is not None else None
     if has_lora(model):
         save_model(model, tmp, merged_state_dict(model))
@@ -136,7 +140,7 @@ def _write(tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict
     torch.save(optimizer_state, tmp / layout.OPTIMIZER_FILE)
     trainer_state = {"step": state.step, "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch,
                      "ema_n_averaged": int(state.ema.n_averaged) if state.ema is not None else 0}  # fmt: skip
-    torch.save({**trainer_state, "rng": rng_state()}, tmp / layout.STATE_FILE)
+    torch.save({**trainer_state, "rng": rngs[0], "rng_ranks": rngs}, tmp / layout.STATE_FILE)
     (tmp / layout.TRAIN_CONFIG_FILE).write_text(yaml.safe_dump(sources.config, sort_keys=False))
     assets = tmp / layout.ASSETS_DIR / layout.ASSET_ID
     assets.mkdir(parents=True)
@@ -155,14 +159,16 @@ def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> No
         load_weights(model, checkpoint / layout.EMA_FILE if ema else checkpoint, allow_fresh_graph=False)
 
 
-def load_trainer_state(checkpoint: Path, state: TrainState) -> dict:
-    """Restore the step, the position in the data, the EMA count and the RNG streams into `state`; returns the
-    optimizer state in torch.distributed.checkpoint's full, name-keyed form (to load once the model is sharded)."""
+def load_trainer_state(checkpoint: Path, state: TrainState, rank: int = 0, world: int = 1) -> dict:
+    """Restore the step, the position in the data, the EMA count and this rank's RNG streams into `state`; returns
+    the optimizer state in torch.distributed.checkpoint's full, name-keyed form (to load once the model is sharded).
+    A checkpoint of another world size (or one without every rank's streams) gives every rank rank 0's streams."""
     saved = torch.load(checkpoint / layout.STATE_FILE, map_location="cpu", weights_only=False)
     state.step, state.epoch, state.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
     if state.ema is not None:
         state.ema.n_averaged.fill_(saved["ema_n_averaged"])
-    set_rng_state(saved["rng"])
+    ranks = saved.get("rng_ranks") or [saved["rng"]]
+    set_rng_state(ranks[rank] if len(ranks) == world else ranks[0])
     return torch.load(checkpoint / layout.OPTIMIZER_FILE, map_location="cpu", weights_only=False)
 
 

@@ -63,7 +63,14 @@ def setup_distributed(timeout_s: int) -> Dist:
     if world == 1:
         return Dist()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world = next(torch.distributed.rendezvous("env://", timeout=timeout))
+    # After `torchrun --max-restarts` restarts the group, the rendezvous store is the agent's, still holding the last
+    # attempt's keys: read back, they send gloo to the dead ranks' ports (connection refused) or NCCL to a stale id.
+    # Each attempt keeps its keys apart.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = torch.distributed.PrefixStore(f"softarm/attempt_{attempt}/", store)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -372,7 +379,8 @@ def build_state(run: Run) -> ckpt.TrainState:
         net = torch.compile(net)
     state = ckpt.TrainState(model=model, net=net, optimizer=optimizer, trainable=trainable, ema=ema)
     if checkpoints:
-        fsdp.load_optimizer_state(model, optimizer, ckpt.load_trainer_state(checkpoints[-1], state))
+        saved = ckpt.load_trainer_state(checkpoints[-1], state, run.dist.rank, run.dist.world)
+        fsdp.load_optimizer_state(model, optimizer, saved)
         run.log(f"resumed from {checkpoints[-1]} at step {state.step}")
     return state
 
@@ -448,7 +456,11 @@ def save(run: Run, state: ckpt.TrainState) -> None:
     """Under FSDP gathering the full state is collective: every rank takes part, rank 0 writes."""
     model_state = fsdp.full_model_state(state.model) if run.sharded else None
     optimizer_state = fsdp.full_optimizer_state(state.model, state.optimizer) if run.sharded or run.dist.main else None
+    rngs = None
+    if run.dist.world > 1:  # each rank draws its own noise and flow times: a resume restores every rank's streams
+        rngs = [None] * run.dist.world
+        torch.distributed.all_gather_object(rngs, ckpt.rng_state())
     if run.dist.main:
         sources = ckpt.Sources(run.config.to_dict(), run.spec, run.tokenizer_path, run.norm_stats_path)
         ckpt.save_checkpoint(run.dir, state, sources, optimizer_state=optimizer_state, model_state=model_state,
-                             keep_last=run.config.train.keep_last)  # fmt: skip
+                             keep_last=run.config.train.keep_last, rng_states=rngs)  # fmt: skip
