@@ -26,6 +26,8 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         hard = json.loads((pretrained / "raw_hard" / "generate_reach.json").read_text())
         assert card["data"]["episodes"] == 3 + hard["written"]
         assert card["recipe"]["hard_reach"] == 4
+        assert card["recipe"]["config"] == "configs/pretrain.yaml"  # inside the project: no machine's path
+        assert card["recipe"]["export"] == str(pretrained / "base")
         assert card["training"]["s_per_step_median"] > 0
         assert set(card["training"]) >= {"val_loss", "val_loss_ema"}
         assert set(card["scores"]) == {"reach", "follow", "choose"}

@@ -132,7 +132,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(
 
 def test_sigterm_saves_and_the_same_command_resumes_exactly(prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [f"data.path={prepared}", f"train.out_dir={run}", *COMMON, "train.steps=40", "train.save_every=1000"]
+    args = [f"data.path={prepared}", f"train.out_dir={run}", *COMMON, "train.steps=12", "train.save_every=1000"]
     command = [sys.executable, "-m", "softarm.cli", "train", "--config", str(DEBUG_CONFIG), *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
@@ -146,7 +146,7 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(prepared: Path, tmp_
     assert "run the same command to resume (exit code 75)" in out
     stopped = [p.name for p in ckpt.list_checkpoints(run)]
     assert len(stopped) == 1
-    assert 2 <= int(stopped[0]) < 40
+    assert 2 <= int(stopped[0]) < 12
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
@@ -157,10 +157,10 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(prepared: Path, tmp_
     uninterrupted_run = subprocess.run([c.replace(str(run), str(straight)) for c in command], capture_output=True,
                                        text=True, timeout=300)  # fmt: skip
     assert uninterrupted_run.returncode == 0, uninterrupted_run.stderr
-    resumed, uninterrupted = saved(run, 40), saved(straight, 40)
+    resumed, uninterrupted = saved(run, 12), saved(straight, 12)
     assert all(torch.equal(v, uninterrupted[k]) for k, v in resumed.items())
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-    assert steps[-1] == 40
+    assert steps[-1] == 12
 
 
 def test_sigterm_to_the_whole_process_group_still_saves(prepared: Path, tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ def describe_arm(path: Path) -> list[str]:
         f"  not measured (fed as 0): {', '.join(spec.layout.unmeasured) or 'none'}",
     ]
     if not (path / layout.META_FILE).is_file() and (path / layout.CONFIG_FILE).is_file():
-        ignored = json.loads((path / layout.CONFIG_FILE).read_text()).get("ignored_features") or []
+        ignored = [n for n in json.loads((path / layout.CONFIG_FILE).read_text()).get("ignored_features") or []
+                   if n in measured]  # fmt: skip
         lines.append(f"  measured, ignored by the model (ignored_features): {', '.join(ignored) or 'none'}")
     return lines
 

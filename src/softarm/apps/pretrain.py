@@ -31,8 +31,9 @@ from softarm.train.config import load_config
 from softarm.train.loop import train
 from softarm.train.metrics import read_metrics
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain.yaml"
-SHIPPED = Path(__file__).resolve().parents[3] / "models" / "sim_base"  # the bases that come with the project
+PROJECT = Path(__file__).resolve().parents[3]
+DEFAULT_CONFIG = PROJECT / "configs" / "pretrain.yaml"
+SHIPPED = PROJECT / "models" / "sim_base"  # the bases that come with the project
 BASE_FILE = "base.json"
 MODELS = {"graph": "state", "no_graph": "none"}  # name -> model.overrides.fusion
 HARD_SEED = 100_000  # the far-ball / light-payload reach episodes are drawn from here (the others from 0)
@@ -61,6 +62,12 @@ class PretrainOptions:
 def missing_bases(directory: str | Path) -> list[str]:
     """The models that have no base in `directory` (a base is a directory with base.json, one per model)."""
     return [name for name in MODELS if not (Path(directory) / name / BASE_FILE).is_file()]
+
+
+def _shown(path: Path) -> str:
+    """A path as a card records it: relative to the project when inside it, so a shipped card names no machine."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT)) if path.is_relative_to(PROJECT) else str(path)
 
 
 def _stage(number: int, text: str) -> None:
@@ -189,8 +196,8 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
             "fusion": MODELS[name],
             "recipe": {
                 **dataclasses.asdict(options),
-                "config": str(options.config),
-                "export": str(export),
+                "config": _shown(options.config),
+                "export": _shown(export),
                 "hard_seed": HARD_SEED,
             },
             "data": {
