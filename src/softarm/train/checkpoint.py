@@ -1,8 +1,9 @@
 """Training checkpoints: atomic, complete enough to resume exactly and to serve directly.
 
 `<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
-(when EMA is on), optimizer.pt, trainer_state.pt (step, data position, every rank's RNG states, EMA count), train_config.yaml,
-assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (the dataset's spec). It is
+(when EMA is on), optimizer.pt, trainer_state.pt (step, data position, every rank's RNG states, EMA count),
+train_config.yaml, assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (the
+dataset's spec). It is
 written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
 are kept. With LoRA, model/ema.safetensors hold the adapters merged in (servable as they are) and lora.safetensors
 the trained tensors under the training model's names, which resume loads on top of the same frozen base.
