@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from softarm.data.spec import DatasetSpec, read_meta
-from softarm.layout import GRAPH_NODES, IMAGE_SLOTS, META_FILE
+from softarm.data.spec import read_meta
+from softarm.layout import GRAPH_NODES, IMAGE_SLOTS
 
 
 @dataclasses.dataclass
@@ -48,8 +48,7 @@ class PreparedDataset:
 
     def __init__(self, directory: str | Path, split: str = "train") -> None:
         self.directory = Path(directory)
-        self.meta = read_meta(self.directory)  # the spec, then the arrays, episodes and sample counts
-        self.spec = DatasetSpec.from_json(self.meta, self.directory / META_FILE)
+        self.spec, self.meta = read_meta(self.directory)  # meta: the spec, then arrays, episodes, sample counts
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         mapped = {name: map_array(self.directory / a["file"], a) for name, a in self.meta["arrays"].items()}

@@ -95,14 +95,13 @@ class DatasetSpec:
             raise ValueError(f"{where}: {e}") from None
 
 
-def read_meta(directory: str | Path) -> dict:
-    """A prepared dataset's meta.json, if it is of the format this softarm reads."""
+def read_meta(directory: str | Path) -> tuple[DatasetSpec, dict]:
+    """A prepared dataset's spec and whole meta.json (arrays, episodes, samples too), read and checked once."""
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a dataset written by `softarm convert`")
     meta = json.loads(path.read_text())
-    DatasetSpec.from_json(meta, path)
-    return meta
+    return DatasetSpec.from_json(meta, path), meta
 
 
 def read_spec(directory: str | Path) -> DatasetSpec:
@@ -110,7 +109,7 @@ def read_spec(directory: str | Path) -> DatasetSpec:
     before data_spec.json held the whole spec keeps its graph in the model config, and is read from both."""
     directory = Path(directory)
     if (directory / META_FILE).is_file():
-        return DatasetSpec.from_json(read_meta(directory), directory / META_FILE)
+        return read_meta(directory)[0]
     path = directory / DATA_SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is neither a prepared dataset ({META_FILE}) nor a checkpoint "
