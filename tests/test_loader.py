@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from softarm.data.convert import ConvertOptions, convert
-from softarm.data.loader import ResumableSampler, SoftArmDataset, make_loader, prepared_cameras, to_device
+from softarm.data.loader import ResumableSampler, SoftArmDataset, make_loader, prepared_cameras, spread, to_device
 from softarm.data.prepared import PreparedDataset
 from softarm.data.tokenizer import SentencePieceTokenizer, train_prompt_tokenizer
 from softarm.data.transforms import SoftArmInputs, input_transform, output_transform
@@ -147,6 +147,15 @@ def test_sampler_shards_reshuffles_and_resumes() -> None:
     assert len(ranks[0]) == 16
     with pytest.raises(ValueError, match="3 samples cannot fill one batch of 4 on each of 1 ranks"):
         ResumableSampler(3, 4)
+
+
+def test_validation_frames_spread_over_the_split(prepared: Path) -> None:
+    ds = dataset(prepared, False)  # episodes of 20, 7, 12 and 9 frames
+    picked = spread(ds, 8)
+    assert picked.indices == [0, 7, 13, 20, 27, 34, 40, 47]  # the first and last frame, evenly between
+    assert [int(picked[i]["episode"]) for i in range(8)] == [0, 0, 0, 1, 2, 2, 3, 3]  # every episode is read
+    assert spread(ds, len(ds)) is ds
+    assert spread(ds, 100) is ds
 
 
 def test_loader_uses_the_process_group(prepared: Path, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
 
 
 LORA = ("lora.rank=4", "lora.expert_rank=8")
+NO_EMA, EMA = ("train.ema_decay=null",), ("train.ema_decay=0.9",)
 
 
 def test_lora_trains_adapters_only_and_saves_a_servable_merged_model(prepared: Path, tmp_path: Path) -> None:
@@ -147,26 +148,26 @@ def test_lora_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
         train(config(prepared, tmp_path / "straight", "train.steps=6", *common[:-2], "lora.rank=2"))
 
 
-def _rank(rank: int, port: int, prepared: Path, out: Path, strategy: str, steps: int, queue) -> None:
+def _rank(rank: int, port: int, prepared: Path, out: Path, strategy: str, steps: int, extra: tuple, queue) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
     result = train(config(prepared, out, f"train.steps={steps}", "data.batch_size=4", "train.val_every=2",
-                          "train.save_every=100", "train.ema_decay=null", "train.dist_timeout_s=120",
-                          f"train.strategy={strategy}"))  # fmt: skip
+                          "train.save_every=100", "train.dist_timeout_s=120", f"train.strategy={strategy}",
+                          *extra))  # fmt: skip
     # numpy copies: tensors would travel as shared-memory handles that die with this process; FSDP ranks hold shards
     state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()} if strategy == "ddp" else {}
     queue.put((rank, state))
 
 
-def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3) -> dict[int, dict]:
+def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3, extra: tuple = NO_EMA) -> dict[int, dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    args = (port, prepared, out, strategy, steps, queue)
+    args = (port, prepared, out, strategy, steps, extra, queue)
     procs = [ctx.Process(target=_rank, args=(r, *args), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
@@ -185,7 +186,7 @@ def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3) -> d
 def ddp_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
     """Two DDP ranks trained 3 steps: the run directory and each rank's final weights."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    return out, run_two_ranks(prepared, out, "ddp")
+    return out, run_two_ranks(prepared, out, "ddp", extra=EMA)
 
 
 def test_two_rank_ddp_keeps_ranks_identical(ddp_run: tuple[Path, dict[int, dict]]) -> None:
@@ -204,7 +205,13 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
     prepared: Path, tmp_path: Path, ddp_run: tuple[Path, dict[int, dict]]
 ) -> None:
     ddp_dir = ddp_run[0]
-    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp")
+    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", extra=EMA)
+    for name in ("model.safetensors", "ema.safetensors"):  # the EMA copy is sharded, averaged and gathered too
+        expected = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / name))
+        written = safetensors.torch.load_file(str(tmp_path / "fsdp" / "checkpoints" / "3" / name))
+        assert written.keys() == expected.keys(), name
+        for key, value in expected.items():
+            torch.testing.assert_close(written[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
     ddp = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
     sharded = load_model(tmp_path / "fsdp" / "checkpoints" / "3").state_dict()  # a full, plain model
     written = safetensors.torch.load_file(str(tmp_path / "fsdp" / "checkpoints" / "3" / "model.safetensors"))
@@ -223,9 +230,30 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
     assert val.keys() == ddp_val.keys() == {2, 3}
     np.testing.assert_allclose(list(val.values()), list(ddp_val.values()), rtol=1e-4)
 
-    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", steps=4)  # resumes the sharded model and optimizer at step 3
+    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", steps=4, extra=EMA)  # resumes model, EMA, optimizer at 3
     records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [3, 4]  # logged at each run's last step
+
+
+def test_two_rank_fsdp_with_lora_and_ema_trains_like_ddp(prepared: Path, tmp_path: Path) -> None:
+    extra = (*EMA, *LORA)  # adapters load before sharding on resume, as without FSDP (test_lora_resume_is_exact)
+    run_two_ranks(prepared, tmp_path / "ddp", "ddp", extra=extra)
+    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", extra=extra)
+    ddp, fsdp = (tmp_path / name / "checkpoints" / "3" for name in ("ddp", "fsdp"))
+    for name in ("model.safetensors", "ema.safetensors", "lora.safetensors"):
+        expected = safetensors.torch.load_file(str(ddp / name))
+        written = safetensors.torch.load_file(str(fsdp / name))
+        assert written.keys() == expected.keys(), name  # full tensors under the names a DDP checkpoint has
+        for key, value in expected.items():
+            torch.testing.assert_close(written[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    merged = safetensors.torch.load_file(str(fsdp / "model.safetensors"))
+    adapters = safetensors.torch.load_file(str(fsdp / "lora.safetensors"))
+    key = "paligemma_with_expert.gemma_expert.model.layers.0.self_attn.q_proj"
+    assert not any(".lora_" in k for k in merged)
+    assert f"{key}.lora_B.default.weight" in adapters
+    ema_adapter = adapters[f"ema.{key}.lora_B.default.weight"]
+    assert ema_adapter.abs().sum() > 0
+    assert not torch.equal(ema_adapter, adapters[f"{key}.lora_B.default.weight"])
 
 
 @pytest.mark.parametrize(
@@ -237,7 +265,6 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
         (["data.path=/nonexistent"], "data.path: '/nonexistent' is not a prepared dataset (no meta.json there)"),
         (["model.overrides.fusion=tokens"], "model: fusion must be one of"),
         (["train.ema_decay=1.5"], "train.ema_decay: must be in (0, 1), got 1.5"),
-        (["train.strategy=fsdp"], "train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet"),
         (["train.strategy=zero"], "train.strategy: must be one of ['ddp', 'fsdp'], got 'zero'"),
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
         (["data.action_padding=zero"], "data.action_padding: must be one of ['hold', 'mask'], got 'zero'"),

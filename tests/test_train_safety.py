@@ -102,13 +102,10 @@ def test_a_nan_weight_is_never_saved(prepared: Path, tmp_path: Path, monkeypatch
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["1"]
 
 
-@pytest.mark.parametrize(
-    ("error", "text"),
-    [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")],
-)
 def test_a_failed_checkpoint_write_keeps_the_previous_one(
-    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, text: str
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    error, text = errno.ENOSPC, "No space left on device"  # any OSError takes this path (EACCES too)
     run = tmp_path / "run"
     train(config(prepared, run, "train.steps=2", "train.save_every=2"))
     before = saved(run, 2)

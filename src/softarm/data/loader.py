@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import dataclasses
 import signal
 
+import numpy as np
 from openpi.models.model import Observation
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from softarm import openpi_compat
 from softarm.data.prepared import PreparedDataset
@@ -41,6 +42,15 @@ class SoftArmDataset(Dataset):
         fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}
         item = self.transform(fields | {"state": sample.state[: self.state_dim]})
         return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
+
+
+def spread(dataset: Dataset, count: int) -> Dataset:
+    """`count` samples spread evenly over `dataset` (all of it when smaller). Validation reads a fixed number of
+    batches: taken from the start, they were the first episode or two of the val split (by file name: often one
+    task's), whose loss said nothing of the others."""
+    if count >= len(dataset):
+        return dataset
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, count).round().astype(np.int64).tolist())
 
 
 def prepared_cameras(prepared: PreparedDataset) -> dict[str, str | None]:

@@ -85,9 +85,11 @@ def save_checkpoint(
     optimizer_state: dict,
     keep_last: int,
     model_state: dict | None = None,
+    ema_state: dict | None = None,
     rng_states: list[dict] | None = None,
 ) -> Path:
-    """`model_state`: the full state dict when the model is sharded (FSDP); otherwise read from the model.
+    """`model_state` / `ema_state`: the full state dicts of the model and its EMA copy when they are sharded (FSDP);
+    otherwise read from the modules.
     `rng_states`: every rank's RNG streams, in rank order, when there are several (default: this process's). Raises
     CheckpointError, leaving the earlier checkpoints as they were, if the weights are not finite or the write fails
     (disk full, permission denied): a partial write is removed, and resume never reads a `tmp_<step>` anyway."""
@@ -95,14 +97,15 @@ def save_checkpoint(
     final, tmp = root / str(state.step), root / f"tmp_{state.step}"
     tensors = model_state if model_state is not None else dict(state.model.named_parameters())
     if state.ema is not None:
-        tensors = tensors | {f"ema.{k}": v for k, v in state.ema.module.named_parameters()}
+        ema = ema_state if ema_state is not None else dict(state.ema.module.named_parameters())
+        tensors = tensors | {f"ema.{k}": v for k, v in ema.items()}
     bad = [name for name, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
     if bad:
         raise CheckpointError(f"not writing checkpoint {state.step}: {len(bad)} tensors hold NaN or Inf, e.g. {bad[0]}")
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
-        _write(tmp, state, sources, optimizer_state, model_state, rng_states or [rng_state()])
+        _write(tmp, state, sources, optimizer_state, (model_state, ema_state), rng_states or [rng_state()])
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -122,18 +125,27 @@ class CheckpointError(RuntimeError):
 
 
 def _write(
-    tmp: Path, state: TrainState, sources: Sources, optimizer_state: dict, model_state: dict | None, rngs: list[dict]
+    tmp: Path,
+    state: TrainState,
+    sources: Sources,
+    optimizer_state: dict,
+    full_states: tuple[dict | None, dict | None],
+    rngs: list[dict],
 ) -> None:
+    """`full_states`: the gathered (model, EMA) state dicts of a sharded run, else (None, None)."""
     model, ema = state.model, state.ema.module if state.ema is not None else None
+    model_state, ema_state = full_states
     if has_lora(model):
-        save_model(model, tmp, merged_state_dict(model))
-        trained = trainable_state_dict(model)
+        save_model(model, tmp, merged_state_dict(model, model_state))
+        trained = trainable_state_dict(model, model_state)
         if ema is not None:
-            save_state(ema, merged_state_dict(ema), tmp / layout.EMA_FILE)
-            trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema).items()}
+            save_state(ema, merged_state_dict(ema, ema_state), tmp / layout.EMA_FILE)
+            trained |= {f"ema.{k}": v for k, v in trainable_state_dict(ema, ema_state).items()}
         safetensors.torch.save_file(trained, str(tmp / layout.LORA_FILE))
     elif model_state is not None:
         save_model(model, tmp, model_state)
+        if ema is not None:
+            save_state(ema, ema_state, tmp / layout.EMA_FILE)
     else:
         save_model(model, tmp)
         if ema is not None:

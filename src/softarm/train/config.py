@@ -123,7 +123,7 @@ class TrainSection:
     image_augmentation: bool = True  # openpi's random crop, rotation and colour jitter of the training images
     log_every: int = 10
     val_every: int = 50
-    val_batches: int = 8
+    val_batches: int = 8  # batches of validation frames, spread evenly over the val split (the same every time)
     save_every: int = 50
     keep_last: int = 3
     max_bad_steps: int = 10  # training stops after this many non-finite steps in a row (each one is skipped)
@@ -169,8 +169,6 @@ class TrainConfig:
             value, least = getattr(getattr(self, section), name), 0 if section == "lora" else 1
             if value < least:
                 raise ConfigError(f"{key}: must be >= {least}{' (0 = no LoRA)' if least == 0 else ''}, got {value}")
-        if self.train.strategy == "fsdp" and (self.train.ema_decay or self.lora.rank or self.lora.expert_rank):
-            raise ConfigError("train.strategy=fsdp: EMA and LoRA are not supported with FSDP yet; use ddp for them")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
         if self.train.init_from and not (Path(self.train.init_from) / WEIGHTS_FILE).is_file():

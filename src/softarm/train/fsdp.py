@@ -4,6 +4,8 @@ Shard units follow how openpi's PaliGemmaWithExpertModel runs its Gemma layers: 
 forward, it calls the layer's projections and MLP one by one (the VLM and the action expert attend jointly), so each
 q/k/v/o projection and each MLP is its own unit; SigLIP encoder layers are ordinary units; the root holds the rest
 (embeddings, norms, the graph encoder and the small heads). Between uses every parameter lives as a 1/world shard.
+The EMA copy is sharded the same way (its update is elementwise, shard against shard); LoRA adapters live inside the
+projection they adapt, so a unit holds the frozen base weight and its trainable adapter side by side.
 
 Checkpoints gather full (unsharded) state dicts on CPU, collectively, so a checkpoint written under FSDP is the same
 files as one written under DDP: servable, and resumable with either strategy.

@@ -25,12 +25,11 @@ import numpy as np
 from openpi.shared import normalize
 import torch
 from torch.distributed.tensor import DTensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from softarm import rtc
-from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, to_device
+from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, spread, to_device
 from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
@@ -41,6 +40,7 @@ from softarm.model_config import SoftArmModelConfig
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
 from softarm.train.config import ConfigError, TrainConfig, check_same_arm
+from softarm.train.ema import make_ema, update_ema
 from softarm.train.lora import apply_lora
 from softarm.train.metrics import MetricsLog
 from softarm.weights import load_weights
@@ -133,8 +133,8 @@ def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
 
 @torch.no_grad()
 def validate(run: Run, model: torch.nn.Module, loader: DataLoader) -> float:
-    """Mean masked loss over the first `train.val_batches` val batches, with fixed noise so values compare across
-    steps; the training RNG stream is left untouched (resume stays exact)."""
+    """Mean masked loss over `train.val_batches` batches of val frames spread over the split, with fixed noise so
+    values compare across steps; the training RNG stream is left untouched (resume stays exact)."""
     was_training = model.training
     model.eval()
     losses = []
@@ -321,7 +321,7 @@ def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
 
     per_rank = config.data.batch_size // run.dist.world
     train_loader = make_loader(dataset("train"), per_rank, num_workers=config.data.num_workers, seed=config.train.seed)
-    val_set = dataset("val")
+    val_set = spread(dataset("val"), config.train.val_batches * config.data.batch_size)
     val_loader = make_loader(val_set, per_rank, shuffle=False) if len(val_set) >= config.data.batch_size else None
     return train_loader, val_loader
 
@@ -357,13 +357,13 @@ def build_state(run: Run) -> ckpt.TrainState:
     checkpoints = ckpt.list_checkpoints(run.dir)
     if checkpoints:
         ckpt.load_weights_for_resume(checkpoints[-1], model=model)
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False) if t.ema_decay else None
-    )
+    ema = make_ema(model) if t.ema_decay else None
     if checkpoints and ema is not None:
         ckpt.load_weights_for_resume(checkpoints[-1], model=ema.module, ema=True)
-    if run.sharded:
+    if run.sharded:  # the EMA copy is sharded the same way: its update is elementwise, shard by shard
         run.log(f"FSDP: {fsdp.shard(model)} shard units over {run.dist.world} ranks")
+        if ema is not None:
+            fsdp.shard(ema.module)
     trainable = [p for p in model.parameters() if p.requires_grad]
     run.log(
         f"parameters: {count_parameters(model) / 1e6:.2f} M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f} M"
@@ -420,7 +420,7 @@ def train_step(run: Run, state: ckpt.TrainState, batches: Iterator[dict]) -> dic
     if bool(finite):
         state.optimizer.step()
         if state.ema is not None:
-            state.ema.update_parameters(state.model)
+            update_ema(state.ema, state.model, run.config.train.ema_decay)
         state.bad_steps = 0
         state.bad_episodes.clear()
     else:
@@ -455,6 +455,7 @@ def gradient_sync(run: Run, state: ckpt.TrainState, *, on: bool):
 def save(run: Run, state: ckpt.TrainState) -> None:
     """Under FSDP gathering the full state is collective: every rank takes part, rank 0 writes."""
     model_state = fsdp.full_model_state(state.model) if run.sharded else None
+    ema_state = fsdp.full_model_state(state.ema.module) if run.sharded and state.ema is not None else None
     optimizer_state = fsdp.full_optimizer_state(state.model, state.optimizer) if run.sharded or run.dist.main else None
     rngs = None
     if run.dist.world > 1:  # each rank draws its own noise and flow times: a resume restores every rank's streams
@@ -463,4 +464,4 @@ def save(run: Run, state: ckpt.TrainState) -> None:
     if run.dist.main:
         sources = ckpt.Sources(run.config.to_dict(), run.spec, run.tokenizer_path, run.norm_stats_path)
         ckpt.save_checkpoint(run.dir, state, sources, optimizer_state=optimizer_state, model_state=model_state,
-                             keep_last=run.config.train.keep_last, rng_states=rngs)  # fmt: skip
+                             ema_state=ema_state, keep_last=run.config.train.keep_last, rng_states=rngs)  # fmt: skip

@@ -59,24 +59,32 @@ def has_lora(model: torch.nn.Module) -> bool:
     return bool(lora_layers(model))
 
 
-def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Adapters folded into their base weights, under plain names, as CPU copies (each tied weight once, under the
-    name safetensors keeps)."""
+    name safetensors keeps). `state`: the model's full state dict when the model holds only shards of it (FSDP)."""
     layers = lora_layers(model)
     aliases = tied_aliases(model)
+    state = model.state_dict() if state is None else state
     merged: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if ".lora_" in name or name in aliases:
             continue
         module_name, _, leaf = name.rpartition(".base_layer.")
         value = tensor.detach()
         if module_name in layers and leaf == "weight":
             layer = layers[module_name]
-            for adapter in layer.active_adapters:
-                value = value + layer.get_delta_weight(adapter).to(value.dtype)
+            for adapter in layer.active_adapters:  # peft's delta for a Linear: B @ A, scaled (transposed if Conv1D)
+                down, up = (state[f"{module_name}.lora_{x}.{adapter}.weight"].float() for x in "AB")
+                delta = (up.to(down.device) @ down) * layer.scaling[adapter]
+                value = value + (delta.T if layer.fan_in_fan_out else delta).to(value.device, value.dtype)
         merged[name.replace(".base_layer.", ".")] = value.to("cpu", copy=True)
     return merged
 
 
-def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+def trainable_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """What training changes, as CPU copies; `state` as for `merged_state_dict`."""
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    values = dict(model.named_parameters()) if state is None else state
+    return {name: values[name].detach().to("cpu", copy=True) for name in trained}
