@@ -55,6 +55,8 @@ class PI0GraphPytorch(PI0Pytorch):
             super().__init__(config)
         openpi_compat.eager_sampling(self)
         openpi_compat.checkpoint_only_on_request(self)
+        if config.pi05:
+            openpi_compat.per_token_adarms(self)  # training-time RTC: the committed tokens' own flow time
         self._graph: GraphEncoding | None = None
         # openpi's training-time image augmentation (crop, rotation, colour jitter); off for fixed cameras whose
         # pixel positions carry the answer, e.g. where a target sits in a simulated scene.
@@ -123,18 +125,24 @@ class PI0GraphPytorch(PI0Pytorch):
         if self._graph is not None and self.config.fusion == "state":
             state = state + self.graph_state_gate * self._graph.embedding.to(state.dtype)
         embs, pad_masks, att_masks, adarms_cond = super().embed_suffix(state, noisy_actions, timestep)
+        sample_cond = adarms_cond
         if self._clean_tokens is not None:
-            # Per-token flow time: the clean tokens' embeddings are the official ones at t = 0 (data); the action
-            # tokens are the last H of the suffix.
-            clean_embs = super().embed_suffix(state, noisy_actions, torch.zeros_like(timestep))[0]
-            at = nn.functional.pad(self._clean_tokens, (embs.shape[1] - self._clean_tokens.shape[1], 0))
-            embs = torch.where(at[:, :, None], clean_embs, embs)
+            # Per-token flow time: the clean tokens are embedded as the official code embeds them at t = 0 (data):
+            # π0 mixes the time into each action token, π0.5 conditions the expert's adaRMS norms on it, here one
+            # condition per token. The action tokens are the last H of the suffix.
+            clean_embs, _, _, clean_cond = super().embed_suffix(state, noisy_actions, torch.zeros_like(timestep))
+            at = nn.functional.pad(self._clean_tokens, (embs.shape[1] - self._clean_tokens.shape[1], 0))[:, :, None]
+            embs = torch.where(at, clean_embs, embs)
+            if adarms_cond is not None:
+                adarms_cond = torch.where(at, clean_cond[:, None, :], adarms_cond[:, None, :])
         if self._graph is None or self.config.fusion != "suffix":
             return embs, pad_masks, att_masks, adarms_cond
         # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
         # Action tokens stay last, where PI0Pytorch reads its output.
         tokens = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
         graph = graph_block(tokens, pad_masks, att_masks, new_block=True)
+        if adarms_cond is not None and adarms_cond.dim() == 3:  # the graph tokens at the sample's flow time
+            adarms_cond = torch.cat([sample_cond[:, None, :].expand(-1, tokens.shape[1], -1), adarms_cond], dim=1)
         return (*concat_tokens(graph, (embs, pad_masks, att_masks)), adarms_cond)
 
     def _preprocess_observation(self, observation, *, train=True):

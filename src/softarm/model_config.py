@@ -75,11 +75,6 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
             raise ValueError(f"rtc_max_guidance_weight must be >= 0, got {self.rtc_max_guidance_weight}")
         if not 0 <= self.rtc_max_delay < self.action_horizon:
             raise ValueError(f"rtc_max_delay must be in 0..{self.action_horizon - 1}, got {self.rtc_max_delay}")
-        if self.rtc_max_delay and self.pi05:
-            raise ValueError(
-                "training-time RTC gives each action token its own flow time, which pi0's action-time MLP takes; "
-                "pi0.5 conditions its action expert on one time per sample (adaRMS): use inference-time RTC"
-            )
         if self.action_dim != 32:
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"

@@ -18,6 +18,8 @@ from openpi.models.tokenizer import PaligemmaTokenizer
 from openpi.models_pytorch import gemma_pytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
 import sentencepiece
+import torch
+from torch import nn
 
 from softarm.vision import ConvStem, init_grid_positions
 
@@ -154,3 +156,22 @@ def checkpoint_only_on_request(model: PI0Pytorch) -> None:
     requested = bool(vars(expert).pop("gradient_checkpointing", False))
     expert.__class__ = type(expert.__class__.__name__, (_CheckpointingOnRequest, expert.__class__), {})
     expert.gradient_checkpointing = requested
+
+
+def _per_token_adarms(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple:
+    """The patched transformers' adaptive RMSNorm (GemmaRMSNorm with `dense`), also for one condition per token."""
+    if cond is None or cond.dim() < 3:
+        return type(norm).forward(norm, x, cond)  # openpi's, one condition per sample
+    normed = norm._norm(x)
+    scale, shift, gate = torch.chunk(norm.dense(cond), 3, dim=-1)  # [B, T, D] each: the same arithmetic per token
+    return (normed * (1 + scale.to(torch.float32)) + shift.to(torch.float32)).to(x.dtype), gate.to(x.dtype)
+
+
+def per_token_adarms(model: PI0Pytorch) -> None:
+    """π0.5 conditions its action expert on the flow time through adaRMS norms, one condition [B, D] per sample,
+    which the patched GemmaRMSNorm broadcasts over the tokens. Training-time RTC gives the committed action tokens
+    their own time (0), so each adaRMS norm of the expert here also takes [B, T, D]; a [B, D] condition still runs
+    the official code."""
+    for module in model.paligemma_with_expert.gemma_expert.modules():
+        if getattr(module, "dense", None) is not None and hasattr(module, "_norm"):
+            module.forward = functools.partial(_per_token_adarms, module)
