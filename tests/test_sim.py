@@ -436,6 +436,15 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     # a 2-step model does not solve reach; it must still have run every step of both episodes
     assert [e["steps"] for e in report["episodes"]] == [50, 50]
     assert summary["success_rate_wilson95"][0] == 0.0
+    # two processes, an episode each: the serial run's episodes (seeded per episode), its film, its figures
+    evaluate(dataclasses.replace(options, workers=2), tmp_path / "two")
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())["episodes"]
+    assert [(e["seed"], e["steps"], e["success"]) for e in two] == [
+        (e["seed"], e["steps"], e["success"]) for e in report["episodes"]
+    ]
+    for ours, serial in zip(two, report["episodes"], strict=True):
+        assert ours["final_error_mm"] == pytest.approx(serial["final_error_mm"], rel=1e-3)
+    assert (tmp_path / "two" / "rollouts.gif").read_bytes() == (tmp_path / "eval" / "rollouts.gif").read_bytes()
     # under 200 ms of simulated latency with real-time chunking: the same episodes, each chunk switch measured
     late = evaluate(dataclasses.replace(options, latency_ms=200, execution="rtc", videos=0), tmp_path / "rtc")
     episodes = json.loads((tmp_path / "rtc" / "eval.json").read_text())["episodes"]

@@ -48,6 +48,14 @@ def checked_noise_scale(value) -> float:
     return float(value)
 
 
+def check_checkpoint(directory: str | Path) -> None:
+    """Refuse a directory that lacks a file serving needs, before any loading or progress output."""
+    stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
+    for name in (layout.CONFIG_FILE, layout.DATA_SPEC_FILE, layout.TOKENIZER_FILE, stats):
+        if not (Path(directory) / name).is_file():
+            raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
+
+
 class SoftArmPolicy:
     def __init__(
         self,
@@ -87,10 +95,8 @@ class SoftArmPolicy:
         compile: str = "auto",
     ) -> SoftArmPolicy:
         directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)  # before minutes of loading
+        check_checkpoint(directory)
         stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
-        for name in (layout.CONFIG_FILE, layout.DATA_SPEC_FILE, layout.TOKENIZER_FILE, stats):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         weights = directory / layout.EMA_FILE if use_ema and (directory / layout.EMA_FILE).is_file() else None

@@ -28,7 +28,7 @@ from pathlib import Path
 import shutil
 
 from softarm.apps.demo_report import write_report
-from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import BASE_FILE, SHIPPED
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
@@ -105,7 +105,8 @@ def _evaluate(
     model = checkpoint is not None
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if model else policy, arm=options.arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if model else 1,
-                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0)  # fmt: skip
+                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0,
+                               workers=eval_workers(episodes))  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
         print(f"  {task} / {eval_dir.name}: {eval_dir / EVAL_FILE} exists, reused")
     else:

@@ -9,9 +9,13 @@ evaluation seeds, never from the generated training range.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
+import multiprocessing
+import os
 from pathlib import Path
 import time
 
@@ -23,7 +27,7 @@ from softarm.execution import ENSEMBLE_DECAY, EXECUTIONS, ChunkExecutor, delay_s
 from softarm.layout import EVAL_FILE
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
-from softarm.sim.env import SoftArmEnv
+from softarm.sim.env import CONTROL_HZ, SoftArmEnv
 from softarm.sim.generate import EVAL_SEED
 from softarm.sim.media import save_eval_plot, save_rollout_gif
 from softarm.sim.rollout import Rollout, run_episode
@@ -105,6 +109,9 @@ class EvalOptions:
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
     ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
     noise_scale: float = 1.0  # of the flow's starting noise (model policy): 0 samples deterministically
+    # processes running episodes side by side, each with its own simulator and copy of the policy (and an equal share
+    # of the CPU's threads); episodes are independent and seeded, so the results are a serial run's
+    workers: int = 1
 
 
 def smoothness(actions: np.ndarray, switches: list[int], gaps: list[np.ndarray], command_range: np.ndarray) -> dict:
@@ -170,8 +177,6 @@ def make_agent(options: EvalOptions, static: StaticArm):
         return RandomAgent(static.env.spec)
     if options.policy != "model":
         raise ValueError(f"unknown --policy {options.policy!r}; choose one of {POLICIES}")
-    if not options.checkpoint:
-        raise ValueError("--policy model needs --checkpoint DIR (a directory written by softarm train)")
     from softarm.policy import SoftArmPolicy
 
     policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale)
@@ -195,14 +200,55 @@ def reusable_report(options: EvalOptions, out_dir: str | Path) -> dict | None:
     return report if same and report["episodes"][0]["seed"] == options.seed else None
 
 
+EPISODES_PER_WORKER = 10  # a spawned worker spends ~8 s importing and loading; an episode takes ~0.7 s
+
+
+def eval_workers(episodes: int, most: int = 4) -> int:
+    """How many processes an evaluation of `episodes` is worth: up to `most` and the CPU count, each with at least
+    EPISODES_PER_WORKER episodes so that its start-up pays off."""
+    return max(1, min(most, os.cpu_count() or 1, episodes // EPISODES_PER_WORKER))
+
+
+_WORKER: dict = {}  # per process: the simulator, its static model and the agent of one evaluation, made once
+
+
+def _close_worker() -> None:
+    if _WORKER:
+        _WORKER.pop("env").close()
+        _WORKER.clear()
+
+
+def _limit_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run(options: EvalOptions, index: int) -> tuple[dict, np.ndarray, Rollout | None, list[float]]:
+    """Episode `index` of the evaluation: its row, its error curve, the rollout if it is filmed, the inference times."""
+    if _WORKER.get("options") != options:
+        _close_worker()
+        env = SoftArmEnv(ARMS[options.arm])
+        static = StaticArm(env)
+        _WORKER.update(options=options, env=env, static=static, agent=make_agent(options, static))
+    env, static, agent = _WORKER["env"], _WORKER["static"], _WORKER["agent"]
+    task = TASKS[options.task]
+    spec = task.sample(options.seed + index, static, env.control_hz)
+    timed = len(agent.infer_ms) if isinstance(agent, ModelAgent) else 0
+    rollout = run_episode(env, static, task, spec, agent, record_images=index < options.videos)
+    row = _episode_row(task, rollout, env.control_hz)
+    if isinstance(agent, ModelAgent):
+        row |= smoothness(rollout.actions, agent.switches, agent.gaps, env.command_high - env.command_low)
+    infer_ms = agent.infer_ms[timed:] if isinstance(agent, ModelAgent) else []
+    return row, 1000 * rollout.errors, rollout if rollout.images else None, infer_ms
+
+
 def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     """Run the episodes, write eval.json, summary.png and rollouts.gif into `out_dir`; return the summary."""
     if options.task not in TASKS:
         raise ValueError(f"unknown task {options.task!r}; choose one of {sorted(TASKS)}")
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
-    if options.episodes < 1 or options.replan < 1:
-        raise ValueError("--episodes and --replan must be at least 1")
+    if options.episodes < 1 or options.replan < 1 or options.workers < 1:
+        raise ValueError("--episodes, --replan and --workers must be at least 1")
     if options.execution not in EXECUTIONS:
         raise ValueError(f"unknown --execution {options.execution!r}; choose one of {EXECUTIONS}")
     if options.latency_ms < 0:
@@ -211,29 +257,39 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
         raise ValueError(
             "--latency-ms, --execution and --noise-scale concern a model's inference; use them with --policy model"
         )
+    if options.policy == "model":
+        if not options.checkpoint:
+            raise ValueError("--policy model needs --checkpoint DIR (a directory written by softarm train)")
+        from softarm.policy import check_checkpoint
+
+        check_checkpoint(options.checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = TASKS[options.task]
-    rows, curves, videos = [], [], []
+    rows, curves, videos, infer_ms = [], [], [], []
     start = time.monotonic()
-    with SoftArmEnv(ARMS[options.arm]) as env:
-        static = StaticArm(env)
-        agent = make_agent(options, static)
-        label = options.policy if options.policy != "model" else Path(options.checkpoint).name
-        for i in tqdm(range(options.episodes), desc=f"eval {options.task} [{label}]", unit="episode"):
-            spec = task.sample(options.seed + i, static, env.control_hz)
-            rollout = run_episode(env, static, task, spec, agent, record_images=i < options.videos)
-            rows.append(_episode_row(task, rollout, env.control_hz))
-            if isinstance(agent, ModelAgent):
-                rows[-1] |= smoothness(rollout.actions, agent.switches, agent.gaps, env.command_high - env.command_low)
-            curves.append(1000 * rollout.errors)
-            if rollout.images:
+    label = options.policy if options.policy != "model" else Path(options.checkpoint).name
+    workers = min(options.workers, options.episodes)
+    with contextlib.ExitStack() as stack:
+        job = functools.partial(_run, options)
+        if workers > 1:  # spawn: a simulator's renderer (EGL) does not survive a fork
+            threads = max(1, torch.get_num_threads() // workers)
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_limit_threads, initargs=(threads,))
+            outcomes = stack.enter_context(pool).imap(job, range(options.episodes))
+        else:
+            stack.callback(_close_worker)
+            outcomes = map(job, range(options.episodes))
+        for row, curve, rollout, times in tqdm(outcomes, total=options.episodes, unit="episode",
+                                                desc=f"eval {options.task} [{label}]"):  # fmt: skip
+            rows.append(row)
+            curves.append(curve)
+            infer_ms += times
+            if rollout is not None:
                 videos.append(rollout)
     summary = _summary(rows, options) | {"wall_s": time.monotonic() - start}
-    if isinstance(agent, ModelAgent) and agent.infer_ms:
-        summary["infer_ms_median"] = float(np.median(agent.infer_ms))
+    if infer_ms:
+        summary["infer_ms_median"] = float(np.median(infer_ms))
     (out_dir / EVAL_FILE).write_text(json.dumps({"summary": summary, "episodes": rows}, indent=2))
-    save_eval_plot(out_dir / "summary.png", summary, curves, env.control_hz)
+    save_eval_plot(out_dir / "summary.png", summary, curves, CONTROL_HZ)
     if videos:
-        save_rollout_gif(out_dir / "rollouts.gif", videos, env.cameras)
+        save_rollout_gif(out_dir / "rollouts.gif", videos, [camera.name for camera in ARMS[options.arm].cameras])
     return summary

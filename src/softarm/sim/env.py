@@ -13,9 +13,11 @@ import numpy as np
 from softarm import arm
 from softarm.sim.arm_model import BALL_COLORS, PARKED, ArmSpec, build_xml
 
+CONTROL_HZ = 10.0  # the simulated arm's control rate: one command, one observation per step
+
 
 class SoftArmEnv:
-    def __init__(self, spec: ArmSpec | None = None, *, control_hz: float = 10.0) -> None:
+    def __init__(self, spec: ArmSpec | None = None, *, control_hz: float = CONTROL_HZ) -> None:
         spec = spec or ArmSpec()
         self.spec, self.control_hz = spec, control_hz
         self.cameras = tuple(camera.name for camera in spec.cameras)
