@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import sentencepiece
+import torch
 
 from softarm.cli import main
+from softarm.model import PI0GraphPytorch
 from softarm.policy import SoftArmPolicy
+from softarm.train.vision_warmup import VISION_PREFIXES
 from softarm.weights import load_model
 from tests.conftest import SMALL_PRETRAIN
 
@@ -27,9 +31,13 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         assert card["data"]["episodes"] == 3 + hard["written"]
         assert card["recipe"]["hard_reach"] == 4
         assert card["recipe"]["config"] == "configs/pretrain.yaml"  # inside the project: no machine's path
-        assert card["recipe"]["export"] == str(pretrained / "base")
+        assert card["recipe"]["export"] == "OUT/base"  # outside the project: relative to the output
         assert card["training"]["s_per_step_median"] > 0
         assert set(card["training"]) >= {"val_loss", "val_loss_ema"}
+        assert card["vision_warmup"]["steps"] == 2
+        assert card["vision_warmup"]["train_frames"] > 0
+        assert card["train_config"]["train"]["init_from"] == f"OUT/vision/{name}"
+        assert card["train_config"]["data"]["path"] == "OUT/prepared"
         assert set(card["scores"]) == {"reach", "follow", "choose"}
         for task, score in card["scores"].items():
             assert score["episodes"] == 1, task
@@ -44,6 +52,21 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         assert not any(p.startswith("<0x") for p in tokens.encode("reach the green ball", out_type=str))
 
 
+def test_both_bases_start_from_one_warmed_up_tower_and_their_own_fresh_weights(pretrained: Path) -> None:
+    starts = {name: safetensors.torch.load_file(pretrained / "vision" / name / "model.safetensors")
+              for name in ("graph", "no_graph")}  # fmt: skip
+    tower = {k: v for k, v in starts["graph"].items() if k.startswith(VISION_PREFIXES)}
+    assert tower
+    assert all(torch.equal(v, starts["no_graph"][k]) for k, v in tower.items())
+    config = load_model(pretrained / "vision" / "graph").config
+    torch.manual_seed(0)  # configs/pretrain.yaml's train.seed: the weights the training would draw itself
+    fresh = PI0GraphPytorch(config).state_dict()
+    assert not all(torch.equal(v, fresh[k]) for k, v in tower.items())  # the warm-up changed the tower
+    rest = [k for k in starts["graph"] if k not in tower]
+    assert rest
+    assert all(torch.equal(starts["graph"][k], fresh[k]) for k in rest)
+
+
 def test_a_second_run_reuses_every_stage_and_choose_is_refused(
     pretrained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -52,6 +75,7 @@ def test_a_second_run_reuses_every_stage_and_choose_is_refused(
     out = capsys.readouterr().out
     assert "reach: 0 episodes written, 2 reused" in out
     assert f"{pretrained / 'prepared'} exists, reused" in out
+    assert f"{pretrained / 'vision'} exists, reused" in out
     assert out.count("/checkpoints/2 exists, reused") == 2
     assert main(["pretrain", "--out", str(pretrained), "--episodes", "choose=5"]) == 2
     assert "the base must not see choose" in capsys.readouterr().err

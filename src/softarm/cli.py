@@ -125,7 +125,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "reach=100")
     options = PretrainOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach,
-        val_episodes=args.val_episodes, eval_episodes=evaluations, models=tuple(args.models),
+        val_episodes=args.val_episodes, vision_steps=args.vision_steps, eval_episodes=evaluations,
+        models=tuple(args.models),
         config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=tuple(args.overrides),
         export=Path(args.export) if args.export else None, workers=args.workers,
     )  # fmt: skip
@@ -259,6 +260,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
         replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
         execution=args.execution, ensemble_decay=args.ensemble_decay, noise_scale=args.noise_scale,
+        workers=args.workers,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -396,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ensemble-decay", type=float, default=0.1,
                     help="ensemble: chunk i (0 the oldest still running) weighs exp(-DECAY * i)")  # fmt: skip
     ev.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
+    ev.add_argument("--workers", type=int, default=1,
+                    help="processes running episodes side by side (the same results as one)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
     demo = verbs.add_parser("demo", help="simulate, convert, train with and without the graph, evaluate, report")
     demo.add_argument("--out", default="demo_out", help="where everything goes; a re-run reuses what is there")
@@ -431,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="further reach seeds of which only the hard ones (far ball, light payload) are "
                           "recorded")  # fmt: skip
     pre.add_argument("--val-episodes", type=int, default=100, help="episodes held out for validation")
+    pre.add_argument("--vision-steps", type=int, default=4000,
+                     help="steps of the vision warm-up (where each reach episode's tip ends) before the policy "
+                          "trains; 0: none")  # fmt: skip
     pre.add_argument("--eval-episodes", action="append", metavar="[TASK=]COUNT",
                      help="closed-loop episodes per base and task (default reach=100 follow=30 choose=30)")  # fmt: skip
     pre.add_argument("--models", nargs="+", choices=["graph", "no_graph"], default=["graph", "no_graph"])

@@ -2,8 +2,10 @@
 that sees, as a π0 user starts from pi0_base.
 
 record demonstrations (reach, reach where it is hard, follow; never choose, the task the demo fine-tunes on) -> one
-dataset, with a tokenizer that knows every task's words -> train tiny_vision with the graph and without it, same
-data, seed and schedule (configs/pretrain.yaml) -> score each closed loop on the three tasks -> export each as a base
+dataset, with a tokenizer that knows every task's words -> warm up the vision tower on where each reach episode's tip
+ends (softarm.train.vision_warmup: the policy then starts from a tower that sees) -> train tiny_vision with the graph
+and without it from that tower, same data, seed and schedule (configs/pretrain.yaml) -> score each closed loop on
+the three tasks -> export each as a base
 directory: model config, EMA weights, norm stats, tokenizer, data spec and `base.json` (recipe, training figures,
 scores), loadable by `train.init_from`, `softarm eval` and `softarm serve`. Every stage is skipped when its output is
 there, and an interrupted training resumes, so the same command finishes what is missing.
@@ -19,17 +21,21 @@ from pathlib import Path
 import shutil
 
 import numpy as np
+import torch
 
 from softarm import layout
-from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
 from softarm.data.convert import ConvertOptions, convert
+from softarm.model import PI0GraphPytorch
 from softarm.model_config import plain
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
 from softarm.sim.generate import generate
-from softarm.sim.tasks import task_prompts
-from softarm.train.config import load_config
+from softarm.sim.tasks import TASKS, task_prompts
+from softarm.train.config import TrainConfig, load_config
 from softarm.train.loop import train
 from softarm.train.metrics import read_metrics
+from softarm.train.vision_warmup import WarmupOptions, vision_state, warm_up_vision
+from softarm.weights import save_model
 
 PROJECT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = PROJECT / "configs" / "pretrain.yaml"
@@ -47,6 +53,8 @@ class PretrainOptions:
     # balls and light payloads a policy misses most
     hard_reach: int = 1600
     val_episodes: int = 100
+    # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy)
+    vision_steps: int = 4000
     # closed-loop episodes per base and task, on held-out seeds, sampled with `noise_scale`
     eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 100, "follow": 30,
                                                                                   "choose": 30})  # fmt: skip
@@ -64,14 +72,26 @@ def missing_bases(directory: str | Path) -> list[str]:
     return [name for name in MODELS if not (Path(directory) / name / BASE_FILE).is_file()]
 
 
-def _shown(path: Path) -> str:
-    """A path as a card records it: relative to the project when inside it, so a shipped card names no machine."""
+def _shown(path: str | Path, out: Path) -> str:
+    """A path as a card records it: relative to the project, or to the pretraining's output as OUT/..., so a shipped
+    card names no machine."""
     path = Path(path).resolve()
-    return str(path.relative_to(PROJECT)) if path.is_relative_to(PROJECT) else str(path)
+    if path.is_relative_to(PROJECT):
+        return str(path.relative_to(PROJECT))
+    return str("OUT" / path.relative_to(out.resolve())) if path.is_relative_to(out.resolve()) else str(path)
+
+
+def _card_config(config: TrainConfig, out: Path) -> dict:
+    """The training config as the card records it: its paths as `_shown` writes them."""
+    values = config.to_dict()
+    for section, key in (("data", "path"), ("data", "tokenizer"), ("train", "out_dir"), ("train", "init_from")):
+        if values[section][key]:
+            values[section][key] = _shown(values[section][key], out)
+    return values
 
 
 def _stage(number: int, text: str) -> None:
-    print(f"[{number}/5] {text}", flush=True)
+    print(f"[{number}/6] {text}", flush=True)
 
 
 def _record(out: Path, options: PretrainOptions) -> list[Path]:
@@ -106,17 +126,49 @@ def _prepare(out: Path, sources: list[Path], options: PretrainOptions) -> tuple[
     return prepared, tokenizer
 
 
-def _train(name: str, prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions) -> tuple[Path, dict]:
-    run_dir = out / "runs" / name
-    overrides = [f"data.path={prepared}", f"data.tokenizer={tokenizer}", f"train.out_dir={run_dir}",
-                 f"model.overrides.fusion={MODELS[name]}"]  # fmt: skip
-    config = load_config(options.config, [*overrides, *options.overrides])
-    final = run_dir / layout.CHECKPOINTS_DIR / str(config.train.steps)
+def _config(name: str, prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions,
+            init: Path | None = None) -> TrainConfig:  # fmt: skip
+    overrides = [f"data.path={prepared}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'runs' / name}",
+                 f"model.overrides.fusion={MODELS[name]}", *([f"train.init_from={init}"] if init else [])]  # fmt: skip
+    if not options.vision_steps:  # no warm-up: the tower must learn inside the policy
+        overrides.append("train.freeze=[]")
+    return load_config(options.config, [*overrides, *options.overrides])
+
+
+def _warm_up(prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions) -> tuple[dict[str, Path], dict]:
+    """One vision warm-up shared by the models: each model's start (its fresh weights, drawn from its training seed
+    as its training would, with the warmed-up tower) in OUT/vision/<model>, and the warm-up's figures."""
+    directory = out / "vision"
+    starts, report = {name: directory / name for name in options.models}, directory / "warmup.json"
+    if report.is_file() and all((start / layout.WEIGHTS_FILE).is_file() for start in starts.values()):
+        print(f"  {directory} exists, reused")
+        return starts, json.loads(report.read_text())
+    tower, result = None, None
+    for name, start in starts.items():
+        config = _config(name, prepared, tokenizer, out, options)
+        torch.manual_seed(config.train.seed)
+        model = PI0GraphPytorch(config.validate())
+        if tower is None:
+            warmup = WarmupOptions(steps=options.vision_steps, prompts=(TASKS["reach"].prompt,), seed=config.train.seed)
+            result = dataclasses.asdict(warm_up_vision(model, str(prepared), warmup))
+            if result["val_error_mm_median"] is not None:
+                print(f"  the tower places the tip's goal within {result['val_error_mm_median']:.1f} mm (median, "
+                      f"held-out episodes) after {options.vision_steps} steps")  # fmt: skip
+            tower = vision_state(model)
+        else:
+            model.load_state_dict(tower, strict=False)
+        save_model(model, start)
+    report.write_text(json.dumps(result, indent=2) + "\n")
+    return starts, result
+
+
+def _train(config: TrainConfig) -> Path:
+    final = Path(config.train.out_dir) / layout.CHECKPOINTS_DIR / str(config.train.steps)
     if final.is_dir():
-        print(f"  {name}: {final} exists, reused")
+        print(f"  {final} exists, reused")
     else:
         train(config)
-    return final, config.to_dict()
+    return final
 
 
 def training_figures(run_dir: Path, samples_per_step: int) -> dict:
@@ -155,8 +207,15 @@ def _score(base: Path, name: str, out: Path, options: PretrainOptions) -> dict[s
     for task, episodes in options.eval_episodes.items():
         if episodes < 1:
             continue
-        eval_options = EvalOptions(task=task, episodes=episodes, checkpoint=str(base), arm=options.arm, videos=1,
-                                   noise_scale=options.noise_scale)  # fmt: skip
+        eval_options = EvalOptions(
+            task=task,
+            episodes=episodes,
+            checkpoint=str(base),
+            arm=options.arm,
+            videos=1,
+            noise_scale=options.noise_scale,
+            workers=eval_workers(episodes, options.workers),
+        )
         eval_dir = out / "eval" / task / name
         report = reusable_report(eval_options, eval_dir)
         summary = report["summary"] if report is not None else evaluate(eval_options, eval_dir)
@@ -185,10 +244,16 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
     sources = _record(out, options)
     _stage(2, "converting them into one dataset")
     prepared, tokenizer = _prepare(out, sources, options)
+    starts, warmup = {}, None
+    if options.vision_steps:
+        _stage(3, f"warming up the vision tower: where each reach episode's tip ends ({options.vision_steps} steps)")
+        starts, warmup = _warm_up(prepared, tokenizer, out, options)
     bases = {}
     for name in options.models:
-        _stage(3, f"pretraining the {name} base from scratch ({options.config.name})")
-        checkpoint, config = _train(name, prepared, tokenizer, out, options)
+        _stage(4, f"pretraining the {name} base ({options.config.name}, "
+                  f"{'from the warmed-up tower' if warmup else 'from scratch'})")  # fmt: skip
+        config = _config(name, prepared, tokenizer, out, options, starts.get(name))
+        checkpoint = _train(config)
         meta = json.loads((prepared / layout.META_FILE).read_text())
         card = {
             "name": f"sim_base/{name}",
@@ -196,8 +261,8 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
             "fusion": MODELS[name],
             "recipe": {
                 **dataclasses.asdict(options),
-                "config": _shown(options.config),
-                "export": _shown(export),
+                "config": _shown(options.config, out),
+                "export": _shown(export, out),
                 "hard_seed": HARD_SEED,
             },
             "data": {
@@ -205,18 +270,17 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
                 "samples": meta["samples"],
                 "tasks": sorted({ep["prompt"] for ep in meta["episodes"]}),
             },
-            "train_config": config,
+            "vision_warmup": warmup,
+            "train_config": _card_config(config, out),
             "steps": int(checkpoint.name),
-            "training": training_figures(
-                checkpoint.parents[1], config["data"]["batch_size"] * config["train"]["grad_accum"]
-            ),
+            "training": training_figures(checkpoint.parents[1], config.data.batch_size * config.train.grad_accum),
             "license": "Apache-2.0 (the project's)",
         }
         counts = ", ".join(f"{t} {n}" for t, n in options.eval_episodes.items())
-        _stage(4, f"scoring the {name} base closed loop ({counts})")
+        _stage(5, f"scoring the {name} base closed loop ({counts})")
         base = export_base(checkpoint, export / name, card)
         card["scores"] = _score(base, name, out, options)
         (base / BASE_FILE).write_text(json.dumps(plain(card), indent=2) + "\n")
         bases[name] = base
-    _stage(5, f"bases written to {export}")
+    _stage(6, f"bases written to {export}")
     return bases
