@@ -10,6 +10,7 @@ import sys
 import pytest
 
 ROOT = Path(__file__).parents[1]
+OWN_PROCESS = {"benchmarks/serving.py", "benchmarks/full_size_cpu.py"}  # their robot side must not import torch
 
 
 def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
@@ -19,9 +20,11 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
     evaluation = pretrained / "eval" / "reach" / "graph" / "eval.json"
     return {
         "benchmarks/gpu.py": ([], "| 3 | "),
+        "benchmarks/full_size_cpu.py": ([], "| tiny-lora | "),
         "benchmarks/graph_overhead.py": ([], "tiny       pi0     state"),
         "benchmarks/lerobot_import.py": ([], "LeRobot / HDF5: "),
         "benchmarks/loader.py": ([], "samples/s"),
+        "benchmarks/memory_table.py": ([], "| full, bf16-mixed | 0.001 B"),
         "benchmarks/prefix_padding.py": ([], "speed-up"),
         "benchmarks/recorder.py": ([], "| lzf | "),
         "benchmarks/rosbag_import.py": ([], "bags / HDF5: "),
@@ -49,7 +52,7 @@ def test_script_runs_in_smoke_mode(
     script: str, pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args, expected = smoke_runs(pretrained, tmp_path)[script]
-    if script == "benchmarks/serving.py":  # its robot side must not import torch: a process of its own
+    if script in OWN_PROCESS:
         result = subprocess.run([sys.executable, script, "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
                                 check=False, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
