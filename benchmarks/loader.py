@@ -1,4 +1,5 @@
-"""Loader throughput: samples/s at batch 32 with 3 cameras, for 0, 1 and 2 worker processes.
+"""Loader throughput: samples/s at batch 32 with 3 cameras, for 0, 1 and 2 worker processes, for one dataset and
+side by side for a mixture (`data.datasets`: the same frames as two datasets, weights 1 and 0.5).
 
 Builds a synthetic raw dataset (3 cameras at 240x320, 10x19 graph, 10-D actions, 4-D state), converts it with
 `softarm convert`, then times full passes of the training loader (prepared frames -> SoftArmInputs -> openpi's
@@ -19,7 +20,7 @@ import numpy as np
 from openpi.shared import normalize
 
 from softarm.data.convert import ConvertOptions, convert
-from softarm.data.loader import SoftArmDataset, make_loader, prepared_cameras
+from softarm.data.loader import MixtureDataset, SoftArmDataset, make_loader, prepared_cameras
 from softarm.data.prepared import PreparedDataset
 from softarm.data.raw import RawEpisode, write_episode
 from softarm.data.tokenizer import SentencePieceTokenizer
@@ -47,6 +48,18 @@ def build_dataset(root: Path, episodes: int, length: int) -> Path:
     return root / "prep"
 
 
+def rate(loader, samples: int | None = None) -> float:
+    """Samples/s over `samples` (default: an epoch) after the first batch (workers started, caches warm)."""
+    batches = iter(loader)
+    next(batches)
+    start, seen = time.perf_counter(), 0
+    for batch in batches:
+        seen += len(batch["actions"])
+        if samples is not None and seen >= samples:
+            break
+    return seen / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=12)
@@ -66,17 +79,13 @@ def main() -> None:
             prepared_cameras(data), normalize.load(prepared), tokenizer, pi05=args.pi05, resize=False
         )
         dataset = SoftArmDataset(data, transform)
+        mixture = MixtureDataset([dataset, SoftArmDataset(PreparedDataset(prepared, "train"), transform)])
         print(f"{len(dataset)} samples, batch {args.batch}, 3 cameras 224x224 uint8, pi05={args.pi05}")
-        print(f"{'workers':>7} {'samples/s':>10}")
+        print(f"{'workers':>7} {'samples/s':>10} {'mixture':>10} {'ratio':>6}")
         for workers in args.workers:
-            loader = make_loader(dataset, args.batch, num_workers=workers)
-            next(iter(loader))  # start workers, warm caches
-            start, samples = time.perf_counter(), 0
-            for batch in loader:
-                samples += len(batch["actions"])
-            rate = samples / (time.perf_counter() - start)
-            print(f"{workers:>7} {rate:>10.0f}", flush=True)
-            del loader
+            one = rate(make_loader(dataset, args.batch, num_workers=workers))
+            mixed = rate(make_loader(mixture, args.batch, num_workers=workers, weights=[1.0, 0.5]), len(dataset))
+            print(f"{workers:>7} {one:>10.0f} {mixed:>10.0f} {mixed / one:>6.2f}", flush=True)
     sys.stdout.flush()
 
 

@@ -23,7 +23,7 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "benchmarks/full_size_cpu.py": ([], "| tiny-lora | "),
         "benchmarks/graph_overhead.py": ([], "tiny       pi0     state"),
         "benchmarks/lerobot_import.py": ([], "LeRobot / HDF5: "),
-        "benchmarks/loader.py": ([], "samples/s"),
+        "benchmarks/loader.py": ([], "samples/s    mixture  ratio"),
         "benchmarks/memory_table.py": ([], "| full, bf16-mixed | 0.001 B"),
         "benchmarks/prefix_padding.py": ([], "speed-up"),
         "benchmarks/recorder.py": ([], "| lzf | "),

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from softarm import openpi_compat
-from softarm.data.prepared import PreparedDataset
+from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.layout import GRAPH_NODES, IMAGE_SLOTS
 
 
@@ -42,6 +42,47 @@ class SoftArmDataset(Dataset):
         fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}
         item = self.transform(fields | {"state": sample.state[: self.state_dim]})
         return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
+
+    @property
+    def episode_names(self) -> list[str]:
+        """What `episode` indexes: the split's episodes, as errors name them."""
+        return [episode_name(episode) for episode in self.prepared.episodes]
+
+
+class MixtureDataset(Dataset):
+    """Several SoftArmDatasets end to end (`data.datasets`); an item's `episode` indexes `episode_names`, which
+    prefix each episode with its dataset's directory name."""
+
+    def __init__(self, parts: list[SoftArmDataset]) -> None:
+        self.parts = parts
+        self.sizes = [len(part) for part in parts]
+        self.starts = np.cumsum([0, *self.sizes])
+        self.episode_starts = np.cumsum([0, *(len(part.episode_names) for part in parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def episode_names(self) -> list[str]:
+        return [f"{part.prepared.directory.name}/{name}" for part in self.parts for name in part.episode_names]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return part, index - int(self.starts[part])
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """Each part's samples fetched together (its disk read-ahead), returned in the order asked."""
+        located = [self._locate(i) for i in indices]
+        items: list[dict | None] = [None] * len(indices)
+        for p, part in enumerate(self.parts):
+            mine = [k for k, (q, _) in enumerate(located) if q == p]
+            if mine:
+                for k, item in zip(mine, part.__getitems__([located[k][1] for k in mine]), strict=True):
+                    items[k] = item | {"episode": item["episode"] + int(self.episode_starts[p])}
+        return items
 
 
 def spread(dataset: Dataset, count: int) -> Dataset:
@@ -88,13 +129,39 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> torch.Tensor:
+        """The epoch's indices, before each rank takes its share."""
         if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.size)
-        mine = order[: self.batches_per_epoch * self.batch_size * self.world][self.rank :: self.world]
+            return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return torch.arange(self.size)
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self.order()[: self.batches_per_epoch * self.batch_size * self.world][self.rank :: self.world]
         return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+
+class MixtureSampler(ResumableSampler):
+    """ResumableSampler over a MixtureDataset: an epoch is as many draws as the datasets hold samples, each draw's
+    dataset picked in proportion to the weights, and within a dataset its samples in a shuffled order (cycled where
+    a heavy dataset is drawn more often than it has samples). A pure function of (seed, epoch), so resuming is exact."""
+
+    def __init__(self, sizes: list[int], weights: list[float], batch_size: int, **kwargs) -> None:
+        if len(sizes) != len(weights) or min(weights) <= 0:
+            raise ValueError(f"weights {weights}: expected one positive weight per dataset ({len(sizes)})")
+        self.sizes, self.weights = sizes, torch.tensor(weights, dtype=torch.float64)
+        super().__init__(sum(sizes), batch_size, shuffle=True, **kwargs)
+
+    def order(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        picks = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        order, start = torch.empty(self.size, dtype=torch.long), 0
+        for part, size in enumerate(self.sizes):
+            where = (picks == part).nonzero().squeeze(1)
+            cycles = -(-len(where) // size)
+            within = torch.cat([torch.randperm(size, generator=generator) for _ in range(cycles)] or [torch.empty(0)])
+            order[where] = start + within[: len(where)].long()
+            start += size
+        return order
 
 
 def _worker_ignores_stop_signals(_worker_id: int) -> None:
@@ -106,19 +173,23 @@ def _worker_ignores_stop_signals(_worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: SoftArmDataset,
+    dataset: SoftArmDataset | MixtureDataset,
     batch_size: int,
     *,
     shuffle: bool = True,
     num_workers: int = 0,
     seed: int = 0,
+    weights: list[float] | None = None,
 ) -> DataLoader:
     """A DataLoader over whole batches; under torch.distributed each rank reads its own shard. Call
-    `loader.sampler.set_epoch(epoch)` every epoch for a new shuffle."""
+    `loader.sampler.set_epoch(epoch)` every epoch for a new shuffle. `weights`: a MixtureDataset's, one per part."""
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world)
+    if weights is not None:
+        sampler = MixtureSampler(dataset.sizes, weights, batch_size, seed=seed, rank=rank, world=world)
+    else:
+        sampler = ResumableSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -67,8 +67,21 @@ class ModelSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """One prepared dataset of a mixture and how often its samples are drawn relative to the others'."""
+
+    path: str
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSection:
     path: str = ""  # a prepared dataset written by `softarm convert`
+    # instead of `path`: several prepared datasets of the same arm (days of recording, other setups), batches drawn
+    # from each in proportion to its weight, each normalised with its own statistics (or all with data.norm_stats).
+    # The first one's tokenizer and statistics go into the checkpoints (prompts encode byte by byte where it lacks
+    # a word).
+    datasets: tuple[DatasetEntry, ...] = ()
     batch_size: int = 8  # global: split across ranks
     num_workers: int = 0
     # sentencepiece model; None: train.init_from's tokenizer.model (a softarm base carries its own), else the dataset's
@@ -144,13 +157,8 @@ class TrainConfig:
     def validate(self) -> SoftArmModelConfig:
         """Everything that can be checked before building anything; returns the model config, fitted to the dataset
         and checked against `train.init_from`."""
-        if not self.data.path or not (Path(self.data.path) / META_FILE).is_file():
-            raise ConfigError(f"data.path: {self.data.path!r} is not a prepared dataset (no meta.json there)")
-        try:
-            spec = read_spec(self.data.path)
-        except ValueError as e:
-            raise ConfigError(f"data.path: {e}") from None
-        model = self.model.build(spec.model_fields(), f"the dataset {self.data.path}")
+        spec = self.dataset_spec()
+        model = self.model.build(spec.model_fields(), f"the dataset {self.sources()[0].path}")
         if "rtc_max_delay" in self.model.overrides:
             raise ConfigError("model.overrides.rtc_max_delay: set train.rtc_max_delay instead (training decides it)")
         try:
@@ -177,17 +185,49 @@ class TrainConfig:
             check_same_architecture(model, Path(self.train.init_from))
         return model
 
+    def sources(self) -> tuple[DatasetEntry, ...]:
+        """The prepared datasets training draws from: data.datasets, or data.path alone."""
+        return self.data.datasets or (DatasetEntry(self.data.path),)
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The arm the datasets share; a missing dataset, a bad weight or another arm is an error naming it."""
+        if self.data.path and self.data.datasets:
+            raise ConfigError("data.path and data.datasets: give one (data.datasets lists every dataset)")
+        names = [Path(entry.path).name for entry in self.data.datasets]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ConfigError(f"data.datasets: two datasets in directories named {twice[0]!r}; metrics and episodes "
+                              "are named after the directory: give them distinct names")  # fmt: skip
+        specs = []
+        for i, entry in enumerate(self.sources()):
+            key = f"data.datasets[{i}]" if self.data.datasets else "data.path"
+            if not entry.path or not (Path(entry.path) / META_FILE).is_file():
+                raise ConfigError(f"{key}: {entry.path!r} is not a prepared dataset (no meta.json there)")
+            if not entry.weight > 0:
+                raise ConfigError(f"{key}.weight: must be > 0, got {entry.weight}")
+            try:
+                specs.append(read_spec(entry.path))
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+            first, this = specs[0].to_json(), specs[-1].to_json()
+            if differs := [name for name in first if first[name] != this[name]]:
+                listing = "; ".join(
+                    f"{name} {_short(this[name])} there, {_short(first[name])} in the first" for name in differs
+                )
+                raise ConfigError(f"{key}: {entry.path} is another arm than {self.sources()[0].path} ({listing}); a "
+                                  "mixture's datasets must share the arm")  # fmt: skip
+        return specs[0]
+
     def tokenizer_path(self) -> Path:
         if self.data.tokenizer:
             return Path(self.data.tokenizer).expanduser()
         if self.train.init_from and (Path(self.train.init_from) / TOKENIZER_FILE).is_file():
             return Path(self.train.init_from) / TOKENIZER_FILE  # the base's token ids are the ones it learned
-        return Path(self.data.path) / TOKENIZER_FILE
+        return Path(self.sources()[0].path) / TOKENIZER_FILE
 
-    def norm_stats_path(self) -> Path:
-        """The norm_stats.json training normalises with."""
+    def norm_stats_path(self, dataset: str | None = None) -> Path:
+        """The norm_stats.json training normalises `dataset` (default: the first) with, which a checkpoint keeps."""
         if self.data.norm_stats is None:
-            return Path(self.data.path) / NORM_STATS_FILE
+            return Path(dataset or self.sources()[0].path) / NORM_STATS_FILE
         path = Path(self.data.norm_stats).expanduser()
         for candidate in (path / NORM_STATS_FILE, path / ASSETS_DIR / ASSET_ID / NORM_STATS_FILE):
             if path.is_dir() and candidate.is_file():
@@ -281,6 +321,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             return float(value)
         except ValueError:
             pass
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
     if annotation in (int, str, bool) and type(value) is annotation:
         return value
     if annotation is Any:

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from softarm import rtc
-from softarm.data.loader import Batch, SoftArmDataset, make_loader, prepared_cameras, spread, to_device
-from softarm.data.prepared import PreparedDataset, episode_name
+from softarm.data.loader import Batch, MixtureDataset, SoftArmDataset, make_loader, prepared_cameras, spread, to_device
+from softarm.data.prepared import PreparedDataset
 from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform
@@ -153,6 +153,17 @@ def validate(run: Run, model: torch.nn.Module, loader: DataLoader) -> float:
     return float(total[0] / total[1]) if total[1] else float("nan")
 
 
+def validation(run: Run, model: torch.nn.Module, loaders: dict[str, DataLoader], key: str) -> dict[str, float]:
+    """`key`: the validation loss; for a mixture also `key/NAME` per dataset, and `key` their mean weighted as the
+    training draws them."""
+    if list(loaders) == [""]:
+        return {key: validate(run, model, loaders[""])}
+    losses = {f"{key}/{name}": validate(run, model, loader) for name, loader in loaders.items()}
+    weights = {Path(s.path).name: s.weight for s in run.config.sources()}
+    total = sum(weights[name] for name in loaders)
+    return {key: sum(weights[name] * losses[f"{key}/{name}"] for name in loaders) / total} | losses
+
+
 class NonFiniteTraining(RuntimeError):
     """Training stopped: too many steps in a row without a finite loss or gradient norm."""
 
@@ -173,10 +184,9 @@ class Run:
     dist: Dist
     device: torch.device
     dir: Path
-    dataset_dir: Path
-    spec: DatasetSpec  # the dataset's
+    spec: DatasetSpec  # the arm's, which every dataset shares
     tokenizer_path: Path
-    norm_stats_path: Path  # the norm_stats.json it normalises with: the dataset's, or data.norm_stats
+    norm_stats_path: Path  # what a checkpoint keeps: the (first) dataset's norm_stats.json, or data.norm_stats
     sharded: bool  # FSDP over several ranks
 
     def log(self, text: str) -> None:
@@ -193,7 +203,7 @@ def train(config: TrainConfig) -> TrainResult:
     """start -> loaders -> model, EMA and optimizer (resumed) -> steps, each followed by the periodic work (log,
     validate, save), until `train.steps` or a stop request (SIGTERM / SIGINT: the step ends, a checkpoint is saved)."""
     run = start(config)
-    train_loader, val_loader = build_loaders(run)
+    train_loader, val_loaders = build_loaders(run)
     state = build_state(run)
     t = config.train
     metrics = MetricsLog(run.dir, main=run.dist.main, tensorboard=t.tensorboard, step=state.step)
@@ -206,15 +216,15 @@ def train(config: TrainConfig) -> TrainResult:
                 progress.update()
                 finite, episodes = values.pop("finite"), values.pop("episodes")
                 if not finite:
-                    split = train_loader.dataset.prepared.episodes
-                    skipped(run, state, values, sorted({episode_name(split[i]) for i in episodes}))
+                    names = train_loader.dataset.episode_names
+                    skipped(run, state, values, sorted({names[i] for i in episodes}))
                 if state.step % t.log_every == 0 or state.step == t.steps:
                     metrics.record_step(state.step, values, samples_per_step=t.grad_accum * config.data.batch_size)
                     progress.set_postfix(loss=f"{metrics.last['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.steps):
-                    val = {"step": state.step, "val_loss": validate(run, state.net, val_loader)}
+                if val_loaders and (state.step % t.val_every == 0 or state.step == t.steps):
+                    val = {"step": state.step} | validation(run, state.net, val_loaders, "val_loss")
                     if state.ema is not None:
-                        val["val_loss_ema"] = validate(run, state.ema.module, val_loader)
+                        val |= validation(run, state.ema.module, val_loaders, "val_loss_ema")
                     run.log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
                     metrics.record(val)
                 preempted = save_or_stop(run, state, received)
@@ -277,7 +287,7 @@ def stop_requests() -> Iterator[list[int]]:
 
 def start(config: TrainConfig) -> Run:
     model_config = config.validate()
-    t, dataset_dir = config.train, Path(config.data.path)
+    t = config.train
     dist = setup_distributed(t.dist_timeout_s)
     if config.data.batch_size % dist.world:
         raise ConfigError(f"data.batch_size {config.data.batch_size} must divide over {dist.world} ranks")
@@ -294,14 +304,16 @@ def start(config: TrainConfig) -> Run:
         )
     return Run(
         config=config, model_config=model_config, dist=dist, device=pick_device(t.device, dist), dir=Path(t.out_dir),
-        dataset_dir=dataset_dir, spec=read_spec(dataset_dir), tokenizer_path=config.tokenizer_path(),
+        spec=read_spec(config.sources()[0].path), tokenizer_path=config.tokenizer_path(),
         norm_stats_path=config.norm_stats_path(),
         sharded=t.strategy == "fsdp" and dist.world > 1,
     )  # fmt: skip
 
 
-def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
-    """The same transforms as inference, minus the resize done at conversion; each rank loads its share."""
+def build_loaders(run: Run) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The same transforms as inference, minus the resize done at conversion; each rank loads its share. A mixture
+    (data.datasets) draws training batches by weight, each dataset normalised with its own statistics, and is
+    validated dataset by dataset: the val loaders are keyed by dataset name ("" for a single dataset)."""
     config, model_config = run.config, run.model_config
     tokenizer = SentencePieceTokenizer(run.tokenizer_path, max_len=model_config.max_token_len)
     if tokenizer.vocab_size > model_config.vocab_size:
@@ -309,21 +321,29 @@ def build_loaders(run: Run) -> tuple[DataLoader, DataLoader | None]:
             f"data.tokenizer: {tokenizer.vocab_size} pieces, "
             f"more than the model's {model_config.vocab_size}-token vocabulary"
         )
-    norm_stats = normalize.deserialize_json(run.norm_stats_path.read_text())
 
-    def dataset(split: str) -> SoftArmDataset:
-        prepared = PreparedDataset(run.dataset_dir, split)
+    def dataset(path: str, split: str) -> SoftArmDataset:
+        prepared = PreparedDataset(path, split)
+        norm_stats = normalize.deserialize_json(config.norm_stats_path(path).read_text())
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
             num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.spec.action_dim,
         )  # fmt: skip
         return SoftArmDataset(prepared, transform)
 
-    per_rank = config.data.batch_size // run.dist.world
-    train_loader = make_loader(dataset("train"), per_rank, num_workers=config.data.num_workers, seed=config.train.seed)
-    val_set = spread(dataset("val"), config.train.val_batches * config.data.batch_size)
-    val_loader = make_loader(val_set, per_rank, shuffle=False) if len(val_set) >= config.data.batch_size else None
-    return train_loader, val_loader
+    per_rank, sources = config.data.batch_size // run.dist.world, config.sources()
+    parts = [dataset(source.path, "train") for source in sources]
+    mixed = MixtureDataset(parts) if config.data.datasets else parts[0]
+    weights = [source.weight for source in sources] if config.data.datasets else None
+    train_loader = make_loader(mixed, per_rank, num_workers=config.data.num_workers, seed=config.train.seed,
+                               weights=weights)  # fmt: skip
+    val_loaders = {}
+    for source in sources:
+        val_set = spread(dataset(source.path, "val"), config.train.val_batches * config.data.batch_size)
+        if len(val_set) >= config.data.batch_size:
+            name = Path(source.path).name if config.data.datasets else ""
+            val_loaders[name] = make_loader(val_set, per_rank, shuffle=False)
+    return train_loader, val_loaders
 
 
 def build_model(run: Run) -> PI0GraphPytorch:

@@ -60,8 +60,9 @@ def has_lora(model: torch.nn.Module) -> bool:
 
 
 def merged_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Adapters folded into their base weights, under plain names, as CPU copies (each tied weight once, under the
-    name safetensors keeps). `state`: the model's full state dict when the model holds only shards of it (FSDP)."""
+    """Adapters folded into their base weights, under plain names, on the CPU (each tied weight once, under the name
+    safetensors keeps; unadapted CPU weights are the model's own tensors: write them before training goes on).
+    `state`: the model's full state dict when the model holds only shards of it (FSDP)."""
     layers = lora_layers(model)
     aliases = tied_aliases(model)
     state = model.state_dict() if state is None else state
@@ -77,7 +78,7 @@ def merged_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor] | N
                 down, up = (state[f"{module_name}.lora_{x}.{adapter}.weight"].float() for x in "AB")
                 delta = (up.to(down.device) @ down) * layer.scaling[adapter]
                 value = value + (delta.T if layer.fan_in_fan_out else delta).to(value.device, value.dtype)
-        merged[name.replace(".base_layer.", ".")] = value.to("cpu", copy=True)
+        merged[name.replace(".base_layer.", ".")] = value.to("cpu")  # no second copy of CPU weights: 7 GB at π0 size
     return merged
 
 
