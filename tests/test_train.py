@@ -154,8 +154,8 @@ def _rank(rank: int, port: int, prepared: Path, out: Path, strategy: str, steps:
     )
     torch.set_num_threads(1)
     result = train(config(prepared, out, f"train.steps={steps}", "data.batch_size=4", "train.val_every=2",
-                          "train.save_every=100", "train.dist_timeout_s=120", f"train.strategy={strategy}",
-                          *extra))  # fmt: skip
+                          "train.save_every=100", "train.val_batches=2", "train.dist_timeout_s=120",
+                          f"train.strategy={strategy}", *extra))  # fmt: skip
     # numpy copies: tensors would travel as shared-memory handles that die with this process; FSDP ranks hold shards
     state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()} if strategy == "ddp" else {}
     queue.put((rank, state))

@@ -148,14 +148,8 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(prepared: Path, tmp_
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert f"resumed from {run / 'checkpoints' / stopped[0]} at step {stopped[0]}" in finished.stdout
-    # the uninterrupted run is the same command in a fresh process too: a process that ran other work (threads,
-    # compiled kernels) may round differently
-    straight = tmp_path / "straight"
-    uninterrupted_run = subprocess.run([c.replace(str(run), str(straight)) for c in command], capture_output=True,
-                                       text=True, timeout=300)  # fmt: skip
-    assert uninterrupted_run.returncode == 0, uninterrupted_run.stderr
-    resumed, uninterrupted = saved(run, 12), saved(straight, 12)
-    assert all(torch.equal(v, uninterrupted[k]) for k, v in resumed.items())
+    # that the resumed run ends where an uninterrupted one does: test_resume_is_exact (in process) and
+    # tests/test_torchrun.py (a signalled job against an uninterrupted one)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps[-1] == 12
 
