@@ -73,6 +73,11 @@ class DatasetEntry:
     path: str
     weight: float = 1.0
 
+    @property
+    def name(self) -> str:
+        """What metrics (`val_loss/NAME`) and episode names call it: its directory's name."""
+        return Path(self.path).name
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
@@ -193,7 +198,7 @@ class TrainConfig:
         """The arm the datasets share; a missing dataset, a bad weight or another arm is an error naming it."""
         if self.data.path and self.data.datasets:
             raise ConfigError("data.path and data.datasets: give one (data.datasets lists every dataset)")
-        names = [Path(entry.path).name for entry in self.data.datasets]
+        names = [entry.name for entry in self.data.datasets]
         if twice := sorted({name for name in names if names.count(name) > 1}):
             raise ConfigError(f"data.datasets: two datasets in directories named {twice[0]!r}; metrics and episodes "
                               "are named after the directory: give them distinct names")  # fmt: skip

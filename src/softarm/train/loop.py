@@ -159,7 +159,7 @@ def validation(run: Run, model: torch.nn.Module, loaders: dict[str, DataLoader],
     if list(loaders) == [""]:
         return {key: validate(run, model, loaders[""])}
     losses = {f"{key}/{name}": validate(run, model, loader) for name, loader in loaders.items()}
-    weights = {Path(s.path).name: s.weight for s in run.config.sources()}
+    weights = {source.name: source.weight for source in run.config.sources()}
     total = sum(weights[name] for name in loaders)
     return {key: sum(weights[name] * losses[f"{key}/{name}"] for name in loaders) / total} | losses
 
@@ -341,8 +341,7 @@ def build_loaders(run: Run) -> tuple[DataLoader, dict[str, DataLoader]]:
     for source in sources:
         val_set = spread(dataset(source.path, "val"), config.train.val_batches * config.data.batch_size)
         if len(val_set) >= config.data.batch_size:
-            name = Path(source.path).name if config.data.datasets else ""
-            val_loaders[name] = make_loader(val_set, per_rank, shuffle=False)
+            val_loaders[source.name if config.data.datasets else ""] = make_loader(val_set, per_rank, shuffle=False)
     return train_loader, val_loaders
 
 
