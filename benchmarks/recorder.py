@@ -11,6 +11,8 @@ Frames are camera-like (a moving disc on a gradient, with sensor noise), generat
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+import contextlib
 import os
 from pathlib import Path
 import tempfile
@@ -35,6 +37,21 @@ def camera_frames(count: int, seed: int, height: int = 480, width: int = 640) ->
     return out
 
 
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """One core, as a rig's recording process gets. The cores are given back after: the scripts' smoke test runs this
+    in the test process, whose later tests and their children would otherwise all share one core."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150, help="recorded steps per compression (5 s at 30 Hz)")
@@ -43,8 +60,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.steps = 3
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as a rig's recording process gets
     distinct = min(args.steps, 30)
     cameras = {name: camera_frames(distinct, seed) for seed, name in enumerate(("base", "side", "tip"))}
     rng = np.random.default_rng(0)
@@ -53,7 +68,7 @@ def main() -> None:
     print(f"{args.steps} steps of 3 cameras 480x640 + graph [10, 19] + 10 commands + 10 pressures, one core")
     print("| compression | steps/s | vs the rig's rate | MB per step on disk | memory after / before (MB) |")
     print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
+    with one_core(), tempfile.TemporaryDirectory() as tmp:
         for compression in COMPRESSIONS:
             path = Path(tmp) / f"{compression}.h5"
             before = process.memory_info().rss / 2**20

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import runpy
 import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 OWN_PROCESS = {"benchmarks/serving.py", "benchmarks/full_size_cpu.py"}  # their robot side must not import torch
@@ -60,6 +62,9 @@ def test_script_runs_in_smoke_mode(
     else:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(sys, "argv", [script, "--smoke", *args])
+        cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
         runpy.run_path(str(ROOT / script), run_name="__main__")
         out = capsys.readouterr().out
+        # run in this process, a script must leave it as it found it: pinned to one core, every later test ran 2x slower
+        assert (os.sched_getaffinity(0), torch.get_num_threads()) == (cores, threads), script
     assert expected in out, out[-2000:]
