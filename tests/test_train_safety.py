@@ -122,7 +122,9 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(
                                                    r"kept, checkpoint 2 is intact"):  # fmt: skip
         train(config(prepared, run, "train.steps=4", "train.save_every=2"))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]  # no tmp_4 for anyone to pick up
-    assert all(torch.equal(v, saved(run, 2)[k]) for k, v in before.items())
+    after = saved(run, 2)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
     monkeypatch.setattr(ckpt.torch, "save", original)
     assert train(config(prepared, run, "train.steps=4", "train.save_every=2")).metrics["step"] == 4  # resumes
 

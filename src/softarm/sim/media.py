@@ -42,6 +42,6 @@ def save_rollout_gif(path: Path, rollouts: Sequence, cameras: Sequence[str], *, 
             text = f"seed {rollout.spec.seed}  t={t / fps:.1f}s  err {1000 * rollout.errors[t]:.0f} mm  ({outcome})"
             draw.rectangle((0, 0, image.width, 14), fill=(0, 0, 0))
             draw.text((4, 1), text, fill=(255, 255, 255))
-            frames.append(image.quantize(colors=128))
+            frames.append(image.quantize(colors=128, method=Image.Quantize.FASTOCTREE))  # median cut: 10-100x slower
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     return path
