@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -148,49 +149,67 @@ def test_lora_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
         train(config(prepared, tmp_path / "straight", "train.steps=6", *common[:-2], "lora.rank=2"))
 
 
-def _rank(rank: int, port: int, prepared: Path, out: Path, strategy: str, steps: int, extra: tuple, queue) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
-    )
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One two-rank training run."""
+
+    out: Path
+    strategy: str
+    steps: int = 3
+    extra: tuple = NO_EMA
+
+
+def _rank(rank: int, prepared: Path, jobs: list[Job], ports: list[int], queue) -> None:
+    """Each job in turn in this rank's process: a spawned rank's ~10 s of imports is paid once for all of them."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    result = train(config(prepared, out, f"train.steps={steps}", "data.batch_size=4", "train.val_every=2",
-                          "train.save_every=100", "train.val_batches=2", "train.dist_timeout_s=120",
-                          f"train.strategy={strategy}", *extra))  # fmt: skip
-    # numpy copies: tensors would travel as shared-memory handles that die with this process; FSDP ranks hold shards
-    state = {k: v.detach().cpu().numpy() for k, v in result.model.state_dict().items()} if strategy == "ddp" else {}
-    queue.put((rank, state))
+    states = []
+    for job, port in zip(jobs, ports, strict=True):
+        os.environ["MASTER_PORT"] = str(port)  # a fresh rendezvous per job
+        result = train(config(prepared, job.out, f"train.steps={job.steps}", "data.batch_size=4", "train.val_every=2",
+                              "train.save_every=100", "train.val_batches=2", "train.dist_timeout_s=120",
+                              f"train.strategy={job.strategy}", *job.extra))  # fmt: skip
+        # numpy copies: tensors would travel as shared-memory handles that die with this process; FSDP ranks hold shards
+        model = result.model.state_dict() if job.strategy == "ddp" else {}
+        states.append({k: v.detach().cpu().numpy() for k, v in model.items()})
+    queue.put((rank, states))
 
 
-def run_two_ranks(prepared: Path, out: Path, strategy: str, steps: int = 3, extra: tuple = NO_EMA) -> dict[int, dict]:
-    with socket.socket() as s:
+def run_two_ranks(prepared: Path, *jobs: Job) -> list[dict[int, dict]]:
+    """Run the jobs one after another on two spawned gloo ranks; per job, each rank's final weights (DDP only)."""
+    sockets = [socket.socket() for _ in jobs]
+    for s in sockets:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    args = (port, prepared, out, strategy, steps, extra, queue)
-    procs = [ctx.Process(target=_rank, args=(r, *args), daemon=True) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, prepared, list(jobs), ports, queue), daemon=True) for r in range(2)]
     for p in procs:
         p.start()
     try:
-        states = dict(queue.get(timeout=240) for _ in procs)
+        states = dict(queue.get(timeout=120 + 120 * len(jobs)) for _ in procs)
     finally:  # a rank that died must not leave the other waiting in a collective, nor pytest waiting for it
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.terminate()
     assert [p.exitcode for p in procs] == [0, 0]
-    return states
+    return [{rank: states[rank][i] for rank in states} for i in range(len(jobs))]
 
 
 @pytest.fixture(scope="module")
-def ddp_run(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
-    """Two DDP ranks trained 3 steps: the run directory and each rank's final weights."""
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    return out, run_two_ranks(prepared, out, "ddp", extra=EMA)
+def two_rank_runs(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[int, dict]]:
+    """Two DDP ranks and two FSDP ranks trained 3 steps with EMA: the two run directories and each DDP rank's final
+    weights."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    ddp, _ = run_two_ranks(prepared, Job(root / "ddp", "ddp", extra=EMA), Job(root / "fsdp", "fsdp", extra=EMA))
+    return root / "ddp", root / "fsdp", ddp
 
 
-def test_two_rank_ddp_keeps_ranks_identical(ddp_run: tuple[Path, dict[int, dict]]) -> None:
-    run, states = ddp_run
+def test_two_rank_ddp_keeps_ranks_identical(two_rank_runs: tuple[Path, Path, dict[int, dict]]) -> None:
+    run, _, states = two_rank_runs
     final = load_model(run / "checkpoints" / "3")  # what rank 0 saved at the last step
     changed = 0
     saved = final.state_dict()
@@ -201,26 +220,23 @@ def test_two_rank_ddp_keeps_ranks_identical(ddp_run: tuple[Path, dict[int, dict]
     assert changed > 100
 
 
-def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
-    prepared: Path, tmp_path: Path, ddp_run: tuple[Path, dict[int, dict]]
-) -> None:
-    ddp_dir = ddp_run[0]
-    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", extra=EMA)
+def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(two_rank_runs: tuple[Path, Path, dict]) -> None:
+    ddp_dir, fsdp_dir, _ = two_rank_runs
     for name in ("model.safetensors", "ema.safetensors"):  # the EMA copy is sharded, averaged and gathered too
         expected = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / name))
-        written = safetensors.torch.load_file(str(tmp_path / "fsdp" / "checkpoints" / "3" / name))
+        written = safetensors.torch.load_file(str(fsdp_dir / "checkpoints" / "3" / name))
         assert written.keys() == expected.keys(), name
         for key, value in expected.items():
             torch.testing.assert_close(written[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
     ddp = safetensors.torch.load_file(str(ddp_dir / "checkpoints" / "3" / "model.safetensors"))
-    sharded = load_model(tmp_path / "fsdp" / "checkpoints" / "3").state_dict()  # a full, plain model
-    written = safetensors.torch.load_file(str(tmp_path / "fsdp" / "checkpoints" / "3" / "model.safetensors"))
+    sharded = load_model(fsdp_dir / "checkpoints" / "3").state_dict()  # a full, plain model
+    written = safetensors.torch.load_file(str(fsdp_dir / "checkpoints" / "3" / "model.safetensors"))
     for key, value in ddp.items():  # same data, same math; only the order of the reductions differs
         torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert written.keys() == ddp.keys()  # every tensor in full, under its plain name
-    optimizer = torch.load(tmp_path / "fsdp" / "checkpoints" / "3" / "optimizer.pt", weights_only=False)
+    optimizer = torch.load(fsdp_dir / "checkpoints" / "3" / "optimizer.pt", weights_only=False)
     assert "graph_encoder.node_proj.weight" in optimizer["state"]  # unsharded AdamW state, keyed by name
-    records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (fsdp_dir / "metrics.jsonl").read_text().splitlines()]
     val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     ddp_val = {
         r["step"]: r["val_loss"]
@@ -233,9 +249,12 @@ def test_two_rank_fsdp_trains_like_ddp_and_saves_full_weights(
 
 def test_two_rank_fsdp_with_lora_and_ema_trains_and_resumes_like_ddp(prepared: Path, tmp_path: Path) -> None:
     extra = (*EMA, *LORA)  # adapters load before sharding on resume, as without FSDP (test_lora_resume_is_exact)
-    run_two_ranks(prepared, tmp_path / "ddp", "ddp", extra=extra)
-    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", steps=2, extra=extra)
-    run_two_ranks(prepared, tmp_path / "fsdp", "fsdp", extra=extra)  # resumes model, EMA, optimizer, data at 2
+    run_two_ranks(
+        prepared,
+        Job(tmp_path / "ddp", "ddp", extra=extra),
+        Job(tmp_path / "fsdp", "fsdp", steps=2, extra=extra),
+        Job(tmp_path / "fsdp", "fsdp", extra=extra),  # resumes model, EMA, optimizer, data at 2
+    )
     records = [json.loads(line) for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 3]  # logged at each run's last step
     ddp, fsdp = (tmp_path / name / "checkpoints" / "3" for name in ("ddp", "fsdp"))
