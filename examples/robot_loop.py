@@ -12,6 +12,10 @@ their columns), state and prompt, and `apply(action)` sends one command per actu
 chunk from a background thread while the arm executes the current one, sending the current chunk's unexecuted
 actions and the expected delay (`prev_actions`, `delay`: the measured round trip in control steps), and switches
 to the new chunk at the step the arm has reached; `--no-rtc` leaves the two keys out (plain asynchronous switching).
+
+A policy with proprioceptive history (the server's metadata: `history.steps` > 1) reads the last few control steps'
+graphs: the loop keeps them (`GraphHistory`, fed at every control step, not only when it asks for a chunk) and sends
+the window with each request.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from softarm.data.raw import read_episode
 from softarm.execution import ChunkExecutor
+from softarm.history import GraphHistory, HistorySpec
 
 
 class EpisodeReplay:
@@ -111,9 +116,14 @@ def run(
     else:
         broker = ActionChunkBroker(client, action_horizon=replan)  # execute `replan` steps of each chunk, re-plan
         policy = lambda observation: broker.infer(observation)["actions"]  # noqa: E731
+    history = GraphHistory(HistorySpec(**meta["history"])) if meta.get("history", {}).get("steps", 1) > 1 else None
     for _ in range(steps):
         tick = time.monotonic()
-        arm.apply(policy(arm.observation()))
+        observation = arm.observation()
+        if history is not None:
+            history.push(observation["graph_nodes"])
+            observation |= history.request_fields()
+        arm.apply(policy(observation))
         if realtime:
             time.sleep(max(0.0, period - (time.monotonic() - tick)))
     recorded = arm.episode.actions[: len(arm.commands)]

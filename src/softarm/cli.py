@@ -45,9 +45,12 @@ def describe_arm(path: Path) -> list[str]:
         f"  not measured (fed as 0): {', '.join(spec.layout.unmeasured) or 'none'}",
     ]
     if not (path / layout.META_FILE).is_file() and (path / layout.CONFIG_FILE).is_file():
-        ignored = [n for n in json.loads((path / layout.CONFIG_FILE).read_text()).get("ignored_features") or []
-                   if n in measured]  # fmt: skip
+        config = json.loads((path / layout.CONFIG_FILE).read_text())
+        ignored = [n for n in config.get("ignored_features") or [] if n in measured]
         lines.append(f"  measured, ignored by the model (ignored_features): {', '.join(ignored) or 'none'}")
+        steps, stride, mode = (config.get(f"history_{k}") for k in ("steps", "stride", "mode"))
+        history = f"the last {steps} control steps, {stride} apart ({mode})" if (steps or 1) > 1 else "none"
+        lines.append(f"  graph history read by the model: {history}")
     return lines
 
 

@@ -3,18 +3,30 @@
 Attention over the nodes is biased by hop distance on the arm's graph (GET-Zero / Body Transformer style):
 plain message passing along morphology edges did not help in the literature, attention with a graph prior did.
 Each head starts with its own locality (an ALiBi-like slope per hop), and the biases are learned from there.
+
+With history (`history_steps` K > 1, `softarm.history`) the nodes are [B, K, N, F], oldest step first, and a mask
+[B, K] says which steps are real (False before the episode's start). Two ways in:
+- ``attend``: every step's node tokens, with a learned step embedding, attend to each other under the hop bias plus
+  a learned per-head bias over the time lag; masked steps are not attended to. The current step's tokens come out.
+- ``stack``: each node's K steps side by side into the node projection (a linear temporal encoder in front);
+  masked steps hold the repeated first step the window gives them.
+Either way the output is the current step's N tokens: what follows the encoder does not change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+from typing import Literal
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from softarm import arm
+
+HistoryMode = Literal["attend", "stack"]
+HISTORY_MODES: tuple[str, ...] = ("attend", "stack")
 
 
 @dataclasses.dataclass
@@ -56,24 +68,37 @@ class GraphEncoder(nn.Module):
         num_heads: int = 4,
         embedding_dim: int | None = 32,
         ignored_features: Sequence[int] = (),
+        history_steps: int = 1,
+        history_mode: HistoryMode = "attend",
     ) -> None:
         super().__init__()
+        if history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {history_mode!r}")
         self.num_nodes = num_nodes
         self.node_features = node_features
+        self.history_steps, self.history_mode = history_steps, history_mode
+        stacked = history_steps if history_mode == "stack" else 1
         # Features the encoder does not read are zeroed before it sees them (training and serving alike).
         mask = torch.ones(node_features)
         mask[list(ignored_features)] = 0.0
-        self.register_buffer("feature_mask", mask, persistent=False)
+        self.register_buffer("feature_mask", mask.repeat(stacked), persistent=False)
         edges = arm.chain_edges(num_nodes) if edges is None else arm.validate_edges(num_nodes, edges)
         hops = torch.as_tensor(arm.hop_distances(num_nodes, edges))
         self.register_buffer("hops", hops, persistent=False)
 
-        self.node_proj = nn.Linear(node_features, width)
+        self.node_proj = nn.Linear(node_features * stacked, width)
         self.node_embedding = nn.Parameter(torch.randn(num_nodes, width) * 0.02)
         # One learned bias per (layer, head, hop count); bucket `num_nodes` is "unreachable".
         slopes = 2.0 ** -torch.arange(1, num_heads + 1, dtype=torch.float32)
         hop_values = torch.arange(num_nodes + 1, dtype=torch.float32)
         self.hop_bias = nn.Parameter((-slopes[:, None] * hop_values[None, :]).repeat(depth, 1, 1))
+        if history_steps > 1 and history_mode == "attend":
+            # which step a token is from, and per (layer, head, lag) a bias that starts as a preference for recent steps
+            self.step_embedding = nn.Parameter(torch.zeros(history_steps, width))
+            lags = torch.arange(history_steps, dtype=torch.float32)
+            self.lag_bias = nn.Parameter((-slopes[:, None] * lags[None, :]).repeat(depth, 1, 1))
+            lag = (torch.arange(history_steps)[:, None] - torch.arange(history_steps)[None, :]).abs()
+            self.register_buffer("lags", lag, persistent=False)
         self.layers = nn.ModuleList(GraphAttentionLayer(width, num_heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         # Flattening keeps which node said what; the graph is small and fixed.
@@ -82,13 +107,23 @@ class GraphEncoder(nn.Module):
         # has checked already, so training and the policy turn it off. Direct callers keep it.
         self.check_finite = True
 
-    def check_nodes(self, nodes: torch.Tensor) -> None:
-        """Raise ValueError unless `nodes` is a finite float [B, num_nodes, node_features] tensor."""
+    def check_nodes(self, nodes: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Raise ValueError unless `nodes` is a finite float [B, (K steps,) num_nodes, node_features] tensor and `mask`
+        None or bool [B, K] with the current (last) step True."""
         expected = (self.num_nodes, self.node_features)
-        if nodes.ndim != 3 or tuple(nodes.shape[1:]) != expected:
+        steps = (self.history_steps,) if self.history_steps > 1 else ()
+        if nodes.ndim != 3 + len(steps) or tuple(nodes.shape[1:]) != (*steps, *expected):
+            what = f"{steps[0]} steps, " if steps else ""
             raise ValueError(
-                f"graph nodes must have shape [batch, {expected[0]} nodes, {expected[1]} features], "
+                f"graph nodes must have shape [batch, {what}{expected[0]} nodes, {expected[1]} features], "
                 f"got {list(nodes.shape)}"
+            )
+        shaped = mask is None or (steps and mask.dtype == torch.bool and tuple(mask.shape) == (nodes.shape[0], *steps))
+        # the current step's flag is read back to the host (a sync), like the finite check below
+        if not shaped or (mask is not None and self.check_finite and not bool(mask[:, -1].all())):
+            raise ValueError(
+                f"the history mask must be bool [batch, {self.history_steps}] with the current step True, got "
+                f"{mask.dtype} {list(mask.shape)}"
             )
         if not nodes.is_floating_point():
             raise ValueError(f"graph nodes must be a floating-point tensor, got {nodes.dtype}")
@@ -96,14 +131,37 @@ class GraphEncoder(nn.Module):
             return
         finite = torch.isfinite(nodes)
         if not bool(finite.all()):
-            b, n, f = (int(i) for i in (~finite).nonzero()[0])
-            raise ValueError(f"graph nodes contain NaN or Inf (first at batch {b}, node {n}, feature {f})")
+            where = [int(i) for i in (~finite).nonzero()[0]]
+            names = ("batch", "step", "node", "feature") if steps else ("batch", "node", "feature")
+            at = ", ".join(f"{name} {i}" for name, i in zip(names, where, strict=True))
+            raise ValueError(f"graph nodes contain NaN or Inf (first at {at})")
 
-    def forward(self, nodes: torch.Tensor) -> GraphEncoding:
-        self.check_nodes(nodes)
-        x = self.node_proj(nodes.to(self.node_proj.weight.dtype) * self.feature_mask) + self.node_embedding
-        for layer, bias in zip(self.layers, self.hop_bias, strict=True):
-            x = layer(x, bias[:, self.hops])
+    def forward(self, nodes: torch.Tensor, mask: torch.Tensor | None = None) -> GraphEncoding:
+        """nodes [B, N, F], or [B, K, N, F] oldest step first with history; mask [B, K] (None: every step real)."""
+        self.check_nodes(nodes, mask)
+        nodes = nodes.to(self.node_proj.weight.dtype)
+        if self.history_steps > 1 and self.history_mode == "stack":
+            nodes = nodes.transpose(1, 2).flatten(2)  # [B, N, K * F]: each node's steps side by side
+        x = self.node_proj(nodes * self.feature_mask) + self.node_embedding
+        if nodes.ndim == 4:
+            x = self._attend_over_steps(x, mask)
+        else:
+            for layer, bias in zip(self.layers, self.hop_bias, strict=True):
+                x = layer(x, bias[:, self.hops])
         tokens = self.norm(x)
         embedding = self.readout(tokens.flatten(1)) if self.readout is not None else None
         return GraphEncoding(tokens=tokens, embedding=embedding)
+
+    def _attend_over_steps(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, K, N, D] node tokens of K steps -> the current step's [B, N, D], all K * N tokens attending together."""
+        batch, steps, nodes, width = x.shape
+        x = (x + self.step_embedding[:, None, :]).reshape(batch, steps * nodes, width)
+        hidden = None
+        if mask is not None:  # keys of steps before the episode's start are not attended to
+            hidden = (~mask).repeat_interleave(nodes, dim=1)[:, None, None, :] * torch.finfo(x.dtype).min
+        for layer, hop_bias, lag_bias in zip(self.layers, self.hop_bias, self.lag_bias, strict=True):
+            # [H, K, N, K, N]: the hop bias between the two nodes plus the lag bias between the two steps
+            bias = hop_bias[:, self.hops][:, None, :, None, :] + lag_bias[:, self.lags][:, :, None, :, None]
+            bias = bias.reshape(-1, steps * nodes, steps * nodes)
+            x = layer(x, bias if hidden is None else bias + hidden)
+        return x[:, -nodes:]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 # the graph tensor's one name: raw episode field, prepared array, norm stats key, request key, model input
 GRAPH_NODES = "graph_nodes"
+# with history (softarm.history): which steps of graph_nodes [K, N, F] are real; request key and model input
+GRAPH_HISTORY_MASK = "graph_history_mask"
 
 # prepared dataset (`softarm convert`)
 FORMAT_VERSION = 3  # 3: meta.json says which node features are measured, and the edges; 2: graph_nodes (was nodes)

@@ -81,6 +81,8 @@ class PI0GraphPytorch(PI0Pytorch):
                 i for i, name in enumerate(config.feature_names)
                 if name not in config.measured_features or name in config.ignored_features
             ],
+            history_steps=config.history_steps,
+            history_mode=config.history_mode,
         )  # fmt: skip
         if config.fusion == "state":
             self.graph_state_gate = nn.Parameter(torch.zeros(config.action_dim))
@@ -94,13 +96,15 @@ class PI0GraphPytorch(PI0Pytorch):
     def _call_inputs(
         self,
         graph_nodes: torch.Tensor | None,
+        graph_mask: torch.Tensor | None = None,
         prefix: ActionPrefix | None = None,
         clean_tokens: torch.Tensor | None = None,
     ) -> Iterator[None]:
-        """Encode the graph once per call and make it, the previous chunk (for denoise_step) and the action tokens
-        given clean ([B, H] bool, for embed_suffix) visible to the hooks during that call. One context manager:
-        torch.compile traces one, not several nested."""
-        self._graph = None if graph_nodes is None or self.config.fusion == "none" else self.graph_encoder(graph_nodes)
+        """Encode the graph (and its history mask) once per call and make it, the previous chunk (for denoise_step)
+        and the action tokens given clean ([B, H] bool, for embed_suffix) visible to the hooks during that call. One
+        context manager: torch.compile traces one, not several nested."""
+        skip = graph_nodes is None or self.config.fusion == "none"
+        self._graph = None if skip else self.graph_encoder(graph_nodes, graph_mask)
         self._prefix, self._clean_tokens = prefix, clean_tokens
         try:
             yield
@@ -148,21 +152,30 @@ class PI0GraphPytorch(PI0Pytorch):
     def _preprocess_observation(self, observation, *, train=True):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
 
-    def forward(self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None) -> torch.Tensor:
-        """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in. `delay` [B]
-        (training-time RTC): the first delay[b] action tokens of sample b are given clean, at flow time 0; their
-        loss is not meaningful and the caller leaves it out."""
+    def forward(
+        self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None, graph_mask=None
+    ) -> torch.Tensor:
+        """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in (with history:
+        [B, K, N, F] and `graph_mask` [B, K]). `delay` [B] (training-time RTC): the first delay[b] action tokens of
+        sample b are given clean, at flow time 0; their loss is not meaningful and the caller leaves it out."""
         clean = None
         if delay is not None:
             clean = torch.arange(actions.shape[1], device=actions.device) < delay[:, None]
             noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise
             noise = torch.where(clean[:, :, None], actions, noise)  # x_t = actions there, whatever t is
-        with self._call_inputs(graph_nodes, clean_tokens=clean):
+        with self._call_inputs(graph_nodes, graph_mask, clean_tokens=clean):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
     def sample_actions(
-        self, device, observation, graph_nodes=None, noise=None, num_steps=10, prefix: ActionPrefix | None = None
+        self,
+        device,
+        observation,
+        graph_nodes=None,
+        noise=None,
+        num_steps=10,
+        prefix: ActionPrefix | None = None,
+        graph_mask=None,
     ) -> torch.Tensor:
         """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in. With `prefix`
         (the previous chunk), real-time chunking: a model trained for the delay starts its committed steps at the
@@ -172,7 +185,7 @@ class PI0GraphPytorch(PI0Pytorch):
             noise = self.sample_noise(shape, device) if noise is None else noise
             clean = prefix.clean_tokens()
             noise = torch.where(clean[:, :, None], prefix.actions.to(noise.dtype), noise)
-        with self._call_inputs(graph_nodes, prefix):
+        with self._call_inputs(graph_nodes, graph_mask, prefix):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def denoise_step(self, state, prefix_pad_masks, past_key_values, x_t, timestep):

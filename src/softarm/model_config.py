@@ -8,6 +8,8 @@ from typing import Any, Literal
 from openpi.models import pi0_config
 
 from softarm import arm, rtc
+from softarm.graph_encoder import HISTORY_MODES, HistoryMode
+from softarm.history import HistorySpec
 from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE
 from softarm.vision import VisionSpec
 
@@ -44,6 +46,11 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     rtc_max_guidance_weight: float = 5.0
     rtc_schedule: str = "exp"
     rtc_max_delay: int = 0
+    # Proprioceptive history (softarm.history): the graph over the current and `history_steps - 1` past control
+    # steps, `history_stride` steps apart, read by the graph encoder as `history_mode` says; 1 = no history.
+    history_steps: int = 1
+    history_stride: int = 1
+    history_mode: HistoryMode = "attend"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,10 +82,19 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
             raise ValueError(f"rtc_max_guidance_weight must be >= 0, got {self.rtc_max_guidance_weight}")
         if not 0 <= self.rtc_max_delay < self.action_horizon:
             raise ValueError(f"rtc_max_delay must be in 0..{self.action_horizon - 1}, got {self.rtc_max_delay}")
+        HistorySpec(self.history_steps, self.history_stride)  # checks both
+        if self.history_mode not in HISTORY_MODES:
+            raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
+        if self.history_steps > 1 and self.fusion == "none":
+            raise ValueError("history_steps > 1 reads past graph steps; fusion 'none' reads no graph")
         if self.action_dim != 32:
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
             )
+
+    @property
+    def history(self) -> HistorySpec:
+        return HistorySpec(self.history_steps, self.history_stride)
 
     @property
     def node_layout(self) -> arm.NodeLayout:

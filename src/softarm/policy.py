@@ -24,6 +24,7 @@ from softarm.data.loader import to_device
 from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import input_transform, output_transform
+from softarm.history import HistorySpec
 from softarm.model import PI0GraphPytorch
 from softarm.rtc import ActionPrefix
 from softarm.weights import load_model
@@ -74,7 +75,7 @@ class SoftArmPolicy:
         self.noise_scale = checked_noise_scale(noise_scale)
         self._inputs = input_transform(
             spec.cameras, norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
-            layout=config.node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim,
+            layout=config.node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim, history=config.history,
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec.action_dim)
         self.compile_mode = compile_mode(compile, self.device)
@@ -129,6 +130,11 @@ class SoftArmPolicy:
                 "ignored_features": list(config.ignored_features),  # accepted in requests, not read
             },
             "fusion": config.fusion,
+            # proprioceptive history: with steps > 1 a request's graph_nodes are [steps, num_nodes, F], the last
+            # `steps` control steps `stride` apart, oldest first, and "graph_history_mask" [steps] may say which are
+            # before the episode's start. The robot keeps the window (softarm.history.GraphHistory, fed every control
+            # step): only it sees every step, the server sees those it is asked to act on.
+            "history": {"steps": config.history_steps, "stride": config.history_stride},
             "pi05": config.pi05,
             "noise_scale": self.noise_scale,  # of the flow's starting noise: 0 = deterministic sampling
             # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
@@ -141,8 +147,14 @@ class SoftArmPolicy:
             },
         }
 
+    @property
+    def history(self) -> HistorySpec:
+        """The graph history this policy reads: a request's graph_nodes window (1 step: no history)."""
+        return self.model.config.history
+
     def infer(self, observation: dict, prev_actions=None, delay: int = 0) -> dict:
-        """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F], "prompt": str, "state"?: [S],
+        """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F] (with history [K, N, F] and
+        "graph_history_mask"?: [K]), "prompt": str, "state"?: [S],
         "graph_features"?: [F names], "prev_actions"?: [L, A], "delay"?: int} (see SoftArmInputs for the columns
         graph_nodes may have). `prev_actions` / `delay` may also be given as arguments."""
         if prev_actions is not None:
@@ -152,7 +164,7 @@ class SoftArmPolicy:
     def prepare(self, observation: dict) -> dict:
         """Validate and transform one observation (ValueError naming the key if malformed); no model work, so a
         server can answer a bad request without waiting for the model."""
-        keys = ("images", "graph_nodes", "graph_features", "prompt", "state")
+        keys = ("images", layout.GRAPH_NODES, layout.GRAPH_HISTORY_MASK, "graph_features", "prompt", "state")
         inputs = {k: v for k, v in observation.items() if k in keys}
         overlap, delay = self._previous_chunk(observation)
         if overlap:  # normalised and padded to 32 dims by the training chain, then to the chunk's length
@@ -194,9 +206,10 @@ class SoftArmPolicy:
         """Run inference on a blank observation of the served shapes so that compilation (and CUDA's lazy set-up)
         happens now, not on the robot's first request; the RNG streams are left as they were. Returns seconds."""
         side, spec, measured = layout.IMAGE_SIZE, self.spec, self.model.config.node_layout.measured
+        window = (self.history.steps,) if self.history.steps > 1 else ()
         observation = {
             "images": {cam: np.zeros((side, side, 3), np.uint8) for cam in spec.present_cameras.values()},
-            "graph_nodes": np.zeros((self.model.config.num_nodes, len(measured)), np.float32),
+            "graph_nodes": np.zeros((*window, self.model.config.num_nodes, len(measured)), np.float32),
             "prompt": "warm up",
             **({"state": np.zeros(spec.state_dim, np.float32)} if spec.state_dim else {}),
         }
@@ -221,7 +234,7 @@ class SoftArmPolicy:
         with torch.inference_mode(not guided):  # guidance differentiates through the action expert
             actions = sample(
                 self.device, batch.observation, graph_nodes=batch.graph_nodes, noise=noise, num_steps=self.num_steps,
-                prefix=prefix,
+                prefix=prefix, graph_mask=batch.graph_mask,
             )  # fmt: skip
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

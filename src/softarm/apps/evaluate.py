@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from softarm.execution import ENSEMBLE_DECAY, EXECUTIONS, ChunkExecutor, delay_steps
-from softarm.layout import EVAL_FILE
+from softarm.history import NO_HISTORY, GraphHistory
+from softarm.layout import EVAL_FILE, GRAPH_NODES
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import CONTROL_HZ, SoftArmEnv
@@ -63,11 +64,16 @@ class ModelAgent:
         self.executor = ChunkExecutor(replan, execution, decay)
         self.infer_ms: list[float] = []
         self.pending: tuple[int, np.ndarray] | None = None  # (arrival step, chunk)
+        # a policy reading past graph steps gets every control step's graph, as a robot would feed it
+        history = getattr(policy, "history", NO_HISTORY)  # any object with `infer` is a policy; most read one step
+        self.history = GraphHistory(history) if history.steps > 1 else None
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
         self.executor.reset(spec.initial_command)
         self.pending = None
+        if self.history is not None:
+            self.history.reset()
 
     @property
     def switches(self) -> list[int]:
@@ -84,7 +90,11 @@ class ModelAgent:
 
     def act(self, observation: dict) -> np.ndarray:
         executor = self.executor
+        if self.history is not None:
+            self.history.push(observation[GRAPH_NODES])
         if executor.wants_request(self.delay):
+            if self.history is not None:
+                observation = {**observation, **self.history.request_fields()}
             result = self.policy.infer(observation, **executor.request(self.delay))
             self.infer_ms.append(result["policy_timing"]["infer_ms"])
             self.pending = (executor.step + self.delay, np.asarray(result["actions"]))

@@ -18,15 +18,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from softarm import openpi_compat
 from softarm.data.prepared import PreparedDataset, episode_name
-from softarm.layout import GRAPH_NODES, IMAGE_SLOTS
+from softarm.history import NO_HISTORY, HistorySpec
+from softarm.layout import GRAPH_HISTORY_MASK, GRAPH_NODES, IMAGE_SLOTS
 
 
 class SoftArmDataset(Dataset):
-    """Prepared frames through an input transform built with `prepared_cameras(...)` and `resize=False`."""
+    """Prepared frames through an input transform built with `prepared_cameras(...)` and `resize=False`; with
+    `history` (more than one step) each sample's graph is its history window and its mask."""
 
-    def __init__(self, prepared: PreparedDataset, transform) -> None:
+    def __init__(self, prepared: PreparedDataset, transform, history: HistorySpec = NO_HISTORY) -> None:
         self.prepared = prepared
         self.transform = transform
+        self.history = history
         self.state_dim = prepared.spec.state_dim or 0
 
     def __len__(self) -> int:
@@ -40,6 +43,8 @@ class SoftArmDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.prepared[index]
         fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}
+        if self.history.steps > 1:
+            fields[GRAPH_NODES], fields[GRAPH_HISTORY_MASK] = self.prepared.graph_window(index, self.history)
         item = self.transform(fields | {"state": sample.state[: self.state_dim]})
         return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
 
@@ -208,7 +213,8 @@ def make_loader(
 @dataclasses.dataclass
 class Batch:
     observation: Observation
-    graph_nodes: torch.Tensor  # [B, N, F], normalised
+    graph_nodes: torch.Tensor  # [B, N, F], normalised; with history [B, K, N, F], oldest step first
+    graph_mask: torch.Tensor | None = None  # [B, K] with history: False for steps before the episode's start
     # Training targets; None at inference.
     actions: torch.Tensor | None = None  # [B, H, 32], normalised, zero-padded dims
     action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
@@ -248,6 +254,7 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
     return Batch(
         observation=observation_from_batch(batch),
         graph_nodes=batch[GRAPH_NODES],
+        graph_mask=batch.get(GRAPH_HISTORY_MASK),
         actions=batch["actions"].float() if "actions" in batch else None,
         action_is_pad=batch.get("action_is_pad"),
         action_dim_mask=batch.get("action_dim_mask"),

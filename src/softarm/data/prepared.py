@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from softarm.data.spec import read_meta
+from softarm.history import HistorySpec
 from softarm.layout import GRAPH_NODES, IMAGE_SLOTS
 
 
@@ -79,6 +80,17 @@ class PreparedDataset:
                 start = frame * size // mmap.PAGESIZE * mmap.PAGESIZE
                 end = min((frame + span) * size, len(pages))
                 pages.madvise(mmap.MADV_WILLNEED, start, end - start)
+
+    def episode_of(self, index: int) -> int:
+        """Which of the split's episodes sample `index` belongs to."""
+        return int(self._episode_of_frame[index])
+
+    def graph_window(self, index: int, history: HistorySpec) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `index`'s graph over its history window: nodes [K, N, F] oldest first and mask [K], the episode's
+        first step repeated (mask False) where the window reaches before it (`HistorySpec.offsets`)."""
+        frame = int(self._frame[index])
+        back, mask = history.offsets(frame - self.episodes[self.episode_of(index)]["start"] + 1)
+        return np.asarray(self.arrays[GRAPH_NODES][frame - back]), mask  # fancy indexing: a copy
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):

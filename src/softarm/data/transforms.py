@@ -16,7 +16,8 @@ from openpi.models.tokenizer import PaligemmaTokenizer
 from openpi.shared import normalize
 
 from softarm import arm
-from softarm.layout import IMAGE_SIZE, IMAGE_SLOTS, MODEL_DIM
+from softarm.history import NO_HISTORY, HistorySpec
+from softarm.layout import GRAPH_HISTORY_MASK, IMAGE_SIZE, IMAGE_SLOTS, MODEL_DIM
 
 MAX_IMAGE_SIDE = 4096  # a camera frame larger than this is a mistake, not a photo to downsample
 
@@ -28,13 +29,16 @@ class SoftArmInputs(_transforms.DataTransformFn):
     openpi's model inputs + "graph_nodes" in the model's node layout.
 
     The graph's F columns are the measured features in layout order, or all the layout's columns, or whatever
-    "graph_features" names; columns the model does not read are dropped, unmeasured ones become 0."""
+    "graph_features" names; columns the model does not read are dropped, unmeasured ones become 0. A model with
+    history takes "graph_nodes" [K, N, F], the window `softarm.history.GraphHistory` gives, and optionally
+    "graph_history_mask" [K] (default: every step real)."""
 
     cameras: Mapping[str, str | None]  # openpi slot -> the lab's camera name (None: no camera, zero image)
     num_nodes: int = arm.NUM_NODES
     layout: arm.NodeLayout = arm.FULL_LAYOUT
     action_dim: int = arm.ACTION_DIM
     state_dim: int | None = None  # the width the model was trained on; None accepts any (prepared data is uniform)
+    history: HistorySpec = NO_HISTORY
 
     def __call__(self, data: dict) -> dict:
         missing = [key for key in ("images", "graph_nodes", "prompt") if key not in data]
@@ -65,7 +69,11 @@ class SoftArmInputs(_transforms.DataTransformFn):
             state = np.asarray(data.get("state", np.zeros(0)), dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as e:
             raise ValueError(f"'graph_nodes' and 'state' must be numeric arrays ({e})") from None
-        nodes = self._node_layout(nodes, data.get("graph_features"))
+        inputs = {}
+        if self.history.steps > 1:
+            nodes, inputs[GRAPH_HISTORY_MASK] = self._window(nodes, data.get("graph_features"), data)
+        else:
+            nodes = self._node_layout(nodes, data.get("graph_features"))
         if not np.isfinite(nodes).all():
             raise ValueError("'graph_nodes' contains NaN or Inf")
         if not np.isfinite(state).all():
@@ -76,13 +84,30 @@ class SoftArmInputs(_transforms.DataTransformFn):
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"'prompt' must be a non-empty string, got {prompt!r}")
 
-        inputs = {"image": out_images, "image_mask": masks, "state": state, "graph_nodes": nodes, "prompt": prompt}
+        inputs |= {"image": out_images, "image_mask": masks, "state": state, "graph_nodes": nodes, "prompt": prompt}
         if "actions" in data:
             actions = np.asarray(data["actions"], dtype=np.float32)
             inputs["actions"] = actions
             inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
             inputs["action_dim_mask"] = np.arange(MODEL_DIM) < self.action_dim  # real dims of the padded 32
         return inputs
+
+    def _window(self, nodes: np.ndarray, names, data: dict) -> tuple[np.ndarray, np.ndarray]:
+        """[K, N, F] history window -> ([K, N, layout width], mask [K])."""
+        steps, stride = self.history.steps, self.history.stride
+        if nodes.ndim != 3 or len(nodes) != steps:
+            raise ValueError(
+                f"'graph_nodes' must be [{steps} steps, {self.num_nodes}, {len(self.layout.measured)}]: the last "
+                f"{steps} control steps, {stride} apart, oldest first (softarm.history.GraphHistory keeps them); "
+                f"got {list(nodes.shape)}"
+            )
+        mask = np.asarray(data.get(GRAPH_HISTORY_MASK, np.ones(steps, bool)))
+        if mask.dtype != bool or mask.shape != (steps,) or not mask[-1]:
+            raise ValueError(
+                f"'graph_history_mask' must be {steps} bools, False for steps before the episode's start and True "
+                f"for the current (last) one; got {mask.tolist()}"
+            )
+        return np.stack([self._node_layout(step, names) for step in nodes]), mask
 
     def _node_layout(self, nodes: np.ndarray, names) -> np.ndarray:
         """[N, F] in the request's columns -> [N, layout width]; NaN in a column the model does not read is fine."""
@@ -130,11 +155,13 @@ def input_transform(
     layout: arm.NodeLayout = arm.FULL_LAYOUT,
     action_dim: int = arm.ACTION_DIM,
     state_dim: int | None = None,
+    history: HistorySpec = NO_HISTORY,
 ) -> _transforms.DataTransformFn:
     """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
-    conversion with the same openpi function that ResizeImages uses)."""
+    conversion with the same openpi function that ResizeImages uses). Normalisation broadcasts the per-node stats
+    over a history window's steps."""
     steps: list[_transforms.DataTransformFn] = [
-        SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim),
+        SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim, history),
         _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
     ]
     if resize:

@@ -111,7 +111,9 @@ def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> to
     delay, max_delay = None, config.train.rtc_max_delay
     if max_delay:
         delay = rtc.sample_delays(len(batch.actions), max_delay, config.train.rtc_delays, batch.actions.device)
-    losses = model(batch.observation, batch.actions, graph_nodes=batch.graph_nodes, delay=delay)
+    losses = model(
+        batch.observation, batch.actions, graph_nodes=batch.graph_nodes, delay=delay, graph_mask=batch.graph_mask
+    )
     mask = batch.loss_mask(config.data.action_padding)
     if delay is not None:
         mask = mask & (torch.arange(mask.shape[1], device=mask.device) >= delay[:, None])[:, :, None]
@@ -328,8 +330,9 @@ def build_loaders(run: Run) -> tuple[DataLoader, dict[str, DataLoader]]:
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
             num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.spec.action_dim,
+            history=model_config.history,
         )  # fmt: skip
-        return SoftArmDataset(prepared, transform)
+        return SoftArmDataset(prepared, transform, model_config.history)
 
     per_rank, sources = config.data.batch_size // run.dist.world, config.sources()
     parts = [dataset(source.path, "train") for source in sources]

@@ -1,0 +1,129 @@
+"""What proprioceptive history costs: training step time (forward + backward) and inference latency (a 10-step
+sampled chunk) of PI0GraphPytorch with the graph over K control steps, against the same model without history, side
+by side.
+
+Same config, same weights (the history models add a step embedding and lag biases, or a wider node projection), same
+batch and seeds; the variants are timed in rotating order so that drift in machine load hits all alike, and the
+ratio of medians to no history is printed. The graph encoder is the only part that grows with K: its K * N tokens
+never reach the VLM or the action expert, which still see N graph tokens (or the 32-D embedding).
+
+    .venv/bin/python benchmarks/history_cost.py                   # tiny + realistic shapes, on CPU
+    .venv/bin/python benchmarks/history_cost.py --scenario full   # full-size pi0 (needs a GPU)
+    .venv/bin/python benchmarks/history_cost.py --smoke           # seconds: that it runs (the suite calls it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+from openpi.models.model import Observation
+import torch
+
+from softarm.layout import IMAGE_SLOTS
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import SoftArmModelConfig, preset
+from softarm.vision import VisionSpec
+
+SCENARIOS = {
+    "tiny": ("tiny", {}),  # the tiny preset as tests use it (16 image tokens per camera)
+    "realistic": ("tiny", {"vision": VisionSpec(patch_size=14), "max_token_len": 48}),  # real token counts
+    "full": ("pi0", {}),  # gemma_2b + gemma_300m, SigLIP So400m/14
+}
+VARIANTS = [(1, "attend"), (2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack")]
+
+
+def make_batch(config: SoftArmModelConfig, batch: int, device: torch.device) -> tuple:
+    gen = torch.Generator().manual_seed(0)
+    obs = Observation(
+        images={k: (torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1).to(device) for k in IMAGE_SLOTS},
+        image_masks={k: torch.ones(batch, dtype=torch.bool, device=device) for k in IMAGE_SLOTS},
+        state=torch.randn(batch, 32, generator=gen).to(device),
+        tokenized_prompt=torch.randint(0, config.vocab_size, (batch, config.max_token_len), generator=gen).to(device),
+        tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool, device=device),
+    )
+    actions = torch.randn(batch, config.action_horizon, 32, generator=gen).to(device)
+    steps = (config.history_steps,) if config.history_steps > 1 else ()
+    graph = torch.randn(batch, *steps, config.num_nodes, config.node_features, generator=gen).to(device)
+    mask = torch.ones(batch, *steps, dtype=torch.bool, device=device) if steps else None
+    return obs, actions, graph, mask
+
+
+def timed(call, *args, device: torch.device) -> float:
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(base_config: SoftArmModelConfig, batch: int, repeats: int, device: torch.device) -> dict[str, dict]:
+    """Median seconds per training step and per sampled chunk, for each (K, mode), with shared weights."""
+    torch.manual_seed(0)
+    reference = PI0GraphPytorch(base_config).state_dict()
+    runs = {}
+    for steps, mode in VARIANTS:
+        config = dataclasses.replace(base_config, history_steps=steps, history_mode=mode)
+        model = PI0GraphPytorch(config)
+        own = model.state_dict()
+        same = {k: v for k, v in reference.items() if own[k].shape == v.shape}
+        model.load_state_dict(same, strict=False)
+        model.to(device).trust_validated_inputs()
+        runs[f"K={steps} {mode}" if steps > 1 else "no history"] = (model, make_batch(config, batch, device))
+
+    def train_step(model, data) -> None:
+        obs, actions, graph, mask = data
+        model.train().zero_grad(set_to_none=True)
+        model(obs, actions, graph_nodes=graph, graph_mask=mask).mean().backward()
+
+    def infer(model, data) -> None:
+        obs, _, graph, mask = data
+        with torch.inference_mode():
+            model.eval().sample_actions(device, obs, graph_nodes=graph, graph_mask=mask, num_steps=10)
+
+    times = {name: {"train": [], "infer": []} for name in runs}
+    order = list(runs)
+    for i in range(1 + repeats):  # the first round warms up
+        for name in order[i % len(order) :] + order[: i % len(order)]:
+            model, data = runs[name]
+            for what, call in (("train", train_step), ("infer", infer)):
+                seconds = timed(call, model, data, device=device)
+                if i:
+                    times[name][what].append(seconds)
+    return {name: {what: statistics.median(t) for what, t in kinds.items()} for name, kinds in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
+    parser.add_argument("--fusion", choices=["state", "suffix", "prefix"], default="state")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
+    args = parser.parse_args()
+    if args.smoke:
+        args.scenario, args.repeats, args.batch = "tiny", 1, 1
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scenarios = ["tiny", "realistic"] if args.scenario == "all" else [args.scenario]
+    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} fusion={args.fusion} "
+          f"repeats={args.repeats} (medians; ratios to no history, measured side by side)")  # fmt: skip
+    print("| scenario | history | train s/step | ratio | infer s/chunk | ratio |")
+    print("|---|---|---|---|---|---|")
+    for scenario in scenarios:
+        name, overrides = SCENARIOS[scenario]
+        dtype = {"dtype": "bfloat16"} if name == "pi0" else {}
+        config = preset(name, **overrides, **dtype, fusion=args.fusion)
+        result = compare(config, args.batch, args.repeats, device)
+        none = result["no history"]
+        for variant, t in result.items():
+            print(f"| {scenario} | {variant} | {t['train']:.4f} | {t['train'] / none['train']:.3f} | "
+                  f"{t['infer']:.4f} | {t['infer'] / none['infer']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
