@@ -91,6 +91,8 @@ def test_no_history_is_the_model_of_before() -> None:
     assert not any("step" in k or "lag" in k for k in plain.state_dict())
     with pytest.raises(ValueError, match="history_mode must be one of"):
         SoftArmModelConfig(history_steps=2, history_mode="stacked")
+    assert SoftArmModelConfig(history_steps=4).history == HistorySpec(4, 1)
+    assert SoftArmModelConfig(history_steps=4, fusion="none").history.steps == 1  # no graph, so no graph history
 
 
 @pytest.fixture(scope="module")

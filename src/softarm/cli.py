@@ -49,7 +49,8 @@ def describe_arm(path: Path) -> list[str]:
         ignored = [n for n in config.get("ignored_features") or [] if n in measured]
         lines.append(f"  measured, ignored by the model (ignored_features): {', '.join(ignored) or 'none'}")
         steps, stride, mode = (config.get(f"history_{k}") for k in ("steps", "stride", "mode"))
-        history = f"the last {steps} control steps, {stride} apart ({mode})" if (steps or 1) > 1 else "none"
+        graph = config.get("fusion") != "none"
+        history = f"the last {steps} control steps, {stride} apart ({mode})" if graph and (steps or 1) > 1 else "none"
         lines.append(f"  graph history read by the model: {history}")
     return lines
 

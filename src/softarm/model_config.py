@@ -9,7 +9,7 @@ from openpi.models import pi0_config
 
 from softarm import arm, rtc
 from softarm.graph_encoder import HISTORY_MODES, HistoryMode
-from softarm.history import HistorySpec
+from softarm.history import NO_HISTORY, HistorySpec
 from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE
 from softarm.vision import VisionSpec
 
@@ -85,8 +85,6 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         HistorySpec(self.history_steps, self.history_stride)  # checks both
         if self.history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
-        if self.history_steps > 1 and self.fusion == "none":
-            raise ValueError("history_steps > 1 reads past graph steps; fusion 'none' reads no graph")
         if self.action_dim != 32:
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
@@ -94,6 +92,10 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
 
     @property
     def history(self) -> HistorySpec:
+        """The graph history the model reads: none without a graph (fusion none), so the same overrides can train a
+        graph model with history and its no-graph baseline."""
+        if self.fusion == "none":
+            return NO_HISTORY
         return HistorySpec(self.history_steps, self.history_stride)
 
     @property

@@ -134,7 +134,7 @@ class SoftArmPolicy:
             # `steps` control steps `stride` apart, oldest first, and "graph_history_mask" [steps] may say which are
             # before the episode's start. The robot keeps the window (softarm.history.GraphHistory, fed every control
             # step): only it sees every step, the server sees those it is asked to act on.
-            "history": {"steps": config.history_steps, "stride": config.history_stride},
+            "history": {"steps": self.history.steps, "stride": self.history.stride},
             "pi05": config.pi05,
             "noise_scale": self.noise_scale,  # of the flow's starting noise: 0 = deterministic sampling
             # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
