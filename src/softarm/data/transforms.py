@@ -107,7 +107,8 @@ class SoftArmInputs(_transforms.DataTransformFn):
                 f"'graph_history_mask' must be {steps} bools, False for steps before the episode's start and True "
                 f"for the current (last) one; got {mask.tolist()}"
             )
-        return np.stack([self._node_layout(step, names) for step in nodes]), mask
+        # a copy: a served request's arrays are read-only views of its message, which torch warns about
+        return np.stack([self._node_layout(step, names) for step in nodes]), mask.copy()
 
     def _node_layout(self, nodes: np.ndarray, names) -> np.ndarray:
         """[N, F] in the request's columns -> [N, layout width]; NaN in a column the model does not read is fine."""
