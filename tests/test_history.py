@@ -144,8 +144,8 @@ class Recorder:
     def __init__(self, spec: HistorySpec) -> None:
         self.history, self.requests = spec, []
 
-    def infer(self, observation: dict, **_) -> dict:
-        self.requests.append(observation)
+    def infer(self, observation: dict, **chunk) -> dict:
+        self.requests.append(observation | chunk)  # chunk: the previous chunk's prev_actions and delay, with rtc
         return {"actions": np.zeros((16, 10), np.float32), "policy_timing": {"infer_ms": 0.0}}
 
 
@@ -164,6 +164,17 @@ def test_the_evaluation_agent_feeds_every_control_step_into_the_window() -> None
         ([10, 10, 10], [False, False, True]),
         ([10, 12, 14], [True, True, True]),
     ]  # reset per episode
+
+    # real-time chunking under 2 steps of latency: requests leave at other steps, each with the window of its step
+    recorder.requests.clear()
+    agent = ModelAgent(recorder, replan=4, delay=2, execution="rtc")
+    agent.reset(spec, control_hz=10.0)
+    for t in range(12):
+        agent.act({"graph_nodes": np.full((10, 19), t, np.float32), "prompt": "p"})
+    windows = [r["graph_nodes"][:, 0, 0].tolist() for r in recorder.requests]
+    assert len(windows) >= 3
+    assert "prev_actions" in recorder.requests[-1]
+    assert all(w == [max(w[-1] - 4, 0), max(w[-1] - 2, 0), w[-1]] for w in windows), windows
 
 
 def test_the_robot_loop_sends_windows_to_a_served_history_model(history_checkpoint: Path, tmp_path: Path) -> None:
