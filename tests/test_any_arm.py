@@ -233,7 +233,8 @@ def test_mismatches_are_errors_before_any_work_and_a_base_of_another_arm_transfe
                                              "train.steps=1", "train.val_every=100", "optim.lr=1e-12",
                                              "optim.end_lr=1e-12", "train.ema_decay=null"]))  # fmt: skip
     log = capsys.readouterr().out
-    assert ("re-initialised 3 graph-extension tensors shaped by the base's arm, which differs from this one: "
+    assert ("re-initialised 3 graph-extension tensors shaped by the base's arm (or graph history), which differs from "
+            "this one: "
             "graph_encoder.hop_bias [2, 4, 11] -> [2, 4, 8]; graph_encoder.node_embedding [10, 64] -> [7, 64]; "
             "graph_encoder.readout.weight [32, 640] -> [32, 448]") in log  # fmt: skip
     base, state = load_model(ten_model).state_dict(), tuned.model.state_dict()

@@ -3,6 +3,7 @@ transform's checks, and a history model trained, checkpointed and asked for acti
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 import runpy
 
@@ -102,12 +103,31 @@ def history_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tmp = tmp_path_factory.mktemp("history")
     convert(raw_dir(tmp, lengths=(20, 12, 16)), tmp / "prep", ConvertOptions(val_episodes=1, cameras=POLICY_CAMERAS))
+    base = [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'base'}", "train.steps=1", "train.val_every=100"]
+    train(load_config(DEBUG_CONFIG, base))  # no history: the history model starts from it, as from the sim base
     overrides = [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'run'}", "train.steps=2", "train.save_every=2",
+                 f"train.init_from={tmp / 'base' / 'checkpoints' / '1'}",
                  "train.val_every=2", "model.overrides.history_steps=3",
                  "model.overrides.history_stride=2"]  # fmt: skip
     result = train(load_config(DEBUG_CONFIG, overrides))
     assert np.isfinite(result.metrics["val_loss"])
     return tmp / "run" / "checkpoints" / "2"
+
+
+@pytest.mark.parametrize(("mode", "fresh", "reshaped"), [("attend", 2, 0), ("stack", 0, 1)])
+def test_a_base_without_history_starts_a_history_model(
+    history_checkpoint: Path, mode: str, fresh: int, reshaped: int
+) -> None:
+    from softarm.model import PI0GraphPytorch
+    from softarm.weights import load_model, load_weights
+
+    base = history_checkpoint.parents[2] / "base" / "checkpoints" / "1"  # K = 1, the history model's init_from
+    config = dataclasses.replace(load_model(base).config, history_steps=4, history_mode=mode)
+    report = load_weights(PI0GraphPytorch(config), base, other_arm=True)
+    assert len(report.fresh) == fresh  # attend: the step embedding and the lag biases start fresh
+    # stack: the node projection is K times wider
+    assert [r.split(" ")[0] for r in report.reshaped] == ["graph_encoder.node_proj.weight"] * reshaped
+    assert report.loaded > 100
 
 
 def test_a_history_model_trains_says_what_it_reads_and_answers_windows(history_checkpoint: Path) -> None:

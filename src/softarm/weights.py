@@ -28,7 +28,8 @@ class LoadReport:
     path: Path
     loaded: int  # tensors copied from the file
     fresh: list[str]  # graph-extension keys the file lacked: freshly initialised
-    # graph-extension tensors of another shape in the file (a base of another arm), kept freshly initialised:
+    # graph-extension tensors of another shape in the file (a base of another arm, or of another graph history in
+    # `stack` mode), kept freshly initialised:
     # "name: file [..] -> model [..]"
     reshaped: list[str] = dataclasses.field(default_factory=list)
 
@@ -37,8 +38,8 @@ class LoadReport:
         if self.fresh:
             parts.append(f"freshly initialised {len(self.fresh)} graph-extension tensors: {', '.join(self.fresh)}")
         if self.reshaped:
-            parts.append(f"re-initialised {len(self.reshaped)} graph-extension tensors shaped by the base's arm, "
-                         f"which differs from this one: {'; '.join(self.reshaped)}")  # fmt: skip
+            parts.append(f"re-initialised {len(self.reshaped)} graph-extension tensors shaped by the base's arm (or "
+                         f"graph history), which differs from this one: {'; '.join(self.reshaped)}")  # fmt: skip
         if len(parts) == 1:
             parts.append("nothing freshly initialised")
         return "; ".join(parts)
