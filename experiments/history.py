@@ -1,0 +1,134 @@
+"""Does proprioceptive history help a policy that sees? Fine-tune the sim base on `follow` and `reach`
+demonstrations without history and with the graph over K past control steps (`attend`, `stack`), then score each
+model on held-out `follow` and `reach` episodes.
+
+Every variant starts from the same base (a base without history starts a history model: its new tensors start
+fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*`
+differs. The target to beat: `follow` >= 50 % with history where one frame gets 0 %, `reach` within 3 points of no
+history. Writes history.json, history.md (the table, 95 % Wilson intervals) and history.png into OUT; finished
+runs and evaluations are reused.
+
+    .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
+    .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from softarm import layout
+from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
+from softarm.apps.pretrain import SHIPPED
+from softarm.data.convert import ConvertOptions, convert
+from softarm.plotting import pyplot, save_figure
+from softarm.sim.arm_model import CAMERA_SLOTS
+from softarm.sim.generate import generate
+from softarm.train.config import load_config
+from softarm.train.loop import train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
+
+
+def variants(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Variant name -> its model overrides."""
+    out = {"no history": ["model.overrides.history_steps=1"]}
+    for mode in args.modes:
+        out[f"K={args.history_steps} {mode}"] = [f"model.overrides.history_steps={args.history_steps}",
+                                                 f"model.overrides.history_stride={args.stride}",
+                                                 f"model.overrides.history_mode={mode}"]  # fmt: skip
+    return out
+
+
+def trained(prepared: Path, run: Path, history: list[str], args: argparse.Namespace) -> Path:
+    final = run / layout.CHECKPOINTS_DIR / str(args.steps)
+    if not final.is_dir():
+        overrides = [f"data.path={prepared}", f"train.out_dir={run}", f"train.steps={args.steps}",
+                     f"train.save_every={args.steps}", f"train.val_every={args.steps}", f"train.init_from={args.base}",
+                     f"data.norm_stats={args.base}", *history, *args.overrides]  # fmt: skip
+        train(load_config(args.config, overrides))
+    return final
+
+
+def score(task: str, checkpoint: Path, out: Path, args: argparse.Namespace) -> dict:
+    options = EvalOptions(task=task, episodes=args.eval_episodes, policy="model", checkpoint=str(checkpoint),
+                          arm=args.arm, videos=1, noise_scale=args.noise_scale,
+                          workers=eval_workers(args.eval_episodes))  # fmt: skip
+    report = reusable_report(options, out)
+    return report["summary"] if report is not None else evaluate(options, out)
+
+
+def cell(summary: dict) -> str:
+    low, high = summary["success_rate_wilson95"]
+    return f"{summary['successes']}/{summary['episodes']} ({100 * low:.0f}-{100 * high:.0f} %)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(SHIPPED / "graph"), help="the base to start from (a base that sees)")
+    parser.add_argument("--arm", default="pneumatic", help="the base's arm")
+    parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
+    parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
+    parser.add_argument("--val", type=int, default=10, help="of them, held out (at random) for the validation loss")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--history-steps", type=int, default=4, help="K: control steps the graph is read over")
+    parser.add_argument("--stride", type=int, default=2, help="control steps between two of them")
+    parser.add_argument("--modes", nargs="+", choices=["attend", "stack"], default=["attend", "stack"])
+    parser.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and model")
+    parser.add_argument("--noise-scale", type=float, default=0.0, help="of the models' sampling (softarm eval)")
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--out", type=Path, default=Path("history_out"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
+    args = parser.parse_args()
+    if args.smoke:
+        args.follow, args.reach, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 0, 2, 1, ["attend"]
+        args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
+    # recording processes: each pays ~8 s of imports, worth it only for many episodes
+    out, raw, workers = args.out, args.out / "raw", 1 if args.smoke else min(2, os.cpu_count() or 1)
+    tasks = [task for task in ("follow", "reach") if getattr(args, task)]  # each scored if trained on
+    for task in tasks:
+        generate(task, getattr(args, task), raw, arm=args.arm, workers=workers)
+    prepared = out / "prepared"
+    if not (prepared / layout.META_FILE).is_file():
+        convert(raw, prepared, ConvertOptions(val_episodes=args.val, cameras=CAMERA_SLOTS.get(args.arm)))
+    results: dict[str, dict] = {}
+    for name, history in variants(args).items():
+        run = out / "runs" / name.replace(" ", "_").replace("=", "")
+        checkpoint = trained(prepared, run, history, args)
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        val = [r["val_loss"] for r in metrics if "val_loss" in r]
+        results[name] = {"val_loss": val[-1] if val else None} | {
+            task: score(task, checkpoint, out / "eval" / run.name / task, args) for task in tasks
+        }
+    (out / "history.json").write_text(json.dumps(results, indent=2))
+    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations ({args.val} held out), "
+             f"{args.steps} steps, "
+             f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}", "",
+             f"| history | val loss | {' | '.join(tasks)} |", "|---" * (2 + len(tasks)) + "|"]  # fmt: skip
+    for name, r in results.items():
+        val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+        lines.append(f"| {name} | {val} | {' | '.join(cell(r[task]) for task in tasks)} |")
+    (out / "history.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        for j, task in enumerate(tasks):
+            s = r[task]
+            low, high = s["success_rate_wilson95"]
+            rate = 100 * s["success_rate"]
+            ax.bar(j + i * width, rate, width, color=f"C{i}", label=name if j == 0 else None)
+            ax.errorbar(j + i * width, rate, yerr=[[rate - 100 * low], [100 * high - rate]], color="k", capsize=3)
+    ax.set(xticks=[k + width * (len(results) - 1) / 2 for k in range(len(tasks))], xticklabels=tasks, ylim=(0, 105),
+           ylabel="success (%), 95 % interval", title="proprioceptive history, from the sim base")  # fmt: skip
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "history.png")
+    print(f"wrote {out}/history.json, history.md and history.png")
+
+
+if __name__ == "__main__":
+    main()
