@@ -54,7 +54,8 @@ def make_batch(config, batch: int, device: torch.device):
         tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool, device=device),
     )
     actions = torch.randn(batch, config.action_horizon, 32, generator=gen).to(device)
-    graph = torch.randn(batch, config.num_nodes, config.node_features, generator=gen).to(device)
+    steps = (config.history.steps,) if config.history.steps > 1 else ()  # a graph history window (history_cost.py)
+    graph = torch.randn(batch, *steps, config.num_nodes, config.node_features, generator=gen).to(device)
     return obs, actions, graph
 
 

@@ -16,39 +16,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
+import runpy
 import statistics
 import time
 
-from openpi.models.model import Observation
 import torch
 
-from softarm.layout import IMAGE_SLOTS
 from softarm.model import PI0GraphPytorch
 from softarm.model_config import SoftArmModelConfig, preset
-from softarm.vision import VisionSpec
 
-SCENARIOS = {
-    "tiny": ("tiny", {}),  # the tiny preset as tests use it (16 image tokens per camera)
-    "realistic": ("tiny", {"vision": VisionSpec(patch_size=14), "max_token_len": 48}),  # real token counts
-    "full": ("pi0", {}),  # gemma_2b + gemma_300m, SigLIP So400m/14
-}
+# graph_overhead.py's scenarios and random batch (images, prompt, state, actions, the graph shaped by the history)
+_OVERHEAD = runpy.run_path(str(Path(__file__).with_name("graph_overhead.py")))
+scenario_overrides, make_batch = _OVERHEAD["scenario_overrides"], _OVERHEAD["make_batch"]
 VARIANTS = [(1, "attend"), (2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack")]
-
-
-def make_batch(config: SoftArmModelConfig, batch: int, device: torch.device) -> tuple:
-    gen = torch.Generator().manual_seed(0)
-    obs = Observation(
-        images={k: (torch.rand(batch, 3, 224, 224, generator=gen) * 2 - 1).to(device) for k in IMAGE_SLOTS},
-        image_masks={k: torch.ones(batch, dtype=torch.bool, device=device) for k in IMAGE_SLOTS},
-        state=torch.randn(batch, 32, generator=gen).to(device),
-        tokenized_prompt=torch.randint(0, config.vocab_size, (batch, config.max_token_len), generator=gen).to(device),
-        tokenized_prompt_mask=torch.ones(batch, config.max_token_len, dtype=torch.bool, device=device),
-    )
-    actions = torch.randn(batch, config.action_horizon, 32, generator=gen).to(device)
-    steps = (config.history_steps,) if config.history_steps > 1 else ()
-    graph = torch.randn(batch, *steps, config.num_nodes, config.node_features, generator=gen).to(device)
-    mask = torch.ones(batch, *steps, dtype=torch.bool, device=device) if steps else None
-    return obs, actions, graph, mask
 
 
 def timed(call, *args, device: torch.device) -> float:
@@ -76,15 +57,15 @@ def compare(base_config: SoftArmModelConfig, batch: int, repeats: int, device: t
         model.to(device).trust_validated_inputs()
         runs[f"K={steps} {mode}" if steps > 1 else "no history"] = (model, make_batch(config, batch, device))
 
-    def train_step(model, data) -> None:
-        obs, actions, graph, mask = data
+    def train_step(model, data) -> None:  # no mask: every step of the window is real
+        obs, actions, graph = data
         model.train().zero_grad(set_to_none=True)
-        model(obs, actions, graph_nodes=graph, graph_mask=mask).mean().backward()
+        model(obs, actions, graph_nodes=graph).mean().backward()
 
     def infer(model, data) -> None:
-        obs, _, graph, mask = data
+        obs, _, graph = data
         with torch.inference_mode():
-            model.eval().sample_actions(device, obs, graph_nodes=graph, graph_mask=mask, num_steps=10)
+            model.eval().sample_actions(device, obs, graph_nodes=graph, num_steps=10)
 
     times = {name: {"train": [], "infer": []} for name in runs}
     order = list(runs)
@@ -100,7 +81,7 @@ def compare(base_config: SoftArmModelConfig, batch: int, repeats: int, device: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
+    parser.add_argument("--scenario", choices=["tiny", "realistic", "full", "all"], default="all")
     parser.add_argument("--fusion", choices=["state", "suffix", "prefix"], default="state")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
@@ -115,9 +96,8 @@ def main() -> None:
     print("| scenario | history | train s/step | ratio | infer s/chunk | ratio |")
     print("|---|---|---|---|---|---|")
     for scenario in scenarios:
-        name, overrides = SCENARIOS[scenario]
-        dtype = {"dtype": "bfloat16"} if name == "pi0" else {}
-        config = preset(name, **overrides, **dtype, fusion=args.fusion)
+        name, overrides = scenario_overrides(scenario)
+        config = preset(name, **overrides, fusion=args.fusion)
         result = compare(config, args.batch, args.repeats, device)
         none = result["no history"]
         for variant, t in result.items():
