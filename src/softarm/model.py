@@ -38,10 +38,12 @@ openpi_compat.check_pi0_hooks()  # the methods PI0GraphPytorch overrides below
 
 
 def build_base_model(config: pi0_config.Pi0Config) -> PI0Pytorch:
-    """The official PI0Pytorch for `config` (honouring a small vision tower / vocab), with eager sampling."""
+    """The official PI0Pytorch for `config` (honouring a small vision tower / vocab), run as PI0GraphPytorch runs it
+    (eager sampling, gradient checkpointing only on request): what the graph is measured against."""
     with openpi_compat.backbone_overrides(config):
         model = PI0Pytorch(config)
     openpi_compat.eager_sampling(model)
+    openpi_compat.checkpoint_only_on_request(model)
     return model
 
 
