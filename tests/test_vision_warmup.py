@@ -42,6 +42,8 @@ def _dataset(tmp_path: Path, episodes: int = 30, features: tuple[str, ...] | Non
             nodes = nodes[:, :, : len(features)]
         else:
             nodes[-1, -1, :3] = goal if not other else goal + 1.0
+            nodes[:-1, -1, :3] = goal / 2  # on its way: the goal seen from the tip is half the goal, then none
+            image[-1, :10, :10] = 200  # the last frame says it is the last
         episode = dataclasses.replace(episode, images={"base": image}, graph_nodes=nodes, node_features=features,
                                       prompt="follow the red ball" if other else GOAL)  # fmt: skip
         write_episode(raw / f"ep_{i:03d}.h5", episode)
@@ -58,6 +60,7 @@ def test_every_frame_is_labelled_with_where_its_episodes_tip_ends(tmp_path: Path
         frames = range(episode["start"], episode["start"] + episode["length"])
         i = int(Path(episode["file"]).stem.split("_")[1])
         np.testing.assert_allclose(goals.targets[list(frames)], np.tile(_goal(i), (3, 1)), atol=1e-6)
+        np.testing.assert_array_equal(goals.tips[list(frames)], prepared.arrays["graph_nodes"][list(frames), -1, :3])
         assert set(frames) <= set((goals.train if episode["split"] == "train" else goals.val).tolist())
     other = {f for ep in prepared.episodes if ep["prompt"] != GOAL for f in range(ep["start"], ep["start"] + 3)}
     assert len(other) == 6
@@ -71,21 +74,32 @@ def test_a_dataset_without_tip_positions_is_refused_by_name(tmp_path: Path) -> N
     prepared = PreparedDataset(_dataset(tmp_path, episodes=8, features=SCHEMA[3:6]), "all")
     with pytest.raises(ValueError, match=r"needs the tip's measured position, but pos_x, pos_y, pos_z is not among"):
         hindsight_goals(prepared)
+    with pytest.raises(ValueError, match="readout must be 'attend' or 'flat', not 'pool'"):
+        model = PI0GraphPytorch(load_config(DEBUG_CONFIG, [f"data.path={tmp_path / 'prep'}"]).validate())
+        warm_up_vision(model, str(tmp_path / "prep"), WarmupOptions(steps=1, readout="pool"))
     with pytest.raises(ValueError, match="no training episodes with the prompts"):
         hindsight_goals(PreparedDataset(_dataset(tmp_path / "b", episodes=8), "all"), ("reach the green ball",))
 
 
-def test_the_tower_learns_to_see_the_goal_and_nothing_else_changes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("readout", "relative"), [("attend", False), ("flat", True)])
+def test_the_tower_learns_to_see_the_goal_and_nothing_else_changes(tmp_path: Path, readout: str, relative: bool) -> None:
     prepared = _dataset(tmp_path)
     config = load_config(DEBUG_CONFIG, [f"data.path={prepared}"])
     model = PI0GraphPytorch(config.validate())
     before = {name: t.clone() for name, t in model.state_dict().items()}
-    result = warm_up_vision(model, str(prepared), WarmupOptions(steps=300, batch_size=8, lr=1e-3, warmup_steps=10,
-                                                                prompts=(GOAL,), val_every=50))  # fmt: skip
+    options = WarmupOptions(steps=300, batch_size=8, lr=1e-3, warmup_steps=10, prompts=(GOAL,), val_every=50,
+                            readout=readout, relative=relative)  # fmt: skip
+    result = warm_up_vision(model, str(prepared), options)
     goals = hindsight_goals(PreparedDataset(prepared, "all"), (GOAL,))
     guess = np.linalg.norm(goals.targets[goals.val] - goals.targets[goals.train].mean(0), axis=1) * 1000
     assert (result.steps, result.train_frames, result.val_frames) == (300, len(goals.train), len(goals.val))
     assert result.val_error_mm_median < 0.2 * np.median(guess), (result, np.median(guess))
+    if relative:  # the goal seen from the tip now, learnt too
+        offsets = goals.targets - goals.tips
+        spread = np.linalg.norm(offsets[goals.val] - offsets[goals.train].mean(0), axis=1) * 1000
+        assert result.val_relative_error_mm_median < 0.3 * np.median(spread), (result, np.median(spread))
+    else:
+        assert result.val_relative_error_mm_median is None
     after = model.state_dict()
     changed = {name for name in after if not torch.equal(after[name], before[name])}
     assert all(name.startswith(VISION_PREFIXES) for name in changed)

@@ -39,6 +39,12 @@ class WarmupOptions:
     prompts: tuple[str, ...] | None = None
     val_every: int = 500
     seed: int = 0
+    # how the thrown-away readout reads the tokens: "attend" (learned queries per camera) or "flat" (every token
+    # through one small projection, then all of them together: where a token sits is kept)
+    readout: str = "attend"
+    # also predict where the goal is from the tip now (goal - the tip's position at the frame): what the last
+    # centimetres need, and what the tip camera shows best
+    relative: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +54,14 @@ class WarmupResult:
     val_frames: int
     val_error_mm_median: float | None  # distance between predicted and true end of the tip, on held-out episodes
     val_error_mm_mean: float | None  # (None: no held-out episode of the chosen prompts)
+    val_relative_error_mm_median: float | None  # the goal seen from the tip now (None: not asked for)
     s_per_step: float
 
 
 @dataclasses.dataclass(frozen=True)
 class HindsightGoals:
     targets: np.ndarray  # float32 [frames, 3]: for every frame of the dataset, where its episode's tip ends (m)
+    tips: np.ndarray  # float32 [frames, 3]: where the tip is at that frame
     train: np.ndarray  # frame indices of the train split's chosen episodes
     val: np.ndarray
 
@@ -80,16 +88,30 @@ def hindsight_goals(dataset: PreparedDataset, prompts: Sequence[str] | None = No
     if not split["train"]:
         chosen = f"with the prompts {list(prompts)}" if prompts is not None else ""
         raise ValueError(f"{dataset.directory}: no training episodes {chosen} for the vision warm-up")
-    return HindsightGoals(targets, np.array(split["train"]), np.array(split["val"], dtype=np.int64))
+    tips = np.asarray(nodes[:, -1, columns], np.float32)
+    return HindsightGoals(targets, tips, np.array(split["train"]), np.array(split["val"], dtype=np.int64))
+
+
+class FlatReadout(nn.Module):
+    """Each image token projected to a few numbers, every camera's tokens concatenated in place, an MLP on top: the
+    readout keeps which token saw what (a linear readout of flattened tokens localises far better than pooling)."""
+
+    def __init__(self, cameras: int, tokens: int, width: int, outputs: int = 3, per_token: int = 16) -> None:
+        super().__init__()
+        self.reduce = nn.Linear(width, per_token)
+        self.head = nn.Sequential(nn.Linear(cameras * tokens * per_token, 256), nn.GELU(), nn.Linear(256, outputs))
+
+    def forward(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.head(torch.cat([self.reduce(camera).flatten(1) for camera in tokens], dim=1))
 
 
 class GoalReadout(nn.Module):
     """Learned queries attend over each camera's image tokens; an MLP maps what they read to a 3-D position."""
 
-    def __init__(self, cameras: int, width: int, queries: int = 4) -> None:
+    def __init__(self, cameras: int, width: int, queries: int = 4, outputs: int = 3) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(cameras, queries, width) * 0.1)
-        self.head = nn.Sequential(nn.Linear(cameras * queries * width, 256), nn.GELU(), nn.Linear(256, 3))
+        self.head = nn.Sequential(nn.Linear(cameras * queries * width, 256), nn.GELU(), nn.Linear(256, outputs))
 
     def forward(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         read = []
@@ -107,37 +129,50 @@ def vision_state(model: PI0GraphPytorch) -> dict[str, torch.Tensor]:
 def warm_up_vision(model: PI0GraphPytorch, prepared: str, options: WarmupOptions = WarmupOptions()) -> WarmupResult:
     """Train `model`'s vision tower and projector in place on the hindsight goals of the dataset `prepared` (the
     cameras it records); the rest of the model is untouched."""
+    if options.readout not in ("attend", "flat"):
+        raise ValueError(f"vision warm-up readout must be 'attend' or 'flat', not {options.readout!r}")
     dataset = PreparedDataset(prepared, "all")
     goals = hindsight_goals(dataset, options.prompts)
+    labels = np.concatenate([goals.targets, goals.targets - goals.tips], 1) if options.relative else goals.targets
     slots = list(dataset.spec.present_cameras)
     images = [dataset.arrays[f"image_{slot}"] for slot in slots]
-    mean, std = goals.targets[goals.train].mean(0), goals.targets[goals.train].std(0) + 1e-6
+    mean, std = labels[goals.train].mean(0), labels[goals.train].std(0) + 1e-6
     paligemma = model.paligemma_with_expert
-    with torch.random.fork_rng():  # the readout's init from the warm-up's seed, the caller's RNG untouched
-        torch.manual_seed(options.seed)
-        readout = GoalReadout(len(slots), paligemma.paligemma.config.text_config.hidden_size)
-    tower = [*paligemma.paligemma.model.vision_tower.parameters(),
-             *paligemma.paligemma.model.multi_modal_projector.parameters()]  # fmt: skip
-    optimizer = torch.optim.AdamW([*tower, *readout.parameters()], lr=options.lr, weight_decay=1e-4)
-    rng = np.random.default_rng(options.seed)
-    device = next(model.parameters()).device
-    readout.to(device)
+    width, device = paligemma.paligemma.config.text_config.hidden_size, next(model.parameters()).device
 
     def batch(frames: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
         frames = np.sort(frames)  # memory-mapped frames read in file order
         pixels = [torch.from_numpy(np.stack([array[i] for i in frames])).to(device) for array in images]
         pixels = [p.permute(0, 3, 1, 2).float() / 127.5 - 1.0 for p in pixels]  # openpi's [-1, 1]
-        return pixels, torch.from_numpy((goals.targets[frames] - mean) / std).to(device)
+        return pixels, torch.from_numpy((labels[frames] - mean) / std).to(device)
+
+    with torch.random.fork_rng():  # the readout's init from the warm-up's seed, the caller's RNG untouched
+        torch.manual_seed(options.seed)
+        if options.readout == "flat":
+            with torch.no_grad():
+                tokens = paligemma.embed_image(batch(goals.train[:1])[0][0]).shape[1]
+            readout = FlatReadout(len(slots), tokens, width, outputs=labels.shape[1])
+        else:
+            readout = GoalReadout(len(slots), width, outputs=labels.shape[1])
+    tower = [*paligemma.paligemma.model.vision_tower.parameters(),
+             *paligemma.paligemma.model.multi_modal_projector.parameters()]  # fmt: skip
+    optimizer = torch.optim.AdamW([*tower, *readout.parameters()], lr=options.lr, weight_decay=1e-4)
+    rng = np.random.default_rng(options.seed)
+    readout.to(device)
 
     def predict(pixels: list[torch.Tensor]) -> torch.Tensor:
         return readout([paligemma.embed_image(p) for p in pixels])
 
     @torch.no_grad()
     def val_errors() -> np.ndarray:
+        """[frames, 1 or 2]: the goal's error (and the goal-from-the-tip's) in mm."""
         frames = goals.val[:: max(1, len(goals.val) // 512)]
         errors = [((predict(x) - y).cpu().numpy() * std) for x, y in (batch(frames[k : k + 64])
                                                                      for k in range(0, len(frames), 64))]  # fmt: skip
-        return np.linalg.norm(np.concatenate(errors), axis=1) * 1000 if errors else np.zeros(0)
+        if not errors:
+            return np.zeros((0, labels.shape[1] // 3))
+        errors = np.concatenate(errors)
+        return np.stack([np.linalg.norm(errors[:, k : k + 3], axis=1) for k in range(0, errors.shape[1], 3)], 1) * 1000
 
     model.train()
     start = time.perf_counter()
@@ -155,15 +190,18 @@ def warm_up_vision(model: PI0GraphPytorch, prepared: str, options: WarmupOptions
         optimizer.step()
         if step % options.val_every == 0 or step == options.steps:
             errors = val_errors()
-            shown = f"{np.median(errors):.1f} mm" if len(errors) else "-"
+            shown = " / ".join(f"{e:.1f}" for e in np.median(errors, 0)) + " mm" if len(errors) else "-"
             progress.set_postfix(loss=f"{loss.item():.4f}", val_error=shown)
     seconds = time.perf_counter() - start
     errors = val_errors()
+    relative = errors[:, 1] if options.relative else np.zeros(0)
+    errors = errors[:, 0]
     return WarmupResult(
         steps=options.steps,
         train_frames=len(goals.train),
         val_frames=len(goals.val),
         val_error_mm_median=float(np.median(errors)) if len(errors) else None,
         val_error_mm_mean=float(np.mean(errors)) if len(errors) else None,
+        val_relative_error_mm_median=float(np.median(relative)) if len(relative) else None,
         s_per_step=seconds / max(1, options.steps),
     )
