@@ -108,8 +108,10 @@ def test_a_mixture_trains_validates_per_dataset_and_resumes_exactly(two: tuple[P
 def test_datasets_that_cannot_mix_are_refused_before_any_work(two: tuple[Path, Path], tmp_path: Path) -> None:
     other = dataset(tmp_path, "eight", (20, 20), 0, nodes=8)
     with pytest.raises(ConfigError, match=rf"data.datasets\[1\]: {other} is another arm than {two[0]} \(num_nodes 8 "
-                                          r"there, 10 in the first"):  # fmt: skip
-        mixture(two[0], other, tmp_path / "run").validate()
+                                          r"there, 10 in the first; edges .*\), but both are arm 'day1'"):  # fmt: skip
+        load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {two[0]}}}, {{path: {other}, arm: day1}}]"]).validate()
+    assert [a.name for a in mixture(two[0], other, tmp_path / "run").validate().arms] == ["day1", "eight"]
+    assert mixture(*two, tmp_path / "run").validate().arms == ()  # one arm recorded twice: a model of one arm
     with pytest.raises(ConfigError, match=r"data.datasets\[1\]: '.*nowhere' is not a prepared dataset"):
         mixture(two[0], tmp_path / "nowhere", tmp_path / "run").validate()
     with pytest.raises(ConfigError, match=r"data.path and data.datasets: give one"):
@@ -117,7 +119,7 @@ def test_datasets_that_cannot_mix_are_refused_before_any_work(two: tuple[Path, P
     with pytest.raises(ConfigError, match=r"data.datasets\[0\].weight: must be > 0, got -1.0"):
         load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {two[0]}, weight: -1}}]"]).validate()
     with pytest.raises(
-        ConfigError, match=r"unknown key data.datasets\[0\].wieght; data.datasets\[0\] has \[.path., .weight.\]"
+        ConfigError, match=r"unknown key data.datasets\[0\].wieght; data.datasets\[0\] has \[.arm., .path., .weight.\]"
     ):
         load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {two[0]}, wieght: 2}}]"])
     with pytest.raises(ConfigError, match="two datasets in directories named 'day1'"):

@@ -28,31 +28,43 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 
 
 def describe_arm(path: Path) -> list[str]:
-    """The arm a prepared dataset or a checkpoint was made for (its `DatasetSpec`), as lines of text; for a checkpoint
-    also the measured features its model was built to ignore."""
+    """The arm a prepared dataset or a checkpoint was made for (its `DatasetSpec`; every arm of a model of several),
+    as lines of text; for a checkpoint also the measured features its model was built to ignore."""
     import json
 
-    from softarm import arm, layout
+    from softarm import layout
     from softarm.data.spec import read_spec
 
-    spec = read_spec(path)
-    measured = spec.layout.measured
-    lines = [
-        f"Arm of {path}: {spec.num_nodes} nodes, {spec.action_dim} actuators, state {spec.state_dim or 'none'}, "
-        f"cameras {spec.present_cameras}, action chunks of {spec.action_horizon}",
-        f"  edges: {[list(e) for e in spec.edges]}",
-        f"  measured node features: {', '.join(f'{n} [{arm.feature_unit(n)}]' for n in measured)}",
-        f"  not measured (fed as 0): {', '.join(spec.layout.unmeasured) or 'none'}",
-    ]
-    if not (path / layout.META_FILE).is_file() and (path / layout.CONFIG_FILE).is_file():
-        config = json.loads((path / layout.CONFIG_FILE).read_text())
-        ignored = [n for n in config.get("ignored_features") or [] if n in measured]
+    checkpoint = not (path / layout.META_FILE).is_file() and (path / layout.CONFIG_FILE).is_file()
+    config = json.loads((path / layout.CONFIG_FILE).read_text()) if checkpoint else {}
+    arms = [a["name"] for a in config.get("arms") or ()]
+    if arms:
+        lines = [f"{path}: a model of {len(arms)} arms, each named to it by {config['arm_conditioning']} "
+                 f"(serve one with --arm NAME, or all, each request naming its \"arm\")"]  # fmt: skip
+        for name in arms:
+            lines += _spec_lines(read_spec(path / layout.ARMS_DIR / name), f"Arm {name!r}", "  ")
+    else:
+        lines = _spec_lines(read_spec(path), f"Arm of {path}", "")
+    if checkpoint:
+        ignored = [n for n in config.get("ignored_features") or [] if n in (config.get("measured_features") or [n])]
         lines.append(f"  measured, ignored by the model (ignored_features): {', '.join(ignored) or 'none'}")
         steps, stride, mode = (config.get(f"history_{k}") for k in ("steps", "stride", "mode"))
         graph = config.get("fusion") != "none"
         history = f"the last {steps} control steps, {stride} apart ({mode})" if graph and (steps or 1) > 1 else "none"
         lines.append(f"  graph history read by the model: {history}")
     return lines
+
+
+def _spec_lines(spec, title: str, indent: str) -> list[str]:
+    from softarm import arm
+
+    return [indent + line for line in (
+        f"{title}: {spec.num_nodes} nodes, {spec.action_dim} actuators, state {spec.state_dim or 'none'}, "
+        f"cameras {spec.present_cameras}, action chunks of {spec.action_horizon}",
+        f"  edges: {[list(e) for e in spec.edges]}",
+        f"  measured node features: {', '.join(f'{n} [{arm.feature_unit(n)}]' for n in spec.layout.measured)}",
+        f"  not measured (fed as 0): {', '.join(spec.layout.unmeasured) or 'none'}",
+    )]  # fmt: skip
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -239,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
-          compile=args.compile, noise_scale=args.noise_scale)  # fmt: skip
+          compile=args.compile, noise_scale=args.noise_scale, arm=args.arm)  # fmt: skip
     return 0
 
 
@@ -264,7 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
         replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
         execution=args.execution, ensemble_decay=args.ensemble_decay, noise_scale=args.noise_scale,
-        workers=args.workers,
+        workers=args.workers, model_arm=args.model_arm,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -353,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--compile", default="auto", help="torch.compile mode of the sampling path: auto (max-autotune on "
                      "CUDA, none on a CPU), none, default, reduce-overhead, max-autotune")  # fmt: skip
     srv.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
+    srv.add_argument("--arm", help="a model of several arms: serve this one (default: all, each request naming its "
+                     "own as \"arm\")")  # fmt: skip
     srv.set_defaults(func=cmd_serve)
     sim = verbs.add_parser("sim", help="the simulated soft arm").add_subparsers(dest="sim_verb", required=True)
     gen = sim.add_parser("generate", help="record scripted-expert episodes as raw HDF5")
@@ -394,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--videos", type=int, default=3, help="episodes recorded into rollouts.gif")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--arm", default="pneumatic", help=ARM_HELP)
+    ev.add_argument("--model-arm", help="a checkpoint of several arms: the arm of it that drives the simulated one "
+                    "(default: the one named as --arm)")  # fmt: skip
     ev.add_argument("--latency-ms", type=float, default=0.0, help="simulated inference latency (model policy)")
     ev.add_argument("--execution", default="sync", choices=["sync", "async", "rtc", "ensemble"],
                     help="during inference the arm holds (sync), keeps executing the old chunk (async), or does so "

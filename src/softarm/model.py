@@ -85,6 +85,8 @@ class PI0GraphPytorch(PI0Pytorch):
             ],
             history_steps=config.history_steps,
             history_mode=config.history_mode,
+            arms=[(shape.num_nodes, shape.edges) for shape in config.arms],
+            arm_embedding=bool(config.arms) and config.arm_conditioning == "embedding",
         )  # fmt: skip
         if config.fusion == "state":
             self.graph_state_gate = nn.Parameter(torch.zeros(config.action_dim))
@@ -101,12 +103,13 @@ class PI0GraphPytorch(PI0Pytorch):
         graph_mask: torch.Tensor | None = None,
         prefix: ActionPrefix | None = None,
         clean_tokens: torch.Tensor | None = None,
+        arm: torch.Tensor | None = None,
     ) -> Iterator[None]:
-        """Encode the graph (and its history mask) once per call and make it, the previous chunk (for denoise_step)
-        and the action tokens given clean ([B, H] bool, for embed_suffix) visible to the hooks during that call. One
-        context manager: torch.compile traces one, not several nested."""
+        """Encode the graph (its history mask, each sample's arm) once per call and make it, the previous chunk (for
+        denoise_step) and the action tokens given clean ([B, H] bool, for embed_suffix) visible to the hooks during
+        that call. One context manager: torch.compile traces one, not several nested."""
         skip = graph_nodes is None or self.config.fusion == "none"
-        self._graph = None if skip else self.graph_encoder(graph_nodes, graph_mask)
+        self._graph = None if skip else self.graph_encoder(graph_nodes, graph_mask, arm)
         self._prefix, self._clean_tokens = prefix, clean_tokens
         try:
             yield
@@ -124,7 +127,9 @@ class PI0GraphPytorch(PI0Pytorch):
         if self._graph is None or self.config.fusion != "prefix":
             return embs, pad_masks, att_masks
         tokens = self.graph_prefix_proj(self._graph.tokens).to(embs.dtype)
-        graph = graph_block(tokens, pad_masks, att_masks, new_block=False)  # full attention with the image+prompt block
+        graph = graph_block(
+            tokens, pad_masks, att_masks, new_block=False, node_mask=self._graph.node_mask
+        )  # full attention with the image+prompt block
         return concat_tokens((embs, pad_masks, att_masks), graph)
 
     def embed_suffix(self, state, noisy_actions, timestep):
@@ -146,7 +151,7 @@ class PI0GraphPytorch(PI0Pytorch):
         # A new block before state/actions: graph tokens see the prefix and each other; later tokens see them.
         # Action tokens stay last, where PI0Pytorch reads its output.
         tokens = self.graph_suffix_proj(self._graph.tokens).to(embs.dtype)
-        graph = graph_block(tokens, pad_masks, att_masks, new_block=True)
+        graph = graph_block(tokens, pad_masks, att_masks, new_block=True, node_mask=self._graph.node_mask)
         if adarms_cond is not None and adarms_cond.dim() == 3:  # the graph tokens at the sample's flow time
             adarms_cond = torch.cat([sample_cond[:, None, :].expand(-1, tokens.shape[1], -1), adarms_cond], dim=1)
         return (*concat_tokens(graph, (embs, pad_masks, att_masks)), adarms_cond)
@@ -155,17 +160,18 @@ class PI0GraphPytorch(PI0Pytorch):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
 
     def forward(
-        self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None, graph_mask=None
+        self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None, graph_mask=None, arm=None
     ) -> torch.Tensor:
         """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in (with history:
-        [B, K, N, F] and `graph_mask` [B, K]). `delay` [B] (training-time RTC): the first delay[b] action tokens of
-        sample b are given clean, at flow time 0; their loss is not meaningful and the caller leaves it out."""
+        [B, K, N, F] and `graph_mask` [B, K]; a model of several arms: `arm` [B], each sample's arm index). `delay`
+        [B] (training-time RTC): the first delay[b] action tokens of sample b are given clean, at flow time 0; their
+        loss is not meaningful and the caller leaves it out."""
         clean = None
         if delay is not None:
             clean = torch.arange(actions.shape[1], device=actions.device) < delay[:, None]
             noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise
             noise = torch.where(clean[:, :, None], actions, noise)  # x_t = actions there, whatever t is
-        with self._call_inputs(graph_nodes, graph_mask, clean_tokens=clean):
+        with self._call_inputs(graph_nodes, graph_mask, clean_tokens=clean, arm=arm):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
@@ -178,6 +184,7 @@ class PI0GraphPytorch(PI0Pytorch):
         num_steps=10,
         prefix: ActionPrefix | None = None,
         graph_mask=None,
+        arm=None,
     ) -> torch.Tensor:
         """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in. With `prefix`
         (the previous chunk), real-time chunking: a model trained for the delay starts its committed steps at the
@@ -187,7 +194,7 @@ class PI0GraphPytorch(PI0Pytorch):
             noise = self.sample_noise(shape, device) if noise is None else noise
             clean = prefix.clean_tokens()
             noise = torch.where(clean[:, :, None], prefix.actions.to(noise.dtype), noise)
-        with self._call_inputs(graph_nodes, graph_mask, prefix):
+        with self._call_inputs(graph_nodes, graph_mask, prefix, arm=arm):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def denoise_step(self, state, prefix_pad_masks, past_key_values, x_t, timestep):
@@ -248,11 +255,20 @@ def drop_shared_padding(
     return embs[:, keep], pad_masks[:, keep], att_masks[:, keep]
 
 
-def graph_block(tokens: torch.Tensor, pad_masks: torch.Tensor, att_masks: torch.Tensor, *, new_block: bool) -> tuple:
-    """(tokens, pad mask, attention-block flags) for graph tokens: never padding; in the block before them (flags 0)
-    or opening a block of their own (flag 1 on the first)."""
+def graph_block(
+    tokens: torch.Tensor,
+    pad_masks: torch.Tensor,
+    att_masks: torch.Tensor,
+    *,
+    new_block: bool,
+    node_mask: torch.Tensor | None = None,
+) -> tuple:
+    """(tokens, pad mask, attention-block flags) for graph tokens: padding only where `node_mask` says a node is a
+    smaller arm's padding; in the block before them (flags 0) or opening a block of their own (flag 1 on the first)."""
     batch, num_nodes = tokens.shape[:2]
     pad = torch.ones(batch, num_nodes, dtype=pad_masks.dtype, device=pad_masks.device)
+    if node_mask is not None:
+        pad = node_mask.to(pad_masks.dtype)
     att = torch.zeros(batch, num_nodes, dtype=att_masks.dtype, device=att_masks.device)
     att[:, 0] = int(new_block)
     return tokens, pad, att

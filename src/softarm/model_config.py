@@ -15,6 +15,25 @@ from softarm.vision import VisionSpec
 
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
+ArmConditioning = Literal["prompt", "embedding"]
+ARM_CONDITIONINGS: tuple[str, ...] = ("prompt", "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmShape:
+    """One arm of a model trained on several: the name a request, `--arm` and the checkpoint's assets call it, and
+    its graph (its nodes are the first `num_nodes` of the model's padded graph)."""
+
+    name: str
+    num_nodes: int
+    edges: tuple[arm.Edge, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise ValueError(f"an arm's name must be a non-empty string without '/', got {self.name!r}")
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ValueError(f"arm {self.name!r}: num_nodes must be a positive integer, got {self.num_nodes!r}")
+        object.__setattr__(self, "edges", arm.validate_edges(self.num_nodes, self.edges))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +70,18 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     history_steps: int = 1
     history_stride: int = 1
     history_mode: HistoryMode = "attend"
+    # Several arms in one model (`softarm train` with datasets of different arms): each arm's graph padded to
+    # `num_nodes` (the largest), the node features shared; () = one arm, the fields above. How the model is told
+    # which arm a sample is from: "prompt" (its name before the prompt: works without a graph too) or "embedding"
+    # (a learned vector per arm added to every node token).
+    arms: tuple[ArmShape, ...] = ()
+    arm_conditioning: ArmConditioning = "prompt"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.vision, dict):
             object.__setattr__(self, "vision", VisionSpec(**self.vision))
+        object.__setattr__(self, "arms", tuple(a if isinstance(a, ArmShape) else ArmShape(**a) for a in self.arms))
         for name in ("graph_width", "graph_depth", "graph_heads", "num_nodes", "node_features", "vocab_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -85,10 +111,33 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         HistorySpec(self.history_steps, self.history_stride)  # checks both
         if self.history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
+        self._check_arms()
         if self.action_dim != 32:
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
             )
+
+    def _check_arms(self) -> None:
+        if self.arm_conditioning not in ARM_CONDITIONINGS:
+            raise ValueError(f"arm_conditioning must be one of {ARM_CONDITIONINGS}, got {self.arm_conditioning!r}")
+        if self.arm_conditioning == "embedding" and self.fusion == "none":
+            raise ValueError("arm_conditioning 'embedding' adds to the graph's node tokens; without a graph (fusion "
+                             "none) name the arm in the prompt: 'prompt'")  # fmt: skip
+        names = [a.name for a in self.arms]
+        if len(self.arms) == 1 or len(set(names)) != len(names):
+            raise ValueError(f"arms: a model of several arms needs two or more, each named once; got {names}")
+        for shape in self.arms:
+            if shape.num_nodes > self.num_nodes:
+                raise ValueError(
+                    f"arm {shape.name!r} has {shape.num_nodes} nodes, more than the model's {self.num_nodes}"
+                )
+
+    def arm_index(self, name: str) -> int:
+        """The index a sample of arm `name` carries; ValueError listing the arms the model knows."""
+        names = [a.name for a in self.arms]
+        if name not in names:
+            raise ValueError(f"unknown arm {name!r}; this model knows {names}")
+        return names.index(name)
 
     @property
     def history(self) -> HistorySpec:

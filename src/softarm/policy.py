@@ -10,6 +10,7 @@ Given the previous chunk's unexecuted actions and the inference delay, sampling 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 import time
@@ -19,11 +20,12 @@ from openpi.shared import normalize
 import torch
 from torch.utils.data import default_collate
 
+from softarm import arm as arm_layout
 from softarm import layout
 from softarm.data.loader import to_device
 from softarm.data.spec import DatasetSpec, read_spec
 from softarm.data.tokenizer import SentencePieceTokenizer
-from softarm.data.transforms import input_transform, output_transform
+from softarm.data.transforms import ArmTag, input_transform, output_transform
 from softarm.history import HistorySpec
 from softarm.model import PI0GraphPytorch
 from softarm.rtc import ActionPrefix
@@ -57,6 +59,26 @@ def check_checkpoint(directory: str | Path) -> None:
             raise FileNotFoundError(f"{directory} is not a softarm checkpoint: {name} is missing")
 
 
+def checkpoint_arms(directory: str | Path) -> list[str]:
+    """The arms a checkpoint's model was trained on, by name; [] for a model of one arm."""
+    config = json.loads((Path(directory) / layout.CONFIG_FILE).read_text())
+    return [arm["name"] for arm in config.get("arms") or ()]
+
+
+def arm_assets(directory: str | Path, arm: str | None) -> tuple[DatasetSpec, dict]:
+    """The spec and norm stats a policy for `arm` uses: a model of one arm has one of each (`arm` must then be None
+    or absent from the checkpoint's names), a model of several keeps each arm's under arms/<name>/."""
+    directory, arms = Path(directory), checkpoint_arms(directory)
+    if not arms:
+        if arm is not None:
+            raise ValueError(f"arm {arm!r}: {directory} holds a model of one arm, which takes no arm name")
+        return read_spec(directory), normalize.load(directory / layout.ASSETS_DIR / layout.ASSET_ID)
+    if arm not in arms:
+        what = f"unknown arm {arm!r}" if arm is not None else 'name one (--arm NAME, or "arm" in each request)'
+        raise ValueError(f"{directory} holds a model of the arms {arms}: {what}")
+    return read_spec(directory / layout.ARMS_DIR / arm), normalize.load(directory / layout.ARMS_DIR / arm)
+
+
 class SoftArmPolicy:
     def __init__(
         self,
@@ -69,13 +91,19 @@ class SoftArmPolicy:
         num_steps: int = 10,
         noise_scale: float = 1.0,
         compile: str = "none",
+        arm: str | None = None,
     ):
+        """`arm`: which arm of a model of several this policy drives (`spec` and `norm_stats` are that arm's)."""
         config = model.config
         self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
         self.noise_scale = checked_noise_scale(noise_scale)
+        self.arm, tag, num_nodes, node_layout = arm, None, config.num_nodes, config.node_layout
+        if config.arms or arm is not None:
+            tag = ArmTag(config.arm_index(arm), arm, config.num_nodes, config.arm_conditioning == "prompt")
+            num_nodes, node_layout = spec.num_nodes, spec.layout
         self._inputs = input_transform(
-            spec.cameras, norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=config.num_nodes,
-            layout=config.node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim, history=config.history,
+            spec.cameras, norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=num_nodes,
+            layout=node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim, history=config.history, arm=tag,
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec.action_dim)
         self.compile_mode = compile_mode(compile, self.device)
@@ -94,39 +122,36 @@ class SoftArmPolicy:
         num_steps: int = 10,
         noise_scale: float = 1.0,
         compile: str = "auto",
+        arm: str | None = None,
     ) -> SoftArmPolicy:
+        """`arm`: for a model of several arms, the one to drive (MultiArmPolicy drives them all)."""
         directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)  # before minutes of loading
         check_checkpoint(directory)
-        stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        weights = directory / layout.EMA_FILE if use_ema and (directory / layout.EMA_FILE).is_file() else None
-        model = load_model(directory, device, weights).eval().trust_validated_inputs()  # SoftArmInputs checks
-        spec = read_spec(directory)
-        norm_stats = normalize.load((directory / stats).parent)
-        tokenizer = SentencePieceTokenizer(directory / layout.TOKENIZER_FILE, max_len=model.config.max_token_len)
+        spec, norm_stats = arm_assets(directory, arm)
+        model, tokenizer, device = _load(directory, device, use_ema)
         return cls(
             model, spec, norm_stats, tokenizer, device=device, num_steps=num_steps, noise_scale=noise_scale,
-            compile=compile,
+            compile=compile, arm=arm,
         )  # fmt: skip
 
     @property
     def metadata(self) -> dict:
         """What a robot client needs to know; sent by the server on connect."""
         config = self.model.config
-        return {
+        arms = {"arm": self.arm, "arms": [a.name for a in config.arms]} if config.arms else {}
+        return arms | {
             "action_horizon": config.action_horizon,
             "action_dim": self.spec.action_dim,
             "cameras": self.spec.present_cameras,
             "state_dim": self.spec.state_dim,
             "graph": {
-                "num_nodes": config.num_nodes,
+                "num_nodes": self._graph_shape[0],
                 # the columns of a request's graph_nodes [num_nodes, len(node_features)], in this order
-                "node_features": config.node_layout.described(),
+                "node_features": self._graph_shape[1].described(),
                 # not measured on the arm trained on: the model feeds them as 0; a request may carry them (all the
                 # layout's columns, or columns named by graph_features) and they are dropped
-                "unmeasured_features": list(config.node_layout.unmeasured),
-                "edges": [list(e) for e in config.edges],
+                "unmeasured_features": list(self._graph_shape[1].unmeasured),
+                "edges": [list(e) for e in self._graph_shape[2]],
                 "ignored_features": list(config.ignored_features),  # accepted in requests, not read
             },
             "fusion": config.fusion,
@@ -148,6 +173,14 @@ class SoftArmPolicy:
         }
 
     @property
+    def _graph_shape(self) -> tuple[int, arm_layout.NodeLayout, tuple]:
+        """The graph a request carries: nodes, their layout and edges (the driven arm's own in a model of several)."""
+        config = self.model.config
+        if self.arm is None:
+            return config.num_nodes, config.node_layout, config.edges
+        return self.spec.num_nodes, self.spec.layout, self.spec.edges
+
+    @property
     def history(self) -> HistorySpec:
         """The graph history this policy reads: a request's graph_nodes window (1 step: no history)."""
         return self.model.config.history
@@ -166,6 +199,9 @@ class SoftArmPolicy:
         server can answer a bad request without waiting for the model."""
         keys = ("images", layout.GRAPH_NODES, layout.GRAPH_HISTORY_MASK, "graph_features", "prompt", "state")
         inputs = {k: v for k, v in observation.items() if k in keys}
+        if observation.get("arm", self.arm) != self.arm:
+            raise ValueError(f"'arm': {observation['arm']!r}, but this policy drives " + (
+                f"arm {self.arm!r}" if self.arm else "a model of one arm, which takes no arm name"))  # fmt: skip
         overlap, delay = self._previous_chunk(observation)
         if overlap:  # normalised and padded to 32 dims by the training chain, then to the chunk's length
             inputs["actions"] = np.asarray(observation["prev_actions"], np.float32)
@@ -205,11 +241,11 @@ class SoftArmPolicy:
     def warm_up(self, repeats: int | None = None) -> float:
         """Run inference on a blank observation of the served shapes so that compilation (and CUDA's lazy set-up)
         happens now, not on the robot's first request; the RNG streams are left as they were. Returns seconds."""
-        side, spec, measured = layout.IMAGE_SIZE, self.spec, self.model.config.node_layout.measured
+        side, spec, (nodes, node_layout, _) = layout.IMAGE_SIZE, self.spec, self._graph_shape
         window = (self.history.steps,) if self.history.steps > 1 else ()
         observation = {
             "images": {cam: np.zeros((side, side, 3), np.uint8) for cam in spec.present_cameras.values()},
-            "graph_nodes": np.zeros((*window, self.model.config.num_nodes, len(measured)), np.float32),
+            "graph_nodes": np.zeros((*window, nodes, len(node_layout.measured)), np.float32),
             "prompt": "warm up",
             **({"state": np.zeros(spec.state_dim, np.float32)} if spec.state_dim else {}),
         }
@@ -234,7 +270,67 @@ class SoftArmPolicy:
         with torch.inference_mode(not guided):  # guidance differentiates through the action expert
             actions = sample(
                 self.device, batch.observation, graph_nodes=batch.graph_nodes, noise=noise, num_steps=self.num_steps,
-                prefix=prefix, graph_mask=batch.graph_mask,
+                prefix=prefix, graph_mask=batch.graph_mask, arm=batch.arm,
             )  # fmt: skip
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}
+
+
+def _load(directory: Path, device: str, use_ema: bool) -> tuple[PI0GraphPytorch, SentencePieceTokenizer, str]:
+    """A checkpoint's model (its EMA weights when it has them, in eval mode) and tokenizer, on `device`."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = directory / layout.EMA_FILE if use_ema and (directory / layout.EMA_FILE).is_file() else None
+    model = load_model(directory, device, weights).eval().trust_validated_inputs()  # SoftArmInputs checks
+    tokenizer = SentencePieceTokenizer(directory / layout.TOKENIZER_FILE, max_len=model.config.max_token_len)
+    return model, tokenizer, device
+
+
+class MultiArmPolicy:
+    """One model of several arms serving all of them: each request names its arm (`"arm": NAME`) and goes through
+    that arm's policy (its cameras, graph, statistics and action size); the model is loaded once."""
+
+    def __init__(self, policies: dict[str, SoftArmPolicy]) -> None:
+        self.policies = policies
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, *, device: str = "auto", use_ema: bool = True, num_steps: int = 10,
+                        noise_scale: float = 1.0, compile: str = "auto") -> MultiArmPolicy:  # fmt: skip
+        directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)
+        check_checkpoint(directory)
+        arms = checkpoint_arms(directory)
+        if not arms:
+            raise ValueError(f"{directory} holds a model of one arm: serve it with SoftArmPolicy")
+        assets = {arm: arm_assets(directory, arm) for arm in arms}
+        model, tokenizer, device = _load(directory, device, use_ema)
+        return cls({arm: SoftArmPolicy(model, spec, stats, tokenizer, device=device, num_steps=num_steps,
+                                       noise_scale=noise_scale, compile=compile, arm=arm)
+                    for arm, (spec, stats) in assets.items()})  # fmt: skip
+
+    @property
+    def compile_mode(self) -> str | None:
+        return next(iter(self.policies.values())).compile_mode
+
+    @property
+    def metadata(self) -> dict:
+        """Every arm's metadata under its name; a request must say which arm it comes from."""
+        return {"arms": {arm: policy.metadata for arm, policy in self.policies.items()}, "arm_key": "arm"}
+
+    def _policy(self, observation: dict) -> SoftArmPolicy:
+        arm = observation.get("arm")
+        if arm not in self.policies:
+            given = f"unknown arm {arm!r}" if arm is not None else "no 'arm' given"
+            raise ValueError(f'{given}: this server drives the arms {list(self.policies)}; name one as "arm"')
+        return self.policies[arm]
+
+    def prepare(self, observation: dict) -> dict:
+        return {"arm": observation.get("arm"), "prepared": self._policy(observation).prepare(observation)}
+
+    def act(self, prepared: dict) -> dict:
+        return self.policies[prepared["arm"]].act(prepared["prepared"])
+
+    def infer(self, observation: dict) -> dict:
+        return self.act(self.prepare(observation))
+
+    def warm_up(self, repeats: int | None = None) -> float:
+        return sum(policy.warm_up(repeats) for policy in self.policies.values())

@@ -177,14 +177,23 @@ def serve(
     api_key_file: str | None = None,
     compile: str = "auto",
     noise_scale: float = 1.0,
+    arm: str | None = None,
 ) -> None:
-    from softarm.policy import SoftArmPolicy
+    """`arm`: serve one arm of a model of several; without it such a model serves every arm, each request naming
+    its own (`"arm": NAME`)."""
+    from softarm.policy import MultiArmPolicy, SoftArmPolicy, check_checkpoint, checked_noise_scale, checkpoint_arms
 
     api_key = read_api_key(api_key_file)
     if warning := exposure_warning(host, port, api_key):
         logger.warning(warning)
+    checked_noise_scale(noise_scale)  # mistakes first, before any loading
+    check_checkpoint(checkpoint)
     model_thread = model_worker()
-    load = functools.partial(SoftArmPolicy.from_checkpoint, device=device, compile=compile, noise_scale=noise_scale)
+    options = {"device": device, "compile": compile, "noise_scale": noise_scale}
+    if arm is None and checkpoint_arms(checkpoint):
+        load = functools.partial(MultiArmPolicy.from_checkpoint, **options)
+    else:
+        load = functools.partial(SoftArmPolicy.from_checkpoint, arm=arm, **options)
     policy = model_thread.submit(load, checkpoint).result()
     logger.info("warming up (compile mode %s) ...", policy.compile_mode or "none: eager")
     logger.info("warm-up took %.1f s; the first request will not pay it", model_thread.submit(policy.warm_up).result())

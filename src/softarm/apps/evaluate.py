@@ -115,6 +115,8 @@ class EvalOptions:
     videos: int = 3  # episodes rendered into rollouts.gif
     device: str = "auto"
     arm: str = DEFAULT_ARM  # one of softarm.sim.arm_model.ARMS
+    # a checkpoint of several arms: the one of its arms that drives the simulated arm (None: the one named `arm`)
+    model_arm: str | None = None
     latency_ms: float = 0.0  # simulated inference latency (model policy)
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
     ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
@@ -187,9 +189,13 @@ def make_agent(options: EvalOptions, static: StaticArm):
         return RandomAgent(static.env.spec)
     if options.policy != "model":
         raise ValueError(f"unknown --policy {options.policy!r}; choose one of {POLICIES}")
-    from softarm.policy import SoftArmPolicy
+    from softarm.policy import SoftArmPolicy, checkpoint_arms
 
-    policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale)
+    model_arm = options.model_arm
+    if model_arm is None and checkpoint_arms(options.checkpoint):  # a model of several arms: the simulated one's
+        model_arm = options.arm
+    policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale,
+                                           arm=model_arm)  # fmt: skip
     delay = delay_steps(options.latency_ms, static.env.control_hz)
     return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
 

@@ -219,6 +219,7 @@ class Batch:
     actions: torch.Tensor | None = None  # [B, H, 32], normalised, zero-padded dims
     action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
     action_dim_mask: torch.Tensor | None = None  # [B, 32] True for the arm's real action dims
+    arm: torch.Tensor | None = None  # [B] int64, a model of several arms: each sample's arm
 
     def loss_mask(self, action_padding: str) -> torch.Tensor:
         """[B, H, 32]: which elements of the model's per-element loss are trained: the arm's real action dims, and
@@ -258,4 +259,5 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
         actions=batch["actions"].float() if "actions" in batch else None,
         action_is_pad=batch.get("action_is_pad"),
         action_dim_mask=batch.get("action_dim_mask"),
+        arm=batch.get("arm"),
     )

@@ -137,6 +137,27 @@ class SoftArmOutputs(_transforms.DataTransformFn):
         return {"actions": np.asarray(data["actions"][..., : self.action_dim])}
 
 
+@dataclasses.dataclass(frozen=True)
+class ArmTag(_transforms.DataTransformFn):
+    """A sample of one arm of a model trained on several: its normalised graph padded with zero nodes to the model's
+    node count, its arm index under "arm", and with `in_prompt` the arm's name before the prompt ("NAME: prompt")."""
+
+    index: int
+    name: str
+    num_nodes: int  # the model's: the largest arm's
+    in_prompt: bool
+
+    def __call__(self, data: dict) -> dict:
+        nodes = data["graph_nodes"]
+        missing = self.num_nodes - nodes.shape[-2]
+        if missing:
+            nodes = np.concatenate([nodes, np.zeros((*nodes.shape[:-2], missing, nodes.shape[-1]), nodes.dtype)], -2)
+        out = {**data, "graph_nodes": nodes, "arm": np.int64(self.index)}
+        if self.in_prompt:
+            out["prompt"] = f"{self.name}: {data['prompt']}"
+        return out
+
+
 def as_float32(norm_stats: dict[str, normalize.NormStats]) -> dict[str, normalize.NormStats]:
     """openpi's stats load as float64, which would silently upcast every normalised array."""
     fields = [field.name for field in dataclasses.fields(normalize.NormStats)]
@@ -157,16 +178,20 @@ def input_transform(
     action_dim: int = arm.ACTION_DIM,
     state_dim: int | None = None,
     history: HistorySpec = NO_HISTORY,
+    arm: ArmTag | None = None,
 ) -> _transforms.DataTransformFn:
     """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
     conversion with the same openpi function that ResizeImages uses). Normalisation broadcasts the per-node stats
-    over a history window's steps."""
+    over a history window's steps. `arm`: for a model of several arms (`num_nodes` and `layout` are then this arm's,
+    its statistics normalise it before its graph is padded)."""
     steps: list[_transforms.DataTransformFn] = [
         SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim, history),
         _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
     ]
     if resize:
         steps.append(_transforms.ResizeImages(IMAGE_SIZE, IMAGE_SIZE))
+    if arm is not None:
+        steps.append(arm)
     steps += [
         _transforms.TokenizePrompt(tokenizer, discrete_state_input=pi05),
         _transforms.PadStatesAndActions(MODEL_DIM),

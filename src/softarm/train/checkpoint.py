@@ -3,7 +3,7 @@
 `<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
 (when EMA is on), optimizer.pt, trainer_state.pt (step, data position, every rank's RNG states, EMA count),
 train_config.yaml, assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (the
-dataset's spec). It is
+dataset's spec; a model of several arms: the first arm's, and every arm's under arms/<name>/). It is
 written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
 are kept. With LoRA, model/ema.safetensors hold the adapters merged in (servable as they are) and lora.safetensors
 the trained tensors under the training model's names, which resume loads on top of the same frozen base.
@@ -75,6 +75,8 @@ class Sources:
     spec: DatasetSpec  # the dataset trained on, as data_spec.json
     tokenizer_path: Path
     norm_stats_path: Path
+    # a model of several arms: each arm's name, spec and statistics, into arms/<name>/ (the first is `spec` too)
+    arms: tuple[tuple[str, DatasetSpec, Path], ...] = ()
 
 
 def save_checkpoint(
@@ -160,6 +162,10 @@ def _write(
     shutil.copy2(sources.norm_stats_path, assets / layout.NORM_STATS_FILE)
     shutil.copy2(sources.tokenizer_path, tmp / layout.TOKENIZER_FILE)
     write_spec(sources.spec, tmp / layout.DATA_SPEC_FILE)
+    for name, spec, stats in sources.arms:
+        (tmp / layout.ARMS_DIR / name).mkdir(parents=True)
+        write_spec(spec, tmp / layout.ARMS_DIR / name / layout.DATA_SPEC_FILE)
+        shutil.copy2(stats, tmp / layout.ARMS_DIR / name / layout.NORM_STATS_FILE)
 
 
 def load_weights_for_resume(checkpoint: Path, *, model, ema: bool = False) -> None:

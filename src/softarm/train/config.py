@@ -29,7 +29,7 @@ from softarm.layout import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
 )
-from softarm.model_config import SoftArmModelConfig, plain, preset
+from softarm.model_config import ArmShape, SoftArmModelConfig, plain, preset
 
 
 class ConfigError(ValueError):
@@ -72,6 +72,9 @@ class DatasetEntry:
 
     path: str
     weight: float = 1.0
+    # which arm it records, when datasets of several arms train one model: what requests, `--arm` and the
+    # checkpoint's assets call it. None: the directory name of the first dataset of the same arm (same spec)
+    arm: str | None = None
 
     @property
     def name(self) -> str:
@@ -80,12 +83,22 @@ class DatasetEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class ArmGroup:
+    """One arm of the training data: its name, its spec, and which of the config's datasets record it."""
+
+    name: str
+    spec: DatasetSpec
+    sources: tuple[DatasetEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSection:
     path: str = ""  # a prepared dataset written by `softarm convert`
-    # instead of `path`: several prepared datasets of the same arm (days of recording, other setups), batches drawn
+    # instead of `path`: several prepared datasets (days of recording, other setups, other arms), batches drawn
     # from each in proportion to its weight, each normalised with its own statistics (or all with data.norm_stats).
-    # The first one's tokenizer and statistics go into the checkpoints (prompts encode byte by byte where it lacks
-    # a word).
+    # The first one's tokenizer goes into the checkpoints (prompts encode byte by byte where it lacks a word), and
+    # the statistics of each arm's first dataset. Datasets of different arms (node counts, edges, actuators, state,
+    # cameras, measured features) train one model of several arms (`ArmGroup`).
     datasets: tuple[DatasetEntry, ...] = ()
     batch_size: int = 8  # global: split across ranks
     num_workers: int = 0
@@ -162,8 +175,10 @@ class TrainConfig:
     def validate(self) -> SoftArmModelConfig:
         """Everything that can be checked before building anything; returns the model config, fitted to the dataset
         and checked against `train.init_from`."""
-        spec = self.dataset_spec()
-        model = self.model.build(spec.model_fields(), f"the dataset {self.sources()[0].path}")
+        groups = self.arm_groups()
+        spec = groups[0].spec
+        fields = spec.model_fields() if len(groups) == 1 else shared_model_fields(groups)
+        model = self.model.build(fields, f"the dataset {self.sources()[0].path}" if len(groups) == 1 else "the arms")
         if "rtc_max_delay" in self.model.overrides:
             raise ConfigError("model.overrides.rtc_max_delay: set train.rtc_max_delay instead (training decides it)")
         try:
@@ -174,6 +189,9 @@ class TrainConfig:
         if not tokenizer.is_file():
             raise ConfigError(f"data.tokenizer: no sentencepiece model at {tokenizer}")
         if self.data.norm_stats is not None:
+            if len(groups) > 1:
+                raise ConfigError(f"data.norm_stats: one file cannot normalise the {len(groups)} arms "
+                                  f"{[g.name for g in groups]}; leave it unset (each dataset its own)")  # fmt: skip
             check_norm_stats(self.norm_stats_path(), spec)
         counts = ("steps", "grad_accum", "log_every", "val_every", "save_every", "keep_last", "max_bad_steps",
                   "dist_timeout_s")  # fmt: skip
@@ -194,8 +212,8 @@ class TrainConfig:
         """The prepared datasets training draws from: data.datasets, or data.path alone."""
         return self.data.datasets or (DatasetEntry(self.data.path),)
 
-    def dataset_spec(self) -> DatasetSpec:
-        """The arm the datasets share; a missing dataset, a bad weight or another arm is an error naming it."""
+    def dataset_specs(self) -> list[DatasetSpec]:
+        """Each dataset's spec, in order; a missing dataset or a bad weight is an error naming it."""
         if self.data.path and self.data.datasets:
             raise ConfigError("data.path and data.datasets: give one (data.datasets lists every dataset)")
         names = [entry.name for entry in self.data.datasets]
@@ -213,14 +231,44 @@ class TrainConfig:
                 specs.append(read_spec(entry.path))
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
-            first, this = specs[0].to_json(), specs[-1].to_json()
-            if differs := [name for name in first if first[name] != this[name]]:
-                listing = "; ".join(
-                    f"{name} {_short(this[name])} there, {_short(first[name])} in the first" for name in differs
-                )
-                raise ConfigError(f"{key}: {entry.path} is another arm than {self.sources()[0].path} ({listing}); a "
-                                  "mixture's datasets must share the arm")  # fmt: skip
-        return specs[0]
+        return specs
+
+    def arm_groups(self) -> list[ArmGroup]:
+        """The arms of the datasets, in order of first appearance: one for a single arm (today's model), several for
+        a model of several arms. Datasets of one arm must share its spec; arms that cannot share a model (other
+        node features, chunk lengths or image sizes) are an error naming the dataset."""
+        specs, sources = self.dataset_specs(), self.sources()
+        named: dict[str, tuple[DatasetSpec, list[DatasetEntry]]] = {}
+        unnamed: dict[str, str] = {}  # a spec (as JSON) -> the name its unnamed datasets share
+        for i, (entry, spec) in enumerate(zip(sources, specs, strict=True)):
+            key = f"data.datasets[{i}]" if self.data.datasets else "data.path"
+            name = entry.arm or unnamed.setdefault(json.dumps(spec.to_json(), sort_keys=True), entry.name)
+            if name in named and named[name][0] != spec:
+                first, this = named[name][0].to_json(), spec.to_json()
+                listing = "; ".join(f"{k} {_short(this[k])} there, {_short(first[k])} in the first"
+                                    for k in first if first[k] != this[k])  # fmt: skip
+                raise ConfigError(f"{key}: {entry.path} is another arm than {named[name][1][0].path} ({listing}), but "
+                                  f"both are arm {name!r}: give it its own data.datasets[{i}].arm")  # fmt: skip
+            named.setdefault(name, (spec, []))[1].append(entry)
+        groups = [ArmGroup(name, spec, tuple(entries)) for name, (spec, entries) in named.items()]
+        first = groups[0]
+        for group in groups[1:]:
+            key = f"data.datasets[{sources.index(group.sources[0])}]"
+            for what, ours, theirs in (("node features", group.spec.layout.features, first.spec.layout.features),
+                                       ("action_horizon", group.spec.action_horizon, first.spec.action_horizon),
+                                       ("image_size", group.spec.image_size, first.spec.image_size)):  # fmt: skip
+                if ours != theirs:
+                    raise ConfigError(f"{key}: {group.sources[0].path} (arm {group.name!r}) has {what} {_short(ours)}, "
+                                      f"arm {first.name!r} has {_short(theirs)}: a model of several arms reads one "
+                                      "node layout and one chunk length")  # fmt: skip
+        return groups
+
+    def dataset_spec(self) -> DatasetSpec:
+        """The arm the datasets share; datasets of several arms are an error here (`arm_groups` takes them)."""
+        groups = self.arm_groups()
+        if len(groups) > 1:
+            raise ConfigError(f"the datasets record {len(groups)} arms {[g.name for g in groups]}; this needs one")
+        return groups[0].spec
 
     def tokenizer_path(self) -> Path:
         if self.data.tokenizer:
@@ -241,6 +289,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return plain(dataclasses.asdict(self))
+
+
+def shared_model_fields(groups: Sequence[ArmGroup]) -> dict[str, Any]:
+    """The model config fields that arms of one model fix: the largest node count (every arm's graph padded to it,
+    the first largest arm's edges), the node features, those any arm measures, the chunk length, and each arm."""
+    largest = max(groups, key=lambda g: g.spec.num_nodes).spec
+    features = largest.layout.features
+    measured = tuple(f for f in features if any(f in g.spec.layout.measured for g in groups))
+    return {**largest.model_fields(), "measured_features": measured,
+            "arms": tuple(ArmShape(g.name, g.spec.num_nodes, g.spec.edges) for g in groups)}  # fmt: skip
 
 
 def check_same_arm(model: SoftArmModelConfig, directory: Path, what: str, hint: str, fields=SHAPE_FIELDS) -> None:

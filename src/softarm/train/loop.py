@@ -31,15 +31,15 @@ from tqdm import tqdm
 from softarm import rtc
 from softarm.data.loader import Batch, MixtureDataset, SoftArmDataset, make_loader, prepared_cameras, spread, to_device
 from softarm.data.prepared import PreparedDataset
-from softarm.data.spec import DatasetSpec, read_spec
+from softarm.data.spec import DatasetSpec
 from softarm.data.tokenizer import SentencePieceTokenizer
-from softarm.data.transforms import input_transform
+from softarm.data.transforms import ArmTag, input_transform
 from softarm.layout import CONFIG_FILE, LOSS_PLOT
 from softarm.model import PI0GraphPytorch, count_parameters
 from softarm.model_config import SoftArmModelConfig
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
-from softarm.train.config import ConfigError, TrainConfig, check_same_arm
+from softarm.train.config import ArmGroup, ConfigError, TrainConfig, check_same_arm
 from softarm.train.ema import make_ema, update_ema
 from softarm.train.lora import apply_lora
 from softarm.train.metrics import MetricsLog
@@ -112,7 +112,12 @@ def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> to
     if max_delay:
         delay = rtc.sample_delays(len(batch.actions), max_delay, config.train.rtc_delays, batch.actions.device)
     losses = model(
-        batch.observation, batch.actions, graph_nodes=batch.graph_nodes, delay=delay, graph_mask=batch.graph_mask
+        batch.observation,
+        batch.actions,
+        graph_nodes=batch.graph_nodes,
+        delay=delay,
+        graph_mask=batch.graph_mask,
+        arm=batch.arm,
     )
     mask = batch.loss_mask(config.data.action_padding)
     if delay is not None:
@@ -186,10 +191,11 @@ class Run:
     dist: Dist
     device: torch.device
     dir: Path
-    spec: DatasetSpec  # the arm's, which every dataset shares
+    spec: DatasetSpec  # the (first) arm's
     tokenizer_path: Path
     norm_stats_path: Path  # what a checkpoint keeps: the (first) dataset's norm_stats.json, or data.norm_stats
     sharded: bool  # FSDP over several ranks
+    arms: tuple[ArmGroup, ...] = ()  # a model of several arms: each arm and its datasets
 
     def log(self, text: str) -> None:
         if self.dist.main:
@@ -304,11 +310,11 @@ def start(config: TrainConfig) -> Run:
             "the same command with the same dataset resumes it; choose another train.out_dir",
             fields,
         )
+    groups = config.arm_groups()
     return Run(
         config=config, model_config=model_config, dist=dist, device=pick_device(t.device, dist), dir=Path(t.out_dir),
-        spec=read_spec(config.sources()[0].path), tokenizer_path=config.tokenizer_path(),
-        norm_stats_path=config.norm_stats_path(),
-        sharded=t.strategy == "fsdp" and dist.world > 1,
+        spec=groups[0].spec, tokenizer_path=config.tokenizer_path(), norm_stats_path=config.norm_stats_path(),
+        sharded=t.strategy == "fsdp" and dist.world > 1, arms=tuple(groups) if len(groups) > 1 else (),
     )  # fmt: skip
 
 
@@ -324,13 +330,19 @@ def build_loaders(run: Run) -> tuple[DataLoader, dict[str, DataLoader]]:
             f"more than the model's {model_config.vocab_size}-token vocabulary"
         )
 
+    arm_of = {source.path: k for k, group in enumerate(run.arms) for source in group.sources}
+
     def dataset(path: str, split: str) -> SoftArmDataset:
         prepared = PreparedDataset(path, split)
         norm_stats = normalize.deserialize_json(config.norm_stats_path(path).read_text())
+        tag = None
+        if run.arms:  # the arm's own graph, normalised by its statistics, then padded and named
+            k = arm_of[path]
+            tag = ArmTag(k, run.arms[k].name, model_config.num_nodes, model_config.arm_conditioning == "prompt")
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
-            num_nodes=model_config.num_nodes, layout=model_config.node_layout, action_dim=prepared.spec.action_dim,
-            history=model_config.history,
+            num_nodes=prepared.spec.num_nodes, layout=prepared.spec.layout, action_dim=prepared.spec.action_dim,
+            history=model_config.history, arm=tag,
         )  # fmt: skip
         return SoftArmDataset(prepared, transform, model_config.history)
 
@@ -484,6 +496,7 @@ def save(run: Run, state: ckpt.TrainState) -> None:
         rngs = [None] * run.dist.world
         torch.distributed.all_gather_object(rngs, ckpt.rng_state())
     if run.dist.main:
-        sources = ckpt.Sources(run.config.to_dict(), run.spec, run.tokenizer_path, run.norm_stats_path)
+        arms = tuple((g.name, g.spec, run.config.norm_stats_path(g.sources[0].path)) for g in run.arms)
+        sources = ckpt.Sources(run.config.to_dict(), run.spec, run.tokenizer_path, run.norm_stats_path, arms)
         ckpt.save_checkpoint(run.dir, state, sources, optimizer_state=optimizer_state, model_state=model_state,
                              ema_state=ema_state, keep_last=run.config.train.keep_last, rng_states=rngs)  # fmt: skip
