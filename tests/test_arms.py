@@ -234,3 +234,29 @@ def test_eval_drives_the_simulated_arm_with_the_checkpoints_arm_of_that_name(two
     assert agent.policy.arm == "small"
     with pytest.raises(ValueError, match=r"holds a model of the arms \['big', 'small'\]: unknown arm 'pneumatic'"):
         make_agent(EvalOptions(checkpoint=str(checkpoint), device="cpu"), static)  # the simulated arm's name
+
+
+def test_the_no_graph_baseline_trains_on_the_same_arms_named_in_the_prompt(two_arms, tmp_path: Path) -> None:
+    big, small, _ = two_arms
+    config = load_config(DEBUG_CONFIG, [
+        f"data.datasets=[{{path: {big}}}, {{path: {small}}}]", f"train.out_dir={tmp_path}", "train.steps=1",
+        "train.save_every=1", "train.val_every=1", "data.batch_size=4", "train.tensorboard=false",
+        "model.overrides.fusion=none",
+    ])  # fmt: skip
+    assert [a.name for a in config.validate().arms] == ["big", "small"]
+    train(config)
+    policy = MultiArmPolicy.from_checkpoint(tmp_path / "checkpoints" / "1", device="cpu")
+    assert policy.metadata["arms"]["small"]["fusion"] == "none"
+    request = {"images": {"base": np.zeros((48, 64, 3), np.uint8)}, "graph_nodes": np.zeros((6, 18), np.float32),
+               "prompt": "reach the red ball", "arm": "small"}  # fmt: skip
+    assert policy.infer(request)["actions"].shape == (16, 3)
+    named = load_config(
+        DEBUG_CONFIG,
+        [
+            f"data.datasets=[{{path: {big}}}, {{path: {small}}}]",
+            "model.overrides.fusion=none",
+            "model.overrides.arm_conditioning=embedding",
+        ],
+    )
+    with pytest.raises(ConfigError, match="model: arm_conditioning 'embedding' adds to the graph's node tokens"):
+        named.validate()
