@@ -263,13 +263,6 @@ class TrainConfig:
                                       "node layout and one chunk length")  # fmt: skip
         return groups
 
-    def dataset_spec(self) -> DatasetSpec:
-        """The arm the datasets share; datasets of several arms are an error here (`arm_groups` takes them)."""
-        groups = self.arm_groups()
-        if len(groups) > 1:
-            raise ConfigError(f"the datasets record {len(groups)} arms {[g.name for g in groups]}; this needs one")
-        return groups[0].spec
-
     def tokenizer_path(self) -> Path:
         if self.data.tokenizer:
             return Path(self.data.tokenizer).expanduser()
