@@ -260,3 +260,21 @@ def test_the_no_graph_baseline_trains_on_the_same_arms_named_in_the_prompt(two_a
     )
     with pytest.raises(ConfigError, match="model: arm_conditioning 'embedding' adds to the graph's node tokens"):
         named.validate()
+
+
+def test_arms_with_graph_history_pad_every_step_of_the_window(two_arms, tmp_path: Path) -> None:
+    big, small, _ = two_arms
+    config = load_config(DEBUG_CONFIG, [
+        f"data.datasets=[{{path: {big}}}, {{path: {small}}}]", f"train.out_dir={tmp_path}", "train.steps=1",
+        "train.save_every=1", "train.val_every=1", "data.batch_size=4", "train.tensorboard=false",
+        "model.overrides.history_steps=3", "model.overrides.arm_conditioning=embedding",
+    ])  # fmt: skip
+    train(config)
+    policy = SoftArmPolicy.from_checkpoint(tmp_path / "checkpoints" / "1", device="cpu", arm="small")
+    window = np.random.default_rng(0).normal(size=(3, 6, 18)).astype(np.float32)
+    request = {"images": {"base": np.zeros((48, 64, 3), np.uint8)}, "graph_nodes": window, "prompt": "reach"}
+    prepared = policy.prepare(request)
+    assert prepared["graph_nodes"].shape == (3, 10, 19)  # each step padded to the larger arm's 10 nodes
+    assert not prepared["graph_nodes"][:, 6:].any()
+    assert prepared["arm"] == 1
+    assert policy.act(prepared)["actions"].shape == (16, 3)
