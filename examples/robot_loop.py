@@ -15,7 +15,8 @@ to the new chunk at the step the arm has reached; `--no-rtc` leaves the two keys
 
 A policy with proprioceptive history (the server's metadata: `history.steps` > 1) reads the last few control steps'
 graphs: the loop keeps them (`GraphHistory`, fed at every control step, not only when it asks for a chunk) and sends
-the window with each request.
+the window with each request; one with visual history (`image_history.steps` > 1) likewise gets the past frames
+of the cameras it names (`ImageHistory`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from softarm.data.raw import read_episode
 from softarm.execution import ChunkExecutor
-from softarm.history import GraphHistory, HistorySpec
+from softarm.history import GraphHistory, HistorySpec, ImageHistory
 
 
 class EpisodeReplay:
@@ -117,12 +118,19 @@ def run(
         broker = ActionChunkBroker(client, action_horizon=replan)  # execute `replan` steps of each chunk, re-plan
         policy = lambda observation: broker.infer(observation)["actions"]  # noqa: E731
     history = GraphHistory(HistorySpec(**meta["history"])) if meta.get("history", {}).get("steps", 1) > 1 else None
+    seen = meta.get("image_history", {})  # past camera frames: the loop keeps them, as it keeps the graph's
+    frames = (
+        ImageHistory(HistorySpec(seen["steps"], seen["stride"]), seen["cameras"]) if seen.get("steps", 1) > 1 else None
+    )
     for _ in range(steps):
         tick = time.monotonic()
         observation = arm.observation()
         if history is not None:
             history.push(observation["graph_nodes"])
             observation |= history.request_fields()
+        if frames is not None:
+            frames.push(observation["images"])
+            observation |= frames.request_fields()
         arm.apply(policy(observation))
         if realtime:
             time.sleep(max(0.0, period - (time.monotonic() - tick)))

@@ -36,6 +36,8 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         assert set(card["training"]) >= {"val_loss", "val_loss_ema"}
         assert card["vision_warmup"]["steps"] == 2
         assert card["vision_warmup"]["train_frames"] > 0
+        assert (card["recipe"]["vision_readout"], card["recipe"]["vision_relative"]) == ("flat", True)
+        assert "val_relative_error_mm_median" in card["vision_warmup"]  # the goal from the tip, learnt too
         assert card["train_config"]["train"]["init_from"] == f"OUT/vision/{name}"
         assert card["train_config"]["data"]["path"] == "OUT/prepared"
         assert set(card["scores"]) == {"reach", "follow", "choose"}

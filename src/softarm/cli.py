@@ -141,8 +141,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "reach=100")
     options = PretrainOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach,
-        val_episodes=args.val_episodes, vision_steps=args.vision_steps, eval_episodes=evaluations,
-        models=tuple(args.models),
+        val_episodes=args.val_episodes, vision_steps=args.vision_steps, vision_readout=args.vision_readout,
+        vision_relative=args.vision_relative, eval_episodes=evaluations, models=tuple(args.models),
         config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=tuple(args.overrides),
         export=Path(args.export) if args.export else None, workers=args.workers,
     )  # fmt: skip
@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--vision-steps", type=int, default=4000,
                      help="steps of the vision warm-up (where each reach episode's tip ends) before the policy "
                           "trains; 0: none")  # fmt: skip
+    pre.add_argument("--vision-readout", choices=["flat", "attend"], default="flat",
+                     help="the warm-up's thrown-away readout of the image tokens")  # fmt: skip
+    pre.add_argument("--vision-relative", action=argparse.BooleanOptionalAction, default=True,
+                     help="the warm-up also learns where the goal is from the tip now")  # fmt: skip
     pre.add_argument("--eval-episodes", action="append", metavar="[TASK=]COUNT",
                      help="closed-loop episodes per base and task (default reach=100 follow=30 choose=30)")  # fmt: skip
     pre.add_argument("--models", nargs="+", choices=["graph", "no_graph"], default=["graph", "no_graph"])

@@ -1,4 +1,5 @@
-"""Proprioceptive history: the graph over the last K control steps, `stride` steps apart, oldest first.
+"""Proprioceptive and visual history: the graph (or camera frames) over the last K control steps, `stride` steps
+apart, oldest first.
 
 One rule for every place a window is cut — the loader (from a prepared episode), the robot side (`GraphHistory`, fed
 every control step) — so a model sees at inference exactly what it trained on: before the episode's first step the
@@ -12,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from softarm.layout import GRAPH_HISTORY_MASK, GRAPH_NODES
+from softarm.layout import GRAPH_HISTORY_MASK, GRAPH_NODES, IMAGE_HISTORY, IMAGE_HISTORY_MASK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,3 +71,31 @@ class GraphHistory:
         """The window as a request carries it: {"graph_nodes": [K, N, F], "graph_history_mask": [K]}."""
         nodes, mask = self.window()
         return {GRAPH_NODES: nodes, GRAPH_HISTORY_MASK: mask}
+
+
+class ImageHistory:
+    """The robot side's window of camera frames: `push` every control step's images ({camera: uint8 [H, W, 3]}),
+    `request_fields()` gives the past K-1 frames of the model's cameras and their mask, which a request carries
+    beside the current images; `reset()` at a new episode."""
+
+    def __init__(self, spec: HistorySpec, cameras: list[str]) -> None:
+        self.spec, self.cameras = spec, list(cameras)
+        self._steps: deque[dict[str, np.ndarray]] = deque(maxlen=spec.span)
+
+    def reset(self) -> None:
+        self._steps.clear()
+
+    def push(self, images: dict[str, np.ndarray]) -> None:
+        missing = [camera for camera in self.cameras if camera not in images]
+        if missing:
+            raise ValueError(f"images lack camera {missing[0]!r}, whose past frames the model reads")
+        self._steps.append({camera: np.asarray(images[camera]) for camera in self.cameras})
+
+    def request_fields(self) -> dict:
+        """{"image_history": {camera: [K-1, H, W, 3]}, "image_history_mask": [K-1]}: the window without its current
+        step (the request's "images" hold that)."""
+        if not self._steps:
+            raise ValueError("no images pushed yet: push the current step's before asking for the window")
+        back, mask = self.spec.offsets(len(self._steps))
+        frames = {camera: np.stack([self._steps[-1 - b][camera] for b in back[:-1]]) for camera in self.cameras}
+        return {IMAGE_HISTORY: frames, IMAGE_HISTORY_MASK: mask[:-1]}

@@ -11,6 +11,9 @@ from __future__ import annotations
 GRAPH_NODES = "graph_nodes"
 # with history (softarm.history): which steps of graph_nodes [K, N, F] are real; request key and model input
 GRAPH_HISTORY_MASK = "graph_history_mask"
+# visual history: past frames of the cameras ({camera: [K-1, H, W, 3]}, oldest first) and which are real ([K-1])
+IMAGE_HISTORY = "image_history"
+IMAGE_HISTORY_MASK = "image_history_mask"
 
 # prepared dataset (`softarm convert`)
 FORMAT_VERSION = 3  # 3: meta.json says which node features are measured, and the edges; 2: graph_nodes (was nodes)

@@ -28,12 +28,15 @@ from torch import nn
 
 from softarm import openpi_compat, rtc
 from softarm.graph_encoder import GraphEncoder, GraphEncoding
+from softarm.layout import IMAGE_SLOTS
 from softarm.model_config import SoftArmModelConfig
 from softarm.rtc import ActionPrefix
+from softarm.visual_memory import StackedFrames, VisualMemory
 
-# Every parameter the graph extension adds lives under one of these names; nothing else may be missing when
-# official base weights are loaded.
-GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.")
+# Every parameter the extension adds (the graph, visual history) lives under one of these names; nothing else may be
+# missing when official base weights are loaded.
+GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.",
+                                       "visual_history.")  # fmt: skip
 openpi_compat.check_pi0_hooks()  # the methods PI0GraphPytorch overrides below
 
 
@@ -68,6 +71,12 @@ class PI0GraphPytorch(PI0Pytorch):
         self.drop_prefix_padding = True
         self._prefix: ActionPrefix | None = None  # the previous chunk, during a sample_actions call
         self._clean_tokens: torch.Tensor | None = None  # [B, H] action tokens given clean (training-time RTC)
+        # past camera frames ({slot: [B, K-1, 3, H, W]}, mask [B, K-1]) during a call, for embed_prefix
+        self._image_history: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        if config.image_history_steps > 1:
+            width = self.paligemma_with_expert.paligemma.config.text_config.hidden_size
+            history = VisualMemory if config.image_history_mode == "memory" else StackedFrames
+            self.visual_history = history(width, config.image_history_steps, len(config.history_slots))
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
@@ -104,6 +113,7 @@ class PI0GraphPytorch(PI0Pytorch):
         prefix: ActionPrefix | None = None,
         clean_tokens: torch.Tensor | None = None,
         arm: torch.Tensor | None = None,
+        image_history: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
     ) -> Iterator[None]:
         """Encode the graph (its history mask, each sample's arm) once per call and make it, the previous chunk (for
         denoise_step) and the action tokens given clean ([B, H] bool, for embed_suffix) visible to the hooks during
@@ -111,10 +121,14 @@ class PI0GraphPytorch(PI0Pytorch):
         skip = graph_nodes is None or self.config.fusion == "none"
         self._graph = None if skip else self.graph_encoder(graph_nodes, graph_mask, arm)
         self._prefix, self._clean_tokens = prefix, clean_tokens
+        if (image_history is None) != (self.config.image_history_steps == 1):
+            raise ValueError(f"this model reads {self.config.image_history_steps - 1} past frames of "
+                             f"{list(self.config.history_slots)}: give image_history (and only then)")  # fmt: skip
+        self._image_history = image_history
         try:
             yield
         finally:
-            self._graph, self._prefix, self._clean_tokens = None, None, None
+            self._graph, self._prefix, self._clean_tokens, self._image_history = None, None, None, None
 
     def conditions_on(self, prefix: ActionPrefix) -> bool:
         """Whether this model takes `prefix` as clean tokens (trained for its delay) rather than by guidance."""
@@ -122,6 +136,9 @@ class PI0GraphPytorch(PI0Pytorch):
 
     def embed_prefix(self, images, img_masks, lang_tokens, lang_masks):
         embs, pad_masks, att_masks = super().embed_prefix(images, img_masks, lang_tokens, lang_masks)
+        if self._image_history is not None:
+            per_image = (embs.shape[1] - lang_tokens.shape[1]) // len(images)  # openpi: images first, then the prompt
+            embs, pad_masks, att_masks = self._with_past_frames(embs, pad_masks, att_masks, img_masks, per_image)
         if self.drop_prefix_padding:
             embs, pad_masks, att_masks = drop_shared_padding(embs, pad_masks, att_masks)
         if self._graph is None or self.config.fusion != "prefix":
@@ -131,6 +148,35 @@ class PI0GraphPytorch(PI0Pytorch):
             tokens, pad_masks, att_masks, new_block=False, node_mask=self._graph.node_mask
         )  # full attention with the image+prompt block
         return concat_tokens((embs, pad_masks, att_masks), graph)
+
+    def _with_past_frames(self, embs, pad_masks, att_masks, img_masks, per_image: int) -> tuple:
+        """The prefix with the past frames read into it: `memory` updates each history slot's current image tokens,
+        `stack` adds the past frames' tokens after the images (padding where a frame or its camera is missing)."""
+        frames, mask = self._image_history
+        memory = self.config.image_history_mode == "memory"
+        added = []
+        for k, slot in enumerate(self.config.history_slots):
+            s = IMAGE_SLOTS.index(slot)
+            past = frames[slot]
+            with torch.no_grad() if memory else contextlib.nullcontext():  # memory: a past frame's tokens as they were
+                tokens = self.paligemma_with_expert.embed_image(past.flatten(0, 1))
+            tokens = tokens.view(*past.shape[:2], *tokens.shape[1:])  # [B, K-1, T, D]
+            if memory:
+                at = slice(s * per_image, (s + 1) * per_image)
+                current = self.visual_history(k, embs[:, at], tokens, mask)
+                embs = torch.cat([embs[:, : at.start], current.to(embs.dtype), embs[:, at.stop :]], dim=1)
+            else:
+                real = (img_masks[s][:, None] & mask).repeat_interleave(per_image, dim=1)
+                added.append((self.visual_history(k, tokens).to(embs.dtype), real.to(pad_masks.dtype)))
+        if not added:
+            return embs, pad_masks, att_masks
+        end = len(IMAGE_SLOTS) * per_image
+        flags = torch.zeros(embs.shape[0], sum(t.shape[1] for t, _ in added), dtype=att_masks.dtype, device=embs.device)
+        return (
+            torch.cat([embs[:, :end], *(t for t, _ in added), embs[:, end:]], dim=1),
+            torch.cat([pad_masks[:, :end], *(m for _, m in added), pad_masks[:, end:]], dim=1),
+            torch.cat([att_masks[:, :end], flags, att_masks[:, end:]], dim=1),
+        )
 
     def embed_suffix(self, state, noisy_actions, timestep):
         if self._graph is not None and self.config.fusion == "state":
@@ -160,18 +206,28 @@ class PI0GraphPytorch(PI0Pytorch):
         return super()._preprocess_observation(observation, train=train and self.augment_images)
 
     def forward(
-        self, observation, actions, graph_nodes=None, noise=None, time=None, delay=None, graph_mask=None, arm=None
+        self,
+        observation,
+        actions,
+        graph_nodes=None,
+        noise=None,
+        time=None,
+        delay=None,
+        graph_mask=None,
+        arm=None,
+        image_history=None,
     ) -> torch.Tensor:
         """Per-element flow-matching loss [B, H, 32], as PI0Pytorch.forward, with the graph fused in (with history:
         [B, K, N, F] and `graph_mask` [B, K]; a model of several arms: `arm` [B], each sample's arm index). `delay`
         [B] (training-time RTC): the first delay[b] action tokens of sample b are given clean, at flow time 0; their
-        loss is not meaningful and the caller leaves it out."""
+        loss is not meaningful and the caller leaves it out. `image_history`: ({slot: past frames [B, K-1, 3, H, W]},
+        mask [B, K-1]) for a model with visual history."""
         clean = None
         if delay is not None:
             clean = torch.arange(actions.shape[1], device=actions.device) < delay[:, None]
             noise = self.sample_noise(actions.shape, actions.device) if noise is None else noise
             noise = torch.where(clean[:, :, None], actions, noise)  # x_t = actions there, whatever t is
-        with self._call_inputs(graph_nodes, graph_mask, clean_tokens=clean, arm=arm):
+        with self._call_inputs(graph_nodes, graph_mask, clean_tokens=clean, arm=arm, image_history=image_history):
             return super().forward(observation, actions, noise=noise, time=time)
 
     @torch.no_grad()
@@ -185,6 +241,7 @@ class PI0GraphPytorch(PI0Pytorch):
         prefix: ActionPrefix | None = None,
         graph_mask=None,
         arm=None,
+        image_history=None,
     ) -> torch.Tensor:
         """Denoised action chunk [B, H, 32], as PI0Pytorch.sample_actions, with the graph fused in. With `prefix`
         (the previous chunk), real-time chunking: a model trained for the delay starts its committed steps at the
@@ -194,7 +251,7 @@ class PI0GraphPytorch(PI0Pytorch):
             noise = self.sample_noise(shape, device) if noise is None else noise
             clean = prefix.clean_tokens()
             noise = torch.where(clean[:, :, None], prefix.actions.to(noise.dtype), noise)
-        with self._call_inputs(graph_nodes, graph_mask, prefix, arm=arm):
+        with self._call_inputs(graph_nodes, graph_mask, prefix, arm=arm, image_history=image_history):
             return super().sample_actions(device, observation, noise=noise, num_steps=num_steps)
 
     def denoise_step(self, state, prefix_pad_masks, past_key_values, x_t, timestep):

@@ -10,11 +10,14 @@ from openpi.models import pi0_config
 from softarm import arm, rtc
 from softarm.graph_encoder import HISTORY_MODES, HistoryMode
 from softarm.history import NO_HISTORY, HistorySpec
+from softarm.layout import IMAGE_SLOTS
 from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE
 from softarm.vision import VisionSpec
 
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
+ImageHistoryMode = Literal["memory", "stack"]
+IMAGE_HISTORY_MODES: tuple[str, ...] = ("memory", "stack")
 ArmConditioning = Literal["prompt", "embedding"]
 ARM_CONDITIONINGS: tuple[str, ...] = ("prompt", "embedding")
 
@@ -76,6 +79,14 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     # (a learned vector per arm added to every node token).
     arms: tuple[ArmShape, ...] = ()
     arm_conditioning: ArmConditioning = "prompt"
+    # Visual history (softarm.visual_memory): the past `image_history_steps - 1` frames of the cameras in
+    # `image_history_slots` (openpi slots; () = all three), `image_history_stride` control steps apart. "memory":
+    # each current image token attends to its patch in the past frames (MEM-style), the past tokens are dropped
+    # before the VLM; "stack": the past frames' tokens join the prefix (the naive way, for comparison). 1 = none.
+    image_history_steps: int = 1
+    image_history_stride: int = 1
+    image_history_mode: ImageHistoryMode = "memory"
+    image_history_slots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,6 +123,14 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         if self.history_mode not in HISTORY_MODES:
             raise ValueError(f"history_mode must be one of {HISTORY_MODES}, got {self.history_mode!r}")
         self._check_arms()
+        HistorySpec(self.image_history_steps, self.image_history_stride)  # checks both
+        if self.image_history_mode not in IMAGE_HISTORY_MODES:
+            mode = self.image_history_mode
+            raise ValueError(f"image_history_mode must be one of {IMAGE_HISTORY_MODES}, got {mode!r}")
+        object.__setattr__(self, "image_history_slots", tuple(self.image_history_slots))
+        unknown = [slot for slot in self.image_history_slots if slot not in IMAGE_SLOTS]
+        if unknown:
+            raise ValueError(f"image_history_slots: {unknown[0]!r} is not one of openpi's image slots {IMAGE_SLOTS}")
         if self.action_dim != 32:
             raise ValueError(
                 f"openpi's PI0Pytorch has 32-D action/state projections; action_dim must be 32, got {self.action_dim}"
@@ -146,6 +165,18 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         if self.fusion == "none":
             return NO_HISTORY
         return HistorySpec(self.history_steps, self.history_stride)
+
+    @property
+    def image_history(self) -> HistorySpec:
+        """The camera frames the model reads besides the current ones (1 step: none)."""
+        return HistorySpec(self.image_history_steps, self.image_history_stride)
+
+    @property
+    def history_slots(self) -> tuple[str, ...]:
+        """The image slots whose past frames the model reads (none without visual history)."""
+        if self.image_history_steps == 1:
+            return ()
+        return self.image_history_slots or IMAGE_SLOTS
 
     @property
     def node_layout(self) -> arm.NodeLayout:

@@ -104,6 +104,7 @@ class SoftArmPolicy:
         self._inputs = input_transform(
             spec.cameras, norm_stats, tokenizer, pi05=config.pi05, resize=True, num_nodes=num_nodes,
             layout=node_layout, action_dim=spec.action_dim, state_dim=spec.state_dim, history=config.history, arm=tag,
+            image_history=config.image_history, image_slots=config.history_slots,
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec.action_dim)
         self.compile_mode = compile_mode(compile, self.device)
@@ -160,6 +161,14 @@ class SoftArmPolicy:
             # before the episode's start. The robot keeps the window (softarm.history.GraphHistory, fed every control
             # step): only it sees every step, the server sees those it is asked to act on.
             "history": {"steps": self.history.steps, "stride": self.history.stride},
+            # visual history: with steps > 1 a request also carries "image_history" {camera: [steps - 1, H, W, 3]},
+            # the past frames of these cameras `stride` control steps apart, oldest first, and optionally
+            # "image_history_mask" [steps - 1] (softarm.history.ImageHistory keeps them on the robot)
+            "image_history": {
+                "steps": config.image_history.steps,
+                "stride": config.image_history.stride,
+                "cameras": self.history_cameras,
+            },
             "pi05": config.pi05,
             "noise_scale": self.noise_scale,  # of the flow's starting noise: 0 = deterministic sampling
             # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
@@ -181,6 +190,11 @@ class SoftArmPolicy:
         return self.spec.num_nodes, self.spec.layout, self.spec.edges
 
     @property
+    def history_cameras(self) -> list[str]:
+        """The cameras whose past frames a request carries (none without visual history)."""
+        return [self.spec.cameras[slot] for slot in self.model.config.history_slots if self.spec.cameras.get(slot)]
+
+    @property
     def history(self) -> HistorySpec:
         """The graph history this policy reads: a request's graph_nodes window (1 step: no history)."""
         return self.model.config.history
@@ -197,7 +211,8 @@ class SoftArmPolicy:
     def prepare(self, observation: dict) -> dict:
         """Validate and transform one observation (ValueError naming the key if malformed); no model work, so a
         server can answer a bad request without waiting for the model."""
-        keys = ("images", layout.GRAPH_NODES, layout.GRAPH_HISTORY_MASK, "graph_features", "prompt", "state")
+        keys = ("images", layout.GRAPH_NODES, layout.GRAPH_HISTORY_MASK, "graph_features", "prompt", "state",
+                layout.IMAGE_HISTORY, layout.IMAGE_HISTORY_MASK)  # fmt: skip
         inputs = {k: v for k, v in observation.items() if k in keys}
         if observation.get("arm", self.arm) != self.arm:
             raise ValueError(f"'arm': {observation['arm']!r}, but this policy drives " + (
@@ -249,6 +264,11 @@ class SoftArmPolicy:
             "prompt": "warm up",
             **({"state": np.zeros(spec.state_dim, np.float32)} if spec.state_dim else {}),
         }
+        past = self.model.config.image_history.steps - 1
+        if past:
+            observation[layout.IMAGE_HISTORY] = {
+                cam: np.zeros((past, side, side, 3), np.uint8) for cam in self.history_cameras
+            }
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         start = time.monotonic()
         with torch.random.fork_rng(devices=devices):
@@ -270,7 +290,7 @@ class SoftArmPolicy:
         with torch.inference_mode(not guided):  # guidance differentiates through the action expert
             actions = sample(
                 self.device, batch.observation, graph_nodes=batch.graph_nodes, noise=noise, num_steps=self.num_steps,
-                prefix=prefix, graph_mask=batch.graph_mask, arm=batch.arm,
+                prefix=prefix, graph_mask=batch.graph_mask, arm=batch.arm, image_history=batch.image_history,
             )  # fmt: skip
         out = self._outputs({"actions": actions[0].float().cpu().numpy()})
         return {"actions": out["actions"], "policy_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}

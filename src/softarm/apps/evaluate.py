@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from softarm.execution import ENSEMBLE_DECAY, EXECUTIONS, ChunkExecutor, delay_steps
-from softarm.history import NO_HISTORY, GraphHistory
+from softarm.history import NO_HISTORY, GraphHistory, ImageHistory
 from softarm.layout import EVAL_FILE, GRAPH_NODES
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
@@ -67,13 +67,18 @@ class ModelAgent:
         # a policy reading past graph steps gets every control step's graph, as a robot would feed it
         history = getattr(policy, "history", NO_HISTORY)  # any object with `infer` is a policy; most read one step
         self.history = GraphHistory(history) if history.steps > 1 else None
+        # and one reading past camera frames every control step's images (rendered every step, not only on requests)
+        config = getattr(getattr(policy, "model", None), "config", None)
+        frames = config.image_history if config is not None else NO_HISTORY
+        self.frames = ImageHistory(frames, policy.history_cameras) if frames.steps > 1 else None
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
         torch.manual_seed(spec.seed)  # the flow-matching noise: an evaluation is repeatable episode by episode
         self.executor.reset(spec.initial_command)
         self.pending = None
-        if self.history is not None:
-            self.history.reset()
+        for history in (self.history, self.frames):
+            if history is not None:
+                history.reset()
 
     @property
     def switches(self) -> list[int]:
@@ -85,16 +90,20 @@ class ModelAgent:
 
     @property
     def needs_images(self) -> bool:
-        """Whether this step sends a request (an observation with images)."""
-        return self.executor.wants_request(self.delay)
+        """Whether this step needs the cameras: it sends a request, or the policy reads past frames."""
+        return self.frames is not None or self.executor.wants_request(self.delay)
 
     def act(self, observation: dict) -> np.ndarray:
         executor = self.executor
         if self.history is not None:
             self.history.push(observation[GRAPH_NODES])
+        if self.frames is not None:
+            self.frames.push(observation["images"])
         if executor.wants_request(self.delay):
             if self.history is not None:
                 observation = {**observation, **self.history.request_fields()}
+            if self.frames is not None:
+                observation = {**observation, **self.frames.request_fields()}
             result = self.policy.infer(observation, **executor.request(self.delay))
             self.infer_ms.append(result["policy_timing"]["infer_ms"])
             self.pending = (executor.step + self.delay, np.asarray(result["actions"]))

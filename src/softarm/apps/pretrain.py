@@ -53,8 +53,12 @@ class PretrainOptions:
     # balls and light payloads a policy misses most
     hard_reach: int = 1600
     val_episodes: int = 100
-    # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy)
+    # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy), its
+    # readout ("flat" or "attend", thrown away afterwards) and whether it also learns the goal seen from the tip
+    # (softarm.train.vision_warmup; docs/sim_base.md measures both)
     vision_steps: int = 4000
+    vision_readout: str = "flat"
+    vision_relative: bool = True
     # closed-loop episodes per base and task, on held-out seeds, sampled with `noise_scale`
     eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 100, "follow": 30,
                                                                                   "choose": 30})  # fmt: skip
@@ -149,7 +153,8 @@ def _warm_up(prepared: Path, tokenizer: Path, out: Path, options: PretrainOption
         torch.manual_seed(config.train.seed)
         model = PI0GraphPytorch(config.validate())
         if tower is None:
-            warmup = WarmupOptions(steps=options.vision_steps, prompts=(TASKS["reach"].prompt,), seed=config.train.seed)
+            warmup = WarmupOptions(steps=options.vision_steps, prompts=(TASKS["reach"].prompt,), seed=config.train.seed,
+                                   readout=options.vision_readout, relative=options.vision_relative)  # fmt: skip
             result = dataclasses.asdict(warm_up_vision(model, str(prepared), warmup))
             if result["val_error_mm_median"] is not None:
                 print(f"  the tower places the tip's goal within {result['val_error_mm_median']:.1f} mm (median, "

@@ -19,17 +19,26 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from softarm import openpi_compat
 from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.history import NO_HISTORY, HistorySpec
-from softarm.layout import GRAPH_HISTORY_MASK, GRAPH_NODES, IMAGE_SLOTS
+from softarm.layout import GRAPH_HISTORY_MASK, GRAPH_NODES, IMAGE_HISTORY, IMAGE_HISTORY_MASK, IMAGE_SLOTS
 
 
 class SoftArmDataset(Dataset):
     """Prepared frames through an input transform built with `prepared_cameras(...)` and `resize=False`; with
-    `history` (more than one step) each sample's graph is its history window and its mask."""
+    `history` (more than one step) each sample's graph is its history window and its mask; with `image_history`, the
+    past frames of the `image_slots` that hold a camera come along (the transform fills the others)."""
 
-    def __init__(self, prepared: PreparedDataset, transform, history: HistorySpec = NO_HISTORY) -> None:
+    def __init__(
+        self,
+        prepared: PreparedDataset,
+        transform,
+        history: HistorySpec = NO_HISTORY,
+        image_history: HistorySpec = NO_HISTORY,
+        image_slots: tuple[str, ...] = (),
+    ) -> None:
         self.prepared = prepared
         self.transform = transform
-        self.history = history
+        self.history, self.image_history = history, image_history
+        self.image_slots = [slot for slot in image_slots if slot in prepared.spec.present_cameras]
         self.state_dim = prepared.spec.state_dim or 0
 
     def __len__(self) -> int:
@@ -45,6 +54,13 @@ class SoftArmDataset(Dataset):
         fields = {key: getattr(sample, key) for key in ("images", GRAPH_NODES, "prompt", "actions", "action_is_pad")}
         if self.history.steps > 1:
             fields[GRAPH_NODES], fields[GRAPH_HISTORY_MASK] = self.prepared.graph_window(index, self.history)
+        if self.image_history.steps > 1:
+            fields[IMAGE_HISTORY], mask = {}, None
+            for slot in self.image_slots:  # prepared images are stored per slot: a slot is its own camera name
+                frames, mask = self.prepared.window(index, f"image_{slot}", self.image_history)
+                fields[IMAGE_HISTORY][slot] = frames[:-1]  # the past; the current frame is the sample's image
+            if mask is not None:
+                fields[IMAGE_HISTORY_MASK] = mask[:-1]
         item = self.transform(fields | {"state": sample.state[: self.state_dim]})
         return item | {"episode": sample.episode}  # which episode of the split: named when a step goes wrong
 
@@ -220,6 +236,8 @@ class Batch:
     action_is_pad: torch.Tensor | None = None  # [B, H] True past the episode end
     action_dim_mask: torch.Tensor | None = None  # [B, 32] True for the arm's real action dims
     arm: torch.Tensor | None = None  # [B] int64, a model of several arms: each sample's arm
+    # visual history: ({slot: past frames [B, K-1, 3, H, W] in [-1, 1]}, mask [B, K-1])
+    image_history: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
 
     def loss_mask(self, action_padding: str) -> torch.Tensor:
         """[B, H, 32]: which elements of the model's per-element loss are trained: the arm's real action dims, and
@@ -252,6 +270,10 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
         k: ({kk: vv.to(device, non_blocking=True) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device))
         for k, v in batch.items()
     }
+    image_history = None
+    if IMAGE_HISTORY in batch:
+        frames = {slot: v.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0 for slot, v in batch[IMAGE_HISTORY].items()}
+        image_history = (frames, batch[IMAGE_HISTORY_MASK])
     return Batch(
         observation=observation_from_batch(batch),
         graph_nodes=batch[GRAPH_NODES],
@@ -260,4 +282,5 @@ def to_device(batch: dict, device: torch.device | str) -> Batch:
         action_is_pad=batch.get("action_is_pad"),
         action_dim_mask=batch.get("action_dim_mask"),
         arm=batch.get("arm"),
+        image_history=image_history,
     )

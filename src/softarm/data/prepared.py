@@ -88,9 +88,13 @@ class PreparedDataset:
     def graph_window(self, index: int, history: HistorySpec) -> tuple[np.ndarray, np.ndarray]:
         """Sample `index`'s graph over its history window: nodes [K, N, F] oldest first and mask [K], the episode's
         first step repeated (mask False) where the window reaches before it (`HistorySpec.offsets`)."""
+        return self.window(index, GRAPH_NODES, history)
+
+    def window(self, index: int, array: str, history: HistorySpec) -> tuple[np.ndarray, np.ndarray]:
+        """Any per-frame array (the graph, a camera's images) over sample `index`'s history window, as graph_window."""
         frame = int(self._frame[index])
         back, mask = history.offsets(frame - self.episodes[self.episode_of(index)]["start"] + 1)
-        return np.asarray(self.arrays[GRAPH_NODES][frame - back]), mask  # fancy indexing: a copy
+        return np.asarray(self.arrays[array][frame - back]), mask  # fancy indexing: a copy
 
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):

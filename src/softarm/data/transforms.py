@@ -13,11 +13,18 @@ import dataclasses
 import numpy as np
 from openpi import transforms as _transforms
 from openpi.models.tokenizer import PaligemmaTokenizer
-from openpi.shared import normalize
+from openpi.shared import image_tools, normalize
 
 from softarm import arm
 from softarm.history import NO_HISTORY, HistorySpec
-from softarm.layout import GRAPH_HISTORY_MASK, IMAGE_SIZE, IMAGE_SLOTS, MODEL_DIM
+from softarm.layout import (
+    GRAPH_HISTORY_MASK,
+    IMAGE_HISTORY,
+    IMAGE_HISTORY_MASK,
+    IMAGE_SIZE,
+    IMAGE_SLOTS,
+    MODEL_DIM,
+)
 
 MAX_IMAGE_SIDE = 4096  # a camera frame larger than this is a mistake, not a photo to downsample
 
@@ -39,6 +46,8 @@ class SoftArmInputs(_transforms.DataTransformFn):
     action_dim: int = arm.ACTION_DIM
     state_dim: int | None = None  # the width the model was trained on; None accepts any (prepared data is uniform)
     history: HistorySpec = NO_HISTORY
+    image_history: HistorySpec = NO_HISTORY  # past frames of `image_slots` ("image_history": {camera: [K-1, ...]})
+    image_slots: tuple[str, ...] = ()
 
     def __call__(self, data: dict) -> dict:
         missing = [key for key in ("images", "graph_nodes", "prompt") if key not in data]
@@ -70,6 +79,8 @@ class SoftArmInputs(_transforms.DataTransformFn):
         except (TypeError, ValueError) as e:
             raise ValueError(f"'graph_nodes' and 'state' must be numeric arrays ({e})") from None
         inputs = {}
+        if self.image_history.steps > 1:
+            inputs[IMAGE_HISTORY], inputs[IMAGE_HISTORY_MASK] = self._past_frames(data)
         if self.history.steps > 1:
             nodes, inputs[GRAPH_HISTORY_MASK] = self._window(nodes, data.get("graph_features"), data)
         else:
@@ -91,6 +102,37 @@ class SoftArmInputs(_transforms.DataTransformFn):
             inputs["action_is_pad"] = np.asarray(data.get("action_is_pad", np.zeros(len(actions), bool)))
             inputs["action_dim_mask"] = np.arange(MODEL_DIM) < self.action_dim  # real dims of the padded 32
         return inputs
+
+    def _past_frames(self, data: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """ "image_history" {camera: uint8 [K-1, H, W, 3]} -> {slot: [K-1, 224, 224, 3]} for the model's history slots
+        (zeros where a slot has no camera), and "image_history_mask" [K-1] (default: every frame real)."""
+        past, stride = self.image_history.steps - 1, self.image_history.stride
+        given = data.get(IMAGE_HISTORY, {})
+        if not isinstance(given, Mapping):
+            raise ValueError("'image_history' must map camera names to uint8 [K-1, H, W, 3] arrays of past frames")
+        frames = {}
+        for slot in self.image_slots:
+            camera = self.cameras.get(slot)
+            if camera is None:
+                frames[slot] = np.zeros((past, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+                continue
+            if camera not in given:
+                raise ValueError(
+                    f"'image_history' lacks camera {camera!r}: the model reads its {past} past frames, {stride} "
+                    "control steps apart, oldest first (softarm.history.ImageHistory keeps them)"
+                )
+            window = np.asarray(given[camera])
+            if window.dtype != np.uint8 or window.ndim != 4 or len(window) != past or window.shape[-1] != 3:
+                raise ValueError(f"image_history[{camera!r}] must be uint8 [{past}, H, W, 3], got {window.dtype} "
+                                 f"{list(window.shape)}")  # fmt: skip
+            if window.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
+                window = image_tools.resize_with_pad(window, IMAGE_SIZE, IMAGE_SIZE)
+            frames[slot] = np.array(window)  # a writable copy: a request's arrays are read-only views of its message
+        mask = np.asarray(data.get(IMAGE_HISTORY_MASK, np.ones(past, bool)))
+        if mask.dtype != bool or mask.shape != (past,):
+            raise ValueError(f"'image_history_mask' must be {past} bools, False for frames before the episode's "
+                             f"start; got {mask.tolist()}")  # fmt: skip
+        return frames, mask.copy()
 
     def _window(self, nodes: np.ndarray, names, data: dict) -> tuple[np.ndarray, np.ndarray]:
         """[K, N, F] history window -> ([K, N, layout width], mask [K])."""
@@ -179,13 +221,15 @@ def input_transform(
     state_dim: int | None = None,
     history: HistorySpec = NO_HISTORY,
     arm: ArmTag | None = None,
+    image_history: HistorySpec = NO_HISTORY,
+    image_slots: tuple[str, ...] = (),
 ) -> _transforms.DataTransformFn:
     """Raw observation -> model-ready numpy dict. `resize=False` for prepared data, already 224x224 (resized at
     conversion with the same openpi function that ResizeImages uses). Normalisation broadcasts the per-node stats
     over a history window's steps. `arm`: for a model of several arms (`num_nodes` and `layout` are then this arm's,
     its statistics normalise it before its graph is padded)."""
     steps: list[_transforms.DataTransformFn] = [
-        SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim, history),
+        SoftArmInputs(cameras, num_nodes, layout, action_dim, state_dim, history, image_history, image_slots),
         _transforms.Normalize(as_float32(norm_stats), use_quantiles=pi05),
     ]
     if resize:

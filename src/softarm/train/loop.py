@@ -118,6 +118,7 @@ def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> to
         delay=delay,
         graph_mask=batch.graph_mask,
         arm=batch.arm,
+        image_history=batch.image_history,
     )
     mask = batch.loss_mask(config.data.action_padding)
     if delay is not None:
@@ -342,9 +343,11 @@ def build_loaders(run: Run) -> tuple[DataLoader, dict[str, DataLoader]]:
         transform = input_transform(
             prepared_cameras(prepared), norm_stats, tokenizer, pi05=model_config.pi05, resize=False,
             num_nodes=prepared.spec.num_nodes, layout=prepared.spec.layout, action_dim=prepared.spec.action_dim,
-            history=model_config.history, arm=tag,
+            history=model_config.history, arm=tag, image_history=model_config.image_history,
+            image_slots=model_config.history_slots,
         )  # fmt: skip
-        return SoftArmDataset(prepared, transform, model_config.history)
+        return SoftArmDataset(prepared, transform, model_config.history, model_config.image_history,
+                              model_config.history_slots)  # fmt: skip
 
     per_rank, sources = config.data.batch_size // run.dist.world, config.sources()
     parts = [dataset(source.path, "train") for source in sources]

@@ -1,0 +1,61 @@
+"""Visual history for π0: a camera's past frames read by the current frame's image tokens.
+
+`memory` (after MEM, Physical Intelligence 2026): the past frames go through the same vision tower (without
+gradients: a past frame's tokens are what they were when it was current, so a server may keep them), then each
+current image token attends to the tokens at its own patch position in the past frames and in the current one — a
+causal temporal attention, K keys per token — and what it reads is added through a zero-initialised gate. The past
+tokens are dropped there: the VLM reads as many image tokens as without history, and a fresh memory leaves the
+model exactly as it was.
+
+`stack`: the past frames' tokens (with a learned age embedding) join the prefix after the current images: the
+naive way, whose VLM cost grows with K (HAMLET measured it slower and worse); kept to measure against.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class VisualMemory(nn.Module):
+    """Temporal attention over K frames at each patch position, for the image slots that have history."""
+
+    def __init__(self, width: int, steps: int, slots: int) -> None:
+        super().__init__()
+        self.num_heads = max(1, width // 64) if width % 64 == 0 else 1
+        # which frame a token is from (0 = oldest, steps - 1 = current), per slot
+        self.age = nn.Parameter(torch.randn(slots, steps, width) * 0.02)
+        self.norm = nn.LayerNorm(width)
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def forward(self, slot: int, current: torch.Tensor, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """current [B, T, D] tokens of the current frame, past [B, K-1, T, D] of the past frames (oldest first), mask
+        [B, K-1] True for real frames -> the current frame's tokens [B, T, D] with what they read of the past."""
+        batch, tokens, width = current.shape
+        frames = torch.cat([past.to(current.dtype), current[:, None]], dim=1) + self.age[slot, :, None, :]
+        x = self.norm(frames)  # [B, K, T, D]
+        heads, head_dim = self.num_heads, width // self.num_heads
+        q = self.query(x[:, -1]).view(batch * tokens, 1, heads, head_dim).transpose(1, 2)
+        k, v = self.key_value(x).chunk(2, dim=-1)  # [B, K, T, D] each
+        k, v = (t.permute(0, 2, 1, 3).reshape(batch * tokens, -1, heads, head_dim).transpose(1, 2) for t in (k, v))
+        keys = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # the current frame is always there
+        keys = keys.repeat_interleave(tokens, dim=0)[:, None, None, :]  # [B * T, 1, 1, K]
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # [B * T, H, 1, d]
+        read = read.transpose(1, 2).reshape(batch, tokens, width)
+        return current + self.gate * self.out(read)
+
+
+class StackedFrames(nn.Module):
+    """The past frames' tokens as extra prefix tokens, each frame marked by a learned age embedding per slot."""
+
+    def __init__(self, width: int, steps: int, slots: int) -> None:
+        super().__init__()
+        self.age = nn.Parameter(torch.randn(slots, steps - 1, width) * 0.02)
+
+    def forward(self, slot: int, past: torch.Tensor) -> torch.Tensor:
+        """past [B, K-1, T, D] -> [B, (K-1) * T, D] tokens to append to the prefix."""
+        return (past + self.age[slot, :, None, :]).flatten(1, 2)

@@ -1,0 +1,160 @@
+"""Visual history: past camera frames read by the current image tokens (memory) or stacked into the prefix, cut from
+prepared episodes and kept on the robot side by one rule, trained, served and fed by the evaluation agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from softarm.apps.evaluate import ModelAgent
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.loader import SoftArmDataset
+from softarm.data.prepared import PreparedDataset
+from softarm.history import HistorySpec, ImageHistory
+from softarm.layout import IMAGE_HISTORY, IMAGE_HISTORY_MASK, IMAGE_SLOTS
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
+from softarm.policy import SoftArmPolicy
+from softarm.sim.tasks import EpisodeSpec
+from softarm.visual_memory import VisualMemory
+from tests.conftest import DEBUG_CONFIG, POLICY_CAMERAS, make_actions, make_graph, make_observation, raw_dir
+
+
+def test_the_memory_reads_real_past_frames_and_starts_as_no_memory() -> None:
+    torch.manual_seed(0)
+    memory = VisualMemory(width=32, steps=3, slots=1)
+    current, past = torch.randn(2, 5, 32), torch.randn(2, 2, 5, 32)
+    mask = torch.tensor([[True, True], [False, True]])
+    assert torch.equal(memory(0, current, past, mask), current)  # the gate starts closed
+    with torch.no_grad():
+        memory.gate.fill_(1.0)
+    out = memory(0, current, past, mask)
+    changed = past.clone()
+    changed[:, 0] += 3.0 * torch.randn(5, 32)  # the oldest frame: real in sample 0, before the episode in sample 1
+    moved = memory(0, current, changed, mask)
+    assert not torch.allclose(moved[0], out[0])
+    torch.testing.assert_close(moved[1], out[1])  # a masked frame is not read
+    changed[:, 1, 2] += 3.0 * torch.randn(32)  # the other patch positions do not see patch 2 of a past frame
+    again = memory(0, current, changed, mask)
+    torch.testing.assert_close(again[1, [0, 1, 3, 4]], moved[1, [0, 1, 3, 4]])
+    assert not torch.allclose(again[1, 2], moved[1, 2])
+
+
+def _frames(batch: int = 2, past: int = 2, seed: int = 5) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    frames = {slot: torch.rand(batch, past, 3, 224, 224, generator=gen) * 2 - 1 for slot in IMAGE_SLOTS}
+    return frames, torch.ones(batch, past, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stack"])
+def test_a_model_with_visual_history_reads_the_past_frames(mode: str) -> None:
+    plain = preset("tiny")
+    config = preset("tiny", image_history_steps=3, image_history_mode=mode, image_history_slots=("base_0_rgb",))
+    torch.manual_seed(0)
+    without = PI0GraphPytorch(plain).eval()
+    model = PI0GraphPytorch(config).eval()
+    without.augment_images = model.augment_images = False  # the same images in every call
+    missing, unexpected = model.load_state_dict(without.state_dict(), strict=False)
+    assert not unexpected
+    assert all(name.startswith("visual_history.") for name in missing)
+    observation, graph, actions = make_observation(config), make_graph(config), make_actions(config)
+    frames, mask = _frames()
+    noise, time = torch.randn(2, 16, 32), torch.full((2,), 0.5)
+    base = without(observation, actions, graph_nodes=graph, noise=noise, time=time)
+    loss = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(frames, mask))
+    if mode == "memory":  # a fresh memory's gate is closed: exactly the model without history
+        torch.testing.assert_close(loss, base)
+        with torch.no_grad():
+            model.visual_history.gate.fill_(1.0)
+    changed = {**frames, "base_0_rgb": -frames["base_0_rgb"]}
+    moved = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(changed, mask))
+    assert not torch.allclose(moved, loss)  # the past frames of the history slot are read
+    other = {**frames, "left_wrist_0_rgb": -frames["left_wrist_0_rgb"]}  # not a history slot
+    same = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(other, mask))
+    torch.testing.assert_close(same, model(observation, actions, graph_nodes=graph, noise=noise, time=time,
+                                           image_history=(frames, mask)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"reads 2 past frames of \['base_0_rgb'\]: give image_history"):
+        model(observation, actions, graph_nodes=graph)
+    with pytest.raises(ValueError, match="image_history_slots: 'wrist' is not one of openpi's image slots"):
+        preset("tiny", image_history_steps=2, image_history_slots=("wrist",))
+
+
+def test_the_robot_sides_frames_are_the_loaders(tmp_path: Path) -> None:
+    convert(
+        raw_dir(tmp_path, lengths=(9, 7)), tmp_path / "prep", ConvertOptions(val_episodes=1, cameras=POLICY_CAMERAS)
+    )
+    data, spec = PreparedDataset(tmp_path / "prep", "all"), HistorySpec(steps=3, stride=2)
+    dataset = SoftArmDataset(data, lambda fields: fields, image_history=spec, image_slots=IMAGE_SLOTS)
+    assert dataset.image_slots == ["base_0_rgb", "left_wrist_0_rgb"]  # the slots that hold a camera
+    robot = ImageHistory(spec, ["base_0_rgb", "left_wrist_0_rgb"])
+    for index in range(len(data)):
+        if index == 0 or data.episode_of(index) != data.episode_of(index - 1):
+            robot.reset()
+        robot.push(data[index].images)
+        sent, item = robot.request_fields(), dataset[index]
+        np.testing.assert_array_equal(sent[IMAGE_HISTORY_MASK], item[IMAGE_HISTORY_MASK])
+        for slot in dataset.image_slots:
+            np.testing.assert_array_equal(sent[IMAGE_HISTORY][slot], item[IMAGE_HISTORY][slot])
+    np.testing.assert_array_equal(dataset[4][IMAGE_HISTORY]["base_0_rgb"],
+                                  np.stack([data[i].images["base_0_rgb"] for i in (0, 2)]))  # fmt: skip
+    assert dataset[1][IMAGE_HISTORY_MASK].tolist() == [False, False]  # the episode's first frame, repeated
+    with pytest.raises(ValueError, match="images lack camera 'left_wrist_0_rgb', whose past frames the model reads"):
+        robot.push({"base_0_rgb": data[0].images["base_0_rgb"]})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> SoftArmPolicy:
+    from softarm.train.config import load_config
+    from softarm.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("visual")
+    convert(raw_dir(tmp, lengths=(12, 10, 9)), tmp / "prep", ConvertOptions(val_episodes=1, cameras=POLICY_CAMERAS))
+    train(load_config(DEBUG_CONFIG, [f"data.path={tmp / 'prep'}", f"train.out_dir={tmp / 'run'}", "train.steps=2",
+                                     "train.save_every=2", "train.val_every=2", "data.batch_size=4",
+                                     "train.tensorboard=false", "model.overrides.image_history_steps=3",
+                                     "model.overrides.image_history_stride=2",
+                                     "model.overrides.image_history_slots=[base_0_rgb]"]))  # fmt: skip
+    return SoftArmPolicy.from_checkpoint(tmp / "run" / "checkpoints" / "2", device="cpu", noise_scale=0.0)
+
+
+def test_a_trained_model_with_visual_history_says_what_it_reads_and_answers(served: SoftArmPolicy) -> None:
+    assert served.metadata["image_history"] == {"steps": 3, "stride": 2, "cameras": ["base"]}
+    rng = np.random.default_rng(0)
+    request = {"images": {"base": rng.integers(0, 255, (48, 64, 3), np.uint8),
+                          "tip": rng.integers(0, 255, (32, 32, 3), np.uint8)},
+               "graph_nodes": rng.normal(size=(10, 19)).astype(np.float32), "state": np.zeros(4, np.float32),
+               "prompt": "reach the red ball",
+               IMAGE_HISTORY: {"base": rng.integers(0, 255, (2, 48, 64, 3), np.uint8)}}  # fmt: skip
+    assert served.infer(request)["actions"].shape == (16, 10)
+    prepared = served.prepare(request)
+    assert prepared[IMAGE_HISTORY]["base_0_rgb"].shape == (2, 224, 224, 3)  # resized as the current frames are
+    assert prepared[IMAGE_HISTORY_MASK].tolist() == [True, True]
+    with pytest.raises(ValueError, match=r"'image_history' lacks camera 'base': the model reads its 2 past frames, 2 "):
+        served.prepare({k: v for k, v in request.items() if k != IMAGE_HISTORY})
+    with pytest.raises(ValueError, match=r"image_history\['base'\] must be uint8 \[2, H, W, 3\], got uint8 \[1, 48"):
+        served.prepare({**request, IMAGE_HISTORY: {"base": request[IMAGE_HISTORY]["base"][:1]}})
+    with pytest.raises(ValueError, match=r"'image_history_mask' must be 2 bools"):
+        served.prepare({**request, IMAGE_HISTORY_MASK: np.ones(3, bool)})
+    assert served.warm_up() > 0
+
+
+def test_the_evaluation_agent_sees_every_step_and_sends_the_past_frames(served: SoftArmPolicy) -> None:
+    agent = ModelAgent(served, replan=4)
+    agent.reset(
+        EpisodeSpec("reach", 0, "p", initial_command=np.zeros(10), targets=np.zeros((6, 3)), time_limit=1), 10.0
+    )
+    assert agent.needs_images  # every step, not only when a chunk is asked for
+    sent = []
+    served.infer = lambda observation, **_: sent.append(observation) or {"actions": np.zeros((16, 10)),
+                                                                       "policy_timing": {"infer_ms": 1.0}}  # fmt: skip
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        images = {cam: np.full((8, 8, 3), 10 * step + k, np.uint8) for k, cam in enumerate(("base", "tip"))}
+        agent.act({"images": images, "graph_nodes": rng.normal(size=(10, 19)), "state": np.zeros(4), "prompt": "x"})
+    assert len(sent) == 2  # steps 0 and 4
+    assert sent[1][IMAGE_HISTORY]["base"][:, 0, 0, 0].tolist() == [0, 20]  # steps 0 and 2: stride 2, oldest first
+    assert sent[0][IMAGE_HISTORY_MASK].tolist() == [False, False]
+    assert sent[1][IMAGE_HISTORY_MASK].tolist() == [True, True]
