@@ -1,11 +1,14 @@
-"""What proprioceptive history costs: training step time (forward + backward) and inference latency (a 10-step
-sampled chunk) of PI0GraphPytorch with the graph over K control steps, against the same model without history, side
-by side.
+"""What history costs: training step time (forward + backward) and inference latency (a 10-step sampled chunk) of
+PI0GraphPytorch with the graph over K control steps, or with K camera frames (the current and K-1 past ones of
+every camera), against the same model without history, side by side.
 
-Same config, same weights (the history models add a step embedding and lag biases, or a wider node projection), same
-batch and seeds; the variants are timed in rotating order so that drift in machine load hits all alike, and the
-ratio of medians to no history is printed. The graph encoder is the only part that grows with K: its K * N tokens
-never reach the VLM or the action expert, which still see N graph tokens (or the 32-D embedding).
+Same config, same weights (the history models add a step embedding and lag biases, a wider node projection, or the
+visual memory), same batch and seeds; the variants are timed in rotating order so that drift in machine load hits
+all alike, and the ratio of medians to no history is printed. Graph history grows only the graph encoder: its K * N
+tokens never reach the VLM or the action expert. Visual `memory` runs the tower on the past frames without gradients
+and keeps the VLM's prefix as it is; `stack` puts every past frame's tokens into the prefix (the naive way).
+"cached": a served model keeps past frames' tokens (`FrameCache`), here all of them, which a robot's window of
+frames it sent before reaches in its steady state but for the newest past frame.
 
     .venv/bin/python benchmarks/history_cost.py                   # tiny + realistic shapes, on CPU
     .venv/bin/python benchmarks/history_cost.py --scenario full   # full-size pi0 (needs a GPU)
@@ -25,11 +28,30 @@ import torch
 
 from softarm.model import PI0GraphPytorch
 from softarm.model_config import SoftArmModelConfig, preset
+from softarm.visual_memory import FrameCache
 
 # graph_overhead.py's scenarios and random batch (images, prompt, state, actions, the graph shaped by the history)
 _OVERHEAD = runpy.run_path(str(Path(__file__).with_name("graph_overhead.py")))
 scenario_overrides, make_batch = _OVERHEAD["scenario_overrides"], _OVERHEAD["make_batch"]
-VARIANTS = [(1, "attend"), (2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack")]
+VARIANTS = {
+    "no history": {},
+    **{f"graph K={k} {mode}": {"history_steps": k, "history_mode": mode}
+       for k, mode in ((2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack"))},
+    **{f"frames K={k} {mode}": {"image_history_steps": k, "image_history_mode": mode}
+       for k, mode in ((2, "memory"), (4, "memory"), (6, "memory"), (4, "stack"), (6, "stack"))},
+    "frames K=6 memory, cached": {"image_history_steps": 6},
+}  # fmt: skip
+
+
+def past_frames(config: SoftArmModelConfig, batch: int, device: torch.device):
+    """Random past frames of the model's history slots and an all-real mask (None without visual history)."""
+    past = config.image_history.steps - 1
+    if not past:
+        return None
+    gen = torch.Generator().manual_seed(1)
+    frames = {slot: (torch.rand(batch, past, 3, 224, 224, generator=gen) * 2 - 1).to(device)
+              for slot in config.history_slots}  # fmt: skip
+    return frames, torch.ones(batch, past, dtype=torch.bool, device=device)
 
 
 def timed(call, *args, device: torch.device) -> float:
@@ -48,24 +70,26 @@ def compare(base_config: SoftArmModelConfig, batch: int, repeats: int, device: t
     torch.manual_seed(0)
     reference = PI0GraphPytorch(base_config).state_dict()
     runs = {}
-    for steps, mode in VARIANTS:
-        config = dataclasses.replace(base_config, history_steps=steps, history_mode=mode)
+    for name, overrides in VARIANTS.items():
+        config = dataclasses.replace(base_config, **overrides)
         model = PI0GraphPytorch(config)
         own = model.state_dict()
         same = {k: v for k, v in reference.items() if own[k].shape == v.shape}
         model.load_state_dict(same, strict=False)
         model.to(device).trust_validated_inputs()
-        runs[f"K={steps} {mode}" if steps > 1 else "no history"] = (model, make_batch(config, batch, device))
+        if name.endswith("cached"):
+            model.frame_cache = FrameCache()
+        runs[name] = (model, (*make_batch(config, batch, device), past_frames(config, batch, device)))
 
     def train_step(model, data) -> None:  # no mask: every step of the window is real
-        obs, actions, graph = data
+        obs, actions, graph, frames = data
         model.train().zero_grad(set_to_none=True)
-        model(obs, actions, graph_nodes=graph).mean().backward()
+        model(obs, actions, graph_nodes=graph, image_history=frames).mean().backward()
 
     def infer(model, data) -> None:
-        obs, _, graph = data
+        obs, _, graph, frames = data
         with torch.inference_mode():
-            model.eval().sample_actions(device, obs, graph_nodes=graph, num_steps=10)
+            model.eval().sample_actions(device, obs, graph_nodes=graph, num_steps=10, image_history=frames)
 
     times = {name: {"train": [], "infer": []} for name in runs}
     order = list(runs)

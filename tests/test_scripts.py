@@ -24,7 +24,7 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "benchmarks/gpu.py": ([], "| 3 | "),
         "benchmarks/full_size_cpu.py": ([], "| tiny-lora | "),
         "benchmarks/graph_overhead.py": ([], "tiny       pi0     state"),
-        "benchmarks/history_cost.py": ([], "| tiny | K=8 stack | "),
+        "benchmarks/history_cost.py": ([], "| tiny | frames K=6 memory, cached | "),
         "benchmarks/lerobot_import.py": ([], "LeRobot / HDF5: "),
         "benchmarks/loader.py": ([], "samples/s    mixture  ratio"),
         "benchmarks/memory_table.py": ([], "| full, bf16-mixed | 0.001 B"),

@@ -128,7 +128,17 @@ def test_a_trained_model_with_visual_history_says_what_it_reads_and_answers(serv
                "graph_nodes": rng.normal(size=(10, 19)).astype(np.float32), "state": np.zeros(4, np.float32),
                "prompt": "reach the red ball",
                IMAGE_HISTORY: {"base": rng.integers(0, 255, (2, 48, 64, 3), np.uint8)}}  # fmt: skip
-    assert served.infer(request)["actions"].shape == (16, 10)
+    cache = served.model.frame_cache
+    first = served.infer(request)["actions"]
+    assert first.shape == (16, 10)
+    misses = cache.misses
+    again = served.infer(request)["actions"]  # the same past frames: their tokens come from the cache
+    assert (cache.misses, cache.hits) == (misses, 2)
+    served.model.frame_cache = None
+    try:
+        np.testing.assert_allclose(again, served.infer(request)["actions"], atol=1e-5)  # as encoding them anew
+    finally:
+        served.model.frame_cache = cache
     prepared = served.prepare(request)
     assert prepared[IMAGE_HISTORY]["base_0_rgb"].shape == (2, 224, 224, 3)  # resized as the current frames are
     assert prepared[IMAGE_HISTORY_MASK].tolist() == [True, True]

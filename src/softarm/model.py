@@ -31,7 +31,7 @@ from softarm.graph_encoder import GraphEncoder, GraphEncoding
 from softarm.layout import IMAGE_SLOTS
 from softarm.model_config import SoftArmModelConfig
 from softarm.rtc import ActionPrefix
-from softarm.visual_memory import StackedFrames, VisualMemory
+from softarm.visual_memory import FrameCache, StackedFrames, VisualMemory
 
 # Every parameter the extension adds (the graph, visual history) lives under one of these names; nothing else may be
 # missing when official base weights are loaded.
@@ -73,6 +73,7 @@ class PI0GraphPytorch(PI0Pytorch):
         self._clean_tokens: torch.Tensor | None = None  # [B, H] action tokens given clean (training-time RTC)
         # past camera frames ({slot: [B, K-1, 3, H, W]}, mask [B, K-1]) during a call, for embed_prefix
         self._image_history: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self.frame_cache: FrameCache | None = None  # set by a policy: past frames' tokens kept between requests
         if config.image_history_steps > 1:
             width = self.paligemma_with_expert.paligemma.config.text_config.hidden_size
             history = VisualMemory if config.image_history_mode == "memory" else StackedFrames
@@ -158,8 +159,12 @@ class PI0GraphPytorch(PI0Pytorch):
         for k, slot in enumerate(self.config.history_slots):
             s = IMAGE_SLOTS.index(slot)
             past = frames[slot]
-            with torch.no_grad() if memory else contextlib.nullcontext():  # memory: a past frame's tokens as they were
-                tokens = self.paligemma_with_expert.embed_image(past.flatten(0, 1))
+            embed = self.paligemma_with_expert.embed_image
+            if self.frame_cache is not None and not torch.is_grad_enabled():  # serving: each frame encoded once
+                tokens = self.frame_cache.tokens(slot, past.flatten(0, 1), embed)
+            else:
+                with torch.no_grad() if memory else contextlib.nullcontext():  # memory: past tokens as they were
+                    tokens = embed(past.flatten(0, 1))
             tokens = tokens.view(*past.shape[:2], *tokens.shape[1:])  # [B, K-1, T, D]
             if memory:
                 at = slice(s * per_image, (s + 1) * per_image)

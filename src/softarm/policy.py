@@ -29,6 +29,7 @@ from softarm.data.transforms import ArmTag, input_transform, output_transform
 from softarm.history import HistorySpec
 from softarm.model import PI0GraphPytorch
 from softarm.rtc import ActionPrefix
+from softarm.visual_memory import FrameCache
 from softarm.weights import load_model
 
 COMPILE_MODES = ("auto", "none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -107,6 +108,8 @@ class SoftArmPolicy:
             image_history=config.image_history, image_slots=config.history_slots,
         )  # fmt: skip
         self._outputs = output_transform(norm_stats, pi05=config.pi05, action_dim=spec.action_dim)
+        if config.image_history.steps > 1 and model.frame_cache is None:  # each past frame encoded once, not K-1 times
+            model.frame_cache = FrameCache()
         self.compile_mode = compile_mode(compile, self.device)
         self._sample = model.sample_actions
         if self.compile_mode is not None:

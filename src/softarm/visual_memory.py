@@ -13,6 +13,10 @@ naive way, whose VLM cost grows with K (HAMLET measured it slower and worse); ke
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
+import hashlib
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -59,3 +63,29 @@ class StackedFrames(nn.Module):
     def forward(self, slot: int, past: torch.Tensor) -> torch.Tensor:
         """past [B, K-1, T, D] -> [B, (K-1) * T, D] tokens to append to the prefix."""
         return (past + self.age[slot, :, None, :]).flatten(1, 2)
+
+
+class FrameCache:
+    """Past frames' image tokens by content, for serving: a robot sends each frame K-1 more times after it was
+    current, and it is encoded once. Least recently used frames go first, beyond `size`. Only for a model whose
+    weights no longer change (a policy's)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size, self.hits, self.misses = size, 0, 0
+        self._tokens: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+
+    def tokens(self, slot: str, frames: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """frames [n, 3, H, W] of one slot -> their tokens [n, T, D], encoding (with `embed`) only the new ones."""
+        keys = [(slot, hashlib.blake2b(f.cpu().numpy().tobytes(), digest_size=16).digest()) for f in frames]
+        new = sorted({i for i, key in enumerate(keys) if key not in self._tokens})
+        if new:
+            for i, tokens in zip(new, embed(frames[new]), strict=True):
+                self._tokens[keys[i]] = tokens
+        self.misses += len(new)
+        self.hits += len(keys) - len(new)
+        for key in keys:
+            self._tokens.move_to_end(key)
+        out = torch.stack([self._tokens[key] for key in keys])
+        while len(self._tokens) > self.size:
+            self._tokens.popitem(last=False)
+        return out
