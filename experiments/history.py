@@ -1,15 +1,15 @@
-"""Does proprioceptive history help a policy that sees? Fine-tune the sim base on `follow` and `reach`
-demonstrations without history and with the graph over K past control steps (`attend`, `stack`), then score each
-model on held-out `follow` and `reach` episodes.
+"""Does history help a policy that sees? Fine-tune the sim base on `follow` and `reach` demonstrations without
+history, with the graph over K past control steps (`attend`, `stack`), with the fixed cameras' past frames (visual
+memory) and with both, then score each model on held-out `follow` and `reach` episodes.
 
 Every variant starts from the same base (a base without history starts a history model: its new tensors start
-fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*`
-differs. The target to beat: `follow` >= 50 % with history where one frame gets 0 %, `reach` within 3 points of no
-history. Writes history.json, history.md (the table, 95 % Wilson intervals) and history.png into OUT; finished
-runs and evaluations are reused.
+fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
+`image_history_*` differ. The target to beat: `follow` >= 50 % with history where one frame gets 0 %, `reach`
+within 3 points of no history. Writes history.json, history.md (the table, 95 % Wilson intervals) and history.png
+into OUT; finished runs and evaluations are reused.
 
     .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
-    .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1
+    .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1 --image-steps 0
 """
 
 from __future__ import annotations
@@ -35,10 +35,16 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     """Variant name -> its model overrides."""
     out = {"no history": ["model.overrides.history_steps=1"]}
-    for mode in args.modes:
-        out[f"K={args.history_steps} {mode}"] = [f"model.overrides.history_steps={args.history_steps}",
-                                                 f"model.overrides.history_stride={args.stride}",
-                                                 f"model.overrides.history_mode={mode}"]  # fmt: skip
+    window = [f"model.overrides.history_steps={args.history_steps}", f"model.overrides.history_stride={args.stride}"]
+    graph = {mode: [*window, f"model.overrides.history_mode={mode}"] for mode in args.modes}
+    for mode, overrides in graph.items():
+        out[f"K={args.history_steps} {mode}"] = overrides
+    if args.image_steps > 1:
+        frames = [f"model.overrides.image_history_steps={args.image_steps}",
+                  f"model.overrides.image_history_stride={args.image_stride}",
+                  f"model.overrides.image_history_slots=[{','.join(args.image_slots)}]"]  # fmt: skip
+        out[f"frames K={args.image_steps}"] = frames
+        out[f"K={args.history_steps} {args.modes[0]} + frames"] = [*graph[args.modes[0]], *frames]
     return out
 
 
@@ -76,6 +82,14 @@ def main() -> None:
     parser.add_argument("--history-steps", type=int, default=4, help="K: control steps the graph is read over")
     parser.add_argument("--stride", type=int, default=2, help="control steps between two of them")
     parser.add_argument("--modes", nargs="+", choices=["attend", "stack"], default=["attend", "stack"])
+    parser.add_argument("--image-steps", type=int, default=4, help="camera frames read (visual memory); 0: none")
+    parser.add_argument("--image-stride", type=int, default=2, help="control steps between two of them")
+    parser.add_argument(
+        "--image-slots",
+        nargs="+",
+        default=["base_0_rgb", "right_wrist_0_rgb"],
+        help="the cameras whose past frames are read (openpi slots; the fixed ones by default)",
+    )
     parser.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and model")
     parser.add_argument("--noise-scale", type=float, default=0.0, help="of the models' sampling (softarm eval)")
     parser.add_argument("--config", type=Path, default=CONFIG)
@@ -85,6 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.follow, args.reach, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 0, 2, 1, ["attend"]
+        args.image_steps = 2
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
     # recording processes: each pays ~8 s of imports, worth it only for many episodes
     out, raw, workers = args.out, args.out / "raw", 1 if args.smoke else min(2, os.cpu_count() or 1)
@@ -124,7 +139,7 @@ def main() -> None:
             ax.bar(j + i * width, rate, width, color=f"C{i}", label=name if j == 0 else None)
             ax.errorbar(j + i * width, rate, yerr=[[rate - 100 * low], [100 * high - rate]], color="k", capsize=3)
     ax.set(xticks=[k + width * (len(results) - 1) / 2 for k in range(len(tasks))], xticklabels=tasks, ylim=(0, 105),
-           ylabel="success (%), 95 % interval", title="proprioceptive history, from the sim base")  # fmt: skip
+           ylabel="success (%), 95 % interval", title="history, from the sim base")  # fmt: skip
     ax.legend(fontsize=8)
     save_figure(fig, out / "history.png")
     print(f"wrote {out}/history.json, history.md and history.png")
