@@ -143,7 +143,7 @@ def main() -> None:
     if not (args.out / layout.TOKENIZER_FILE).is_file():
         words = [*task_prompts([ARMS[args.source], ARMS[args.target]]), f"{args.source}: {args.target}:"]
         train_prompt_tokenizer(words, args.out / layout.TOKENIZER_FILE)
-    workers = min(2, os.cpu_count() or 1)
+    workers = 1 if args.smoke else min(2, os.cpu_count() or 1)  # a recording process pays ~8 s of imports
     raw = {arm: args.out / f"raw_{arm}" for arm in (args.source, args.target)}
     generate(args.task, args.source_episodes + args.val, raw[args.source], arm=args.source, noise=args.noise,
              workers=workers)  # fmt: skip

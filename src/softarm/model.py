@@ -175,7 +175,7 @@ class PI0GraphPytorch(PI0Pytorch):
                 added.append((self.visual_history(k, tokens).to(embs.dtype), real.to(pad_masks.dtype)))
         if not added:
             return embs, pad_masks, att_masks
-        end = len(IMAGE_SLOTS) * per_image
+        end = len(img_masks) * per_image  # the image tokens end here, the prompt's begin
         flags = torch.zeros(embs.shape[0], sum(t.shape[1] for t, _ in added), dtype=att_masks.dtype, device=embs.device)
         return (
             torch.cat([embs[:, :end], *(t for t, _ in added), embs[:, end:]], dim=1),
