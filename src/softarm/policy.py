@@ -68,7 +68,7 @@ def checkpoint_arms(directory: str | Path) -> list[str]:
 
 def arm_assets(directory: str | Path, arm: str | None) -> tuple[DatasetSpec, dict]:
     """The spec and norm stats a policy for `arm` uses: a model of one arm has one of each (`arm` must then be None
-    or absent from the checkpoint's names), a model of several keeps each arm's under arms/<name>/."""
+    or absent from the checkpoint's names), a model of several keeps each arm's under arm_assets/<name>/."""
     directory, arms = Path(directory), checkpoint_arms(directory)
     if not arms:
         if arm is not None:

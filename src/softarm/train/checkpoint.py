@@ -3,7 +3,7 @@
 `<run>/checkpoints/<step>/` holds model.safetensors + model_config.json (softarm.weights.save_model), ema.safetensors
 (when EMA is on), optimizer.pt, trainer_state.pt (step, data position, every rank's RNG states, EMA count),
 train_config.yaml, assets/<asset_id>/norm_stats.json (openpi's layout), tokenizer.model and data_spec.json (the
-dataset's spec; a model of several arms: the first arm's, and every arm's under arms/<name>/). It is
+dataset's spec; a model of several arms: the first arm's, and every arm's under arm_assets/<name>/). It is
 written to `tmp_<step>/` and renamed, so a directory named by a step is always complete; only the last `keep_last`
 are kept. With LoRA, model/ema.safetensors hold the adapters merged in (servable as they are) and lora.safetensors
 the trained tensors under the training model's names, which resume loads on top of the same frozen base.
@@ -75,7 +75,7 @@ class Sources:
     spec: DatasetSpec  # the dataset trained on, as data_spec.json
     tokenizer_path: Path
     norm_stats_path: Path
-    # a model of several arms: each arm's name, spec and statistics, into arms/<name>/ (the first is `spec` too)
+    # a model of several arms: each arm's name, spec and statistics, into arm_assets/<name>/ (the first is `spec` too)
     arms: tuple[tuple[str, DatasetSpec, Path], ...] = ()
 
 
