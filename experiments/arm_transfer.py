@@ -68,8 +68,8 @@ def runs(args: argparse.Namespace, source: Path, target: dict[int, Path]) -> dic
     results = {}
     for count in args.counts:
         both = f"data.datasets=[{{path: {source}, arm: {args.source}}}, {{path: {target[count]}, arm: {args.target}}}]"
-        cells = [(f"{how} {name}", fusion, [f"data.path={target[count]}"] if how == "alone" else [both], [])
-                 for name, fusion in FUSIONS.items() for how in ("alone", "joint")]  # fmt: skip
+        cells = [(f"{how} {name}", FUSIONS[name], [f"data.path={target[count]}"] if how == "alone" else [both], [])
+                 for name in args.fusions for how in ("alone", "joint")]  # fmt: skip
         if args.embedding:
             cells.append(
                 ("joint graph, arm embedding", "state", [both], ["model.overrides.arm_conditioning=embedding"])
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.05, help="DART noise of the recorded demonstrations")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--episodes", type=int, default=100, help="closed-loop evaluation episodes per cell")
+    parser.add_argument("--fusions", nargs="+", choices=list(FUSIONS), default=list(FUSIONS))
     parser.add_argument("--embedding", action="store_true", help="also joint graph runs naming the arm by embedding")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, default=Path("arm_transfer_out"))
@@ -138,6 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.source_episodes, args.counts, args.val, args.episodes, args.steps = 2, [1], 1, 1, 2
+        args.fusions = ["graph"]  # the no-graph runs differ by one override
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / layout.TOKENIZER_FILE).is_file():

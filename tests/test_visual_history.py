@@ -19,7 +19,7 @@ from softarm.model import PI0GraphPytorch
 from softarm.model_config import preset
 from softarm.policy import SoftArmPolicy
 from softarm.sim.tasks import EpisodeSpec
-from softarm.visual_memory import VisualMemory
+from softarm.visual_memory import FrameCache, VisualMemory
 from tests.conftest import DEBUG_CONFIG, POLICY_CAMERAS, make_actions, make_graph, make_observation, raw_dir
 
 
@@ -41,6 +41,28 @@ def test_the_memory_reads_real_past_frames_and_starts_as_no_memory() -> None:
     again = memory(0, current, changed, mask)
     torch.testing.assert_close(again[1, [0, 1, 3, 4]], moved[1, [0, 1, 3, 4]])
     assert not torch.allclose(again[1, 2], moved[1, 2])
+
+
+def test_the_frame_cache_encodes_each_frame_once_and_only_an_equal_frame_hits() -> None:
+    encoded = []
+
+    def embed(frames: torch.Tensor) -> torch.Tensor:
+        encoded.append(len(frames))
+        return frames.mean(dim=(2, 3))[:, None, :] * torch.ones(1, 4, 1)  # [n, 4 tokens, 3]
+
+    cache, frames = FrameCache(size=3), torch.rand(3, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(cache.tokens("base_0_rgb", frames, embed), embed(frames))
+    encoded.clear()
+    again = cache.tokens("base_0_rgb", frames[[2, 0]], embed)  # seen before, in another order
+    assert (encoded, cache.hits, cache.misses) == ([], 2, 3)
+    torch.testing.assert_close(again, embed(frames[[2, 0]]))
+    nudged = frames[:1].clone()
+    nudged[0, 1, 4, 4] += 1 / 127.5  # one pixel one step brighter: another frame
+    cache.tokens("base_0_rgb", nudged, embed)
+    assert cache.misses == 4
+    cache.tokens("left_wrist_0_rgb", frames[:1], embed)  # the same pixels from another camera: its own entry
+    assert cache.misses == 5
+    assert len(cache._frames) == 3  # the least recently used went
 
 
 def _frames(batch: int = 2, past: int = 2, seed: int = 5) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-import hashlib
 
 import torch
 from torch import nn
@@ -67,25 +66,37 @@ class StackedFrames(nn.Module):
 
 class FrameCache:
     """Past frames' image tokens by content, for serving: a robot sends each frame K-1 more times after it was
-    current, and it is encoded once. Least recently used frames go first, beyond `size`. Only for a model whose
-    weights no longer change (a policy's)."""
+    current, and it is encoded once. A frame is found by a fingerprint computed where it lies (its projection on a
+    few fixed random directions, in float64: no copy to the host) and confirmed equal to the stored frame, so a
+    look-up is exact. Least recently used frames go first, beyond `size`. Only for a model whose weights no longer
+    change (a policy's)."""
 
-    def __init__(self, size: int = 256) -> None:
-        self.size, self.hits, self.misses = size, 0, 0
-        self._tokens: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+    def __init__(self, size: int = 128, directions: int = 4) -> None:
+        self.size, self.directions, self.hits, self.misses = size, directions, 0, 0
+        self._frames: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._basis: torch.Tensor | None = None
+
+    def _keys(self, slot: str, frames: torch.Tensor) -> list[tuple]:
+        flat = frames.flatten(1).double()
+        if self._basis is None or self._basis.shape[0] != flat.shape[1] or self._basis.device != flat.device:
+            generator = torch.Generator().manual_seed(0)
+            self._basis = torch.randn(flat.shape[1], self.directions, generator=generator, dtype=torch.float64)
+            self._basis = self._basis.to(flat.device)
+        return [(slot, *row) for row in (flat @ self._basis).tolist()]
 
     def tokens(self, slot: str, frames: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """frames [n, 3, H, W] of one slot -> their tokens [n, T, D], encoding (with `embed`) only the new ones."""
-        keys = [(slot, hashlib.blake2b(f.cpu().numpy().tobytes(), digest_size=16).digest()) for f in frames]
-        new = sorted({i for i, key in enumerate(keys) if key not in self._tokens})
+        keys = self._keys(slot, frames)
+        new = sorted({i for i, key in enumerate(keys)
+                      if key not in self._frames or not torch.equal(self._frames[key][0], frames[i])})  # fmt: skip
         if new:
             for i, tokens in zip(new, embed(frames[new]), strict=True):
-                self._tokens[keys[i]] = tokens
+                self._frames[keys[i]] = (frames[i].clone(), tokens)
         self.misses += len(new)
         self.hits += len(keys) - len(new)
         for key in keys:
-            self._tokens.move_to_end(key)
-        out = torch.stack([self._tokens[key] for key in keys])
-        while len(self._tokens) > self.size:
-            self._tokens.popitem(last=False)
+            self._frames.move_to_end(key)
+        out = torch.stack([self._frames[key][1] for key in keys])
+        while len(self._frames) > self.size:
+            self._frames.popitem(last=False)
         return out
