@@ -162,7 +162,11 @@ def test_a_trained_model_with_visual_history_says_what_it_reads_and_answers(serv
     finally:
         served.model.frame_cache = cache
     prepared = served.prepare(request)
-    assert prepared[IMAGE_HISTORY]["base_0_rgb"].shape == (2, 224, 224, 3)  # resized as the current frames are
+    assert prepared[IMAGE_HISTORY]["base_0_rgb"].shape == (2, 224, 224, 3)
+    same = served.prepare({**request, "images": {**request["images"], "base": request[IMAGE_HISTORY]["base"][1]}})
+    np.testing.assert_array_equal(
+        prepared[IMAGE_HISTORY]["base_0_rgb"][1], same["image"]["base_0_rgb"]
+    )  # resized alike
     assert prepared[IMAGE_HISTORY_MASK].tolist() == [True, True]
     with pytest.raises(ValueError, match=r"'image_history' lacks camera 'base': the model reads its 2 past frames, 2 "):
         served.prepare({k: v for k, v in request.items() if k != IMAGE_HISTORY})

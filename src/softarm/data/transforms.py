@@ -13,7 +13,8 @@ import dataclasses
 import numpy as np
 from openpi import transforms as _transforms
 from openpi.models.tokenizer import PaligemmaTokenizer
-from openpi.shared import image_tools, normalize
+from openpi.shared import normalize
+from openpi_client import image_tools  # the resize of openpi's ResizeImages: past frames resized as current ones
 
 from softarm import arm
 from softarm.history import NO_HISTORY, HistorySpec
