@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+import shutil
 
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -218,6 +219,13 @@ def test_arms_that_cannot_share_a_model_are_refused_naming_the_dataset(two_arms,
         ConfigError, match=r"data.datasets\[1\]: .*custom \(arm 'custom'\) has node features \('strain'"
     ):
         load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {own}}}, {{path: {tmp_path / 'custom'}}}]"]).validate()
+    # an unnamed dataset of an arm already named joins it; two names for one spec are two arms
+    again = tmp_path / "small_again"
+    shutil.copytree(small, again)
+    joined = load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {small}, arm: tiny}}, {{path: {again}}}]"])
+    assert [(g.name, len(g.sources)) for g in joined.arm_groups()] == [("tiny", 2)]
+    twice = load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {small}, arm: a}}, {{path: {again}, arm: b}}]"])
+    assert [g.name for g in twice.arm_groups()] == ["a", "b"]
     fields = load_config(DEBUG_CONFIG, [f"data.datasets=[{{path: {own}}}, {{path: {small}}}]"]).validate()
     assert [a.name for a in fields.arms] == ["own", "small"]
     assert fields.num_nodes == 6

@@ -73,7 +73,7 @@ class DatasetEntry:
     path: str
     weight: float = 1.0
     # which arm it records, when datasets of several arms train one model: what requests, `--arm` and the
-    # checkpoint's assets call it. None: the directory name of the first dataset of the same arm (same spec)
+    # checkpoint's assets call it. None: the arm of the first dataset with the same spec, else this directory's name
     arm: str | None = None
 
     @property
@@ -239,10 +239,10 @@ class TrainConfig:
         node features, chunk lengths or image sizes) are an error naming the dataset."""
         specs, sources = self.dataset_specs(), self.sources()
         named: dict[str, tuple[DatasetSpec, list[DatasetEntry]]] = {}
-        unnamed: dict[str, str] = {}  # a spec (as JSON) -> the name its unnamed datasets share
         for i, (entry, spec) in enumerate(zip(sources, specs, strict=True)):
             key = f"data.datasets[{i}]" if self.data.datasets else "data.path"
-            name = entry.arm or unnamed.setdefault(json.dumps(spec.to_json(), sort_keys=True), entry.name)
+            # unnamed: the arm of the first dataset with the same spec, else a new arm named after its directory
+            name = entry.arm or next((n for n, (known, _) in named.items() if known == spec), entry.name)
             if name in named and named[name][0] != spec:
                 first, this = named[name][0].to_json(), spec.to_json()
                 listing = "; ".join(f"{k} {_short(this[k])} there, {_short(first[k])} in the first"
