@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from softarm.apps.evaluate import ModelAgent
+from softarm.cli import describe_arm
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.loader import SoftArmDataset
 from softarm.data.prepared import PreparedDataset
@@ -128,7 +129,8 @@ def test_the_robot_sides_frames_are_the_loaders(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> SoftArmPolicy:
+def served_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model reading 2 past frames of its base camera, 2 control steps apart, trained 2 steps."""
     from softarm.train.config import load_config
     from softarm.train.loop import train
 
@@ -139,11 +141,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> SoftArmPolicy:
                                      "train.tensorboard=false", "model.overrides.image_history_steps=3",
                                      "model.overrides.image_history_stride=2",
                                      "model.overrides.image_history_slots=[base_0_rgb]"]))  # fmt: skip
-    return SoftArmPolicy.from_checkpoint(tmp / "run" / "checkpoints" / "2", device="cpu", noise_scale=0.0)
+    return tmp / "run" / "checkpoints" / "2"
 
 
-def test_a_trained_model_with_visual_history_says_what_it_reads_and_answers(served: SoftArmPolicy) -> None:
+@pytest.fixture(scope="module")
+def served(served_dir: Path) -> SoftArmPolicy:
+    return SoftArmPolicy.from_checkpoint(served_dir, device="cpu", noise_scale=0.0)
+
+
+def test_a_trained_model_with_visual_history_says_what_it_reads_and_answers(
+    served: SoftArmPolicy, served_dir: Path
+) -> None:
     assert served.metadata["image_history"] == {"steps": 3, "stride": 2, "cameras": ["base"]}
+    info = describe_arm(served_dir)
+    assert "  camera history read by the model: 2 past frames of ['base_0_rgb'], 2 apart (memory)" in info
     rng = np.random.default_rng(0)
     request = {"images": {"base": rng.integers(0, 255, (48, 64, 3), np.uint8),
                           "tip": rng.integers(0, 255, (32, 32, 3), np.uint8)},

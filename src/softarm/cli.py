@@ -52,6 +52,10 @@ def describe_arm(path: Path) -> list[str]:
         graph = config.get("fusion") != "none"
         history = f"the last {steps} control steps, {stride} apart ({mode})" if graph and (steps or 1) > 1 else "none"
         lines.append(f"  graph history read by the model: {history}")
+        frames, stride = config.get("image_history_steps") or 1, config.get("image_history_stride") or 1
+        slots = config.get("image_history_slots") or "every camera"
+        seen = f"{frames - 1} past frames of {slots}, {stride} apart ({config.get('image_history_mode')})"
+        lines.append(f"  camera history read by the model: {seen if frames > 1 else 'none'}")
     return lines
 
 
