@@ -74,15 +74,17 @@ def test_a_dataset_without_tip_positions_is_refused_by_name(tmp_path: Path) -> N
     prepared = PreparedDataset(_dataset(tmp_path, episodes=8, features=SCHEMA[3:6]), "all")
     with pytest.raises(ValueError, match=r"needs the tip's measured position, but pos_x, pos_y, pos_z is not among"):
         hindsight_goals(prepared)
+    model = PI0GraphPytorch(load_config(DEBUG_CONFIG, [f"data.path={tmp_path / 'prep'}"]).validate())
     with pytest.raises(ValueError, match="readout must be 'attend' or 'flat', not 'pool'"):
-        model = PI0GraphPytorch(load_config(DEBUG_CONFIG, [f"data.path={tmp_path / 'prep'}"]).validate())
         warm_up_vision(model, str(tmp_path / "prep"), WarmupOptions(steps=1, readout="pool"))
     with pytest.raises(ValueError, match="no training episodes with the prompts"):
         hindsight_goals(PreparedDataset(_dataset(tmp_path / "b", episodes=8), "all"), ("reach the green ball",))
 
 
 @pytest.mark.parametrize(("readout", "relative"), [("attend", False), ("flat", True)])
-def test_the_tower_learns_to_see_the_goal_and_nothing_else_changes(tmp_path: Path, readout: str, relative: bool) -> None:
+def test_the_tower_learns_to_see_the_goal_and_nothing_else_changes(
+    tmp_path: Path, readout: str, relative: bool
+) -> None:
     prepared = _dataset(tmp_path)
     config = load_config(DEBUG_CONFIG, [f"data.path={prepared}"])
     model = PI0GraphPytorch(config.validate())

@@ -42,8 +42,8 @@ TRAIN_CONFIG_FILE = "train_config.yaml"
 ASSETS_DIR = "assets"
 DATA_SPEC_FILE = "data_spec.json"  # what the policy needs of the dataset: camera slots, state/action sizes
 ASSET_ID = "softarm"  # openpi's assets/<asset id>/norm_stats.json
-# a model of several arms: arm_assets/<name>/ holds each arm's data_spec.json and norm_stats.json (the first arm's are also
-# where a one-arm checkpoint keeps them)
+# a model of several arms: arm_assets/<name>/ holds each arm's data_spec.json and norm_stats.json (the first arm's
+# are also where a one-arm checkpoint keeps them)
 ARMS_DIR = "arm_assets"
 
 # evaluation (`softarm eval`)
