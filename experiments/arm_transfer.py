@@ -20,7 +20,7 @@ from pathlib import Path
 
 from softarm import layout
 from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
-from softarm.data.convert import ConvertOptions, convert
+from softarm.data.convert import ConvertOptions, convert_first
 from softarm.data.tokenizer import train_prompt_tokenizer
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS
@@ -35,15 +35,7 @@ FUSIONS = {"graph": "state", "no graph": "none"}
 
 def dataset(out: Path, raw: Path, name: str, count: int, val: int, arm: str) -> Path:
     """The first `count` episodes of `raw` (and `val` more, held out) as the dataset OUT/name."""
-    prepared = out / name
-    if not (prepared / layout.META_FILE).is_file():
-        chosen = out / f"raw_{name}"
-        chosen.mkdir(parents=True, exist_ok=True)
-        for path in sorted(raw.glob("*.hdf5"))[: count + val]:
-            if not (chosen / path.name).exists():
-                os.symlink(path.resolve(), chosen / path.name)
-        convert(chosen, prepared, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm)))
-    return prepared
+    return convert_first(raw, out / name, count, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm)))
 
 
 def trained(run: Path, data: list[str], fusion: str, args: argparse.Namespace, *extra: str) -> Path:

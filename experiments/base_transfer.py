@@ -21,7 +21,7 @@ from pathlib import Path
 from softarm import layout
 from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
 from softarm.apps.pretrain import SHIPPED
-from softarm.data.convert import ConvertOptions, convert
+from softarm.data.convert import ConvertOptions, convert_first
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
@@ -33,15 +33,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
 
 def dataset(out: Path, raw: Path, count: int, val: int, arm: str) -> Path:
     """The first `count` episodes (and `val` more, held out) as a dataset."""
-    prepared = out / f"prep_{count}"
-    if not (prepared / layout.META_FILE).is_file():
-        chosen = out / f"raw_{count}"
-        chosen.mkdir(parents=True, exist_ok=True)
-        for path in sorted(raw.glob("*.hdf5"))[: count + val]:
-            if not (chosen / path.name).exists():
-                os.symlink(path.resolve(), chosen / path.name)
-        convert(chosen, prepared, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm)))
-    return prepared
+    return convert_first(
+        raw, out / f"prep_{count}", count, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm))
+    )
 
 
 def trained(prepared: Path, run: Path, start: str, steps: int, args: argparse.Namespace) -> Path:
