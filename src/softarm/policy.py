@@ -168,8 +168,8 @@ class SoftArmPolicy:
             # the past frames of these cameras `stride` control steps apart, oldest first, and optionally
             # "image_history_mask" [steps - 1] (softarm.history.ImageHistory keeps them on the robot)
             "image_history": {
-                "steps": config.image_history.steps,
-                "stride": config.image_history.stride,
+                "steps": self.image_history.steps,
+                "stride": self.image_history.stride,
                 "cameras": self.history_cameras,
             },
             "pi05": config.pi05,
@@ -201,6 +201,11 @@ class SoftArmPolicy:
     def history(self) -> HistorySpec:
         """The graph history this policy reads: a request's graph_nodes window (1 step: no history)."""
         return self.model.config.history
+
+    @property
+    def image_history(self) -> HistorySpec:
+        """The camera frames this policy reads: the current ones and `steps - 1` past ones (1 step: none)."""
+        return self.model.config.image_history
 
     def infer(self, observation: dict, prev_actions=None, delay: int = 0) -> dict:
         """observation: {"images": {camera: uint8 [H, W, 3]}, "graph_nodes": [N, F] (with history [K, N, F] and
@@ -267,7 +272,7 @@ class SoftArmPolicy:
             "prompt": "warm up",
             **({"state": np.zeros(spec.state_dim, np.float32)} if spec.state_dim else {}),
         }
-        past = self.model.config.image_history.steps - 1
+        past = self.image_history.steps - 1
         if past:
             observation[layout.IMAGE_HISTORY] = {
                 cam: np.zeros((past, side, side, 3), np.uint8) for cam in self.history_cameras

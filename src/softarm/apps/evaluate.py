@@ -68,8 +68,7 @@ class ModelAgent:
         history = getattr(policy, "history", NO_HISTORY)  # any object with `infer` is a policy; most read one step
         self.history = GraphHistory(history) if history.steps > 1 else None
         # and one reading past camera frames every control step's images (rendered every step, not only on requests)
-        config = getattr(getattr(policy, "model", None), "config", None)
-        frames = config.image_history if config is not None else NO_HISTORY
+        frames = getattr(policy, "image_history", NO_HISTORY)
         self.frames = ImageHistory(frames, policy.history_cameras) if frames.steps > 1 else None
 
     def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
