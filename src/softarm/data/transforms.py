@@ -128,7 +128,8 @@ class SoftArmInputs(_transforms.DataTransformFn):
                                  f"{list(window.shape)}")  # fmt: skip
             if window.shape[1:3] != (IMAGE_SIZE, IMAGE_SIZE):
                 window = image_tools.resize_with_pad(window, IMAGE_SIZE, IMAGE_SIZE)
-            frames[slot] = np.array(window)  # a writable copy: a request's arrays are read-only views of its message
+            # a request's arrays are read-only views of its message (torch warns); the loader's are copies already
+            frames[slot] = window if window.flags.writeable else window.copy()
         mask = np.asarray(data.get(IMAGE_HISTORY_MASK, np.ones(past, bool)))
         if mask.dtype != bool or mask.shape != (past,):
             raise ValueError(f"'image_history_mask' must be {past} bools, False for frames before the episode's "
