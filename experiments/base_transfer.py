@@ -82,7 +82,7 @@ def main() -> None:
     out, raw = args.out, args.out / "raw"
     generate(args.task, max(args.counts) + args.val, raw, arm=args.arm, workers=min(2, os.cpu_count() or 1))
     results = {"expert": score("expert", None, out / "eval" / "expert", args)}
-    for count in args.counts:
+    for count in args.counts:  # in the order given (the most telling first); the table and plot sort them
         prepared = dataset(out, raw, count, args.val, args.arm)
         steps = max(args.min_steps, args.steps_per_episode * count)
         for start in ("base", "scratch"):
@@ -92,6 +92,7 @@ def main() -> None:
                 "demonstrations": count,
             }
     (out / "transfer.json").write_text(json.dumps(results, indent=2))
+    args.counts = sorted(args.counts)
     expert = results["expert"]["success_rate"]
     header = (f"{args.task} on the {args.arm} arm, {args.episodes} held-out episodes per row, noise scale "
               f"{args.noise_scale:g}; expert {results['expert']['successes']}/{args.episodes}")  # fmt: skip

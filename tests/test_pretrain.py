@@ -24,7 +24,8 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         assert sorted(p.name for p in base.iterdir()) == ["assets", "base.json", "data_spec.json", "model.safetensors",
                                                           "model_config.json", "tokenizer.model"]  # fmt: skip
         card = json.loads((base / "base.json").read_text())
-        assert (card["name"], card["fusion"], card["steps"]) == (f"sim_base/{name}", fusion, 2)
+        assert (card["name"], card["fusion"], card["steps"]) == (f"sim_base/{name}", fusion, 4)
+        assert card["phases"] == {"frozen": 2, "finish": 2}
         assert card["arm"] == "pneumatic"
         assert card["data"]["tasks"] == ["follow the red ball", "reach the ball"]  # never choose's prompts
         hard = json.loads((pretrained / "raw_hard" / "generate_reach.json").read_text())
@@ -32,20 +33,28 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         assert card["recipe"]["hard_reach"] == 4
         assert card["recipe"]["config"] == "configs/pretrain.yaml"  # inside the project: no machine's path
         assert card["recipe"]["export"] == "OUT/base"  # outside the project: relative to the output
-        assert card["training"]["s_per_step_median"] > 0
-        assert set(card["training"]) >= {"val_loss", "val_loss_ema"}
+        for phase in ("frozen", "finish"):
+            assert card["training"][phase]["s_per_step_median"] > 0
+            assert set(card["training"][phase]) >= {"val_loss", "val_loss_ema"}
         assert card["vision_warmup"]["steps"] == 2
         assert card["vision_warmup"]["train_frames"] > 0
         assert (card["recipe"]["vision_readout"], card["recipe"]["vision_relative"]) == ("flat", True)
         assert "val_relative_error_mm_median" in card["vision_warmup"]  # the goal from the tip, learnt too
-        assert card["train_config"]["train"]["init_from"] == f"OUT/vision/{name}"
+        # the finishing phase trains everything, from the frozen phase's EMA weights, at its own peak rate
+        assert card["train_config"]["train"]["init_from"] == f"OUT/runs/{name}_frozen"
+        assert (card["train_config"]["train"]["freeze"], card["train_config"]["optim"]["lr"]) == ([], 3e-4)
+        frozen = json.loads((pretrained / "runs" / f"{name}_frozen" / "base.json").read_text())
+        assert frozen == {"from": f"OUT/runs/{name}/checkpoints/2"}
+        assert (pretrained / "runs" / f"{name}_frozen" / "model.safetensors").read_bytes() == (
+            pretrained / "runs" / name / "checkpoints" / "2" / "ema.safetensors"
+        ).read_bytes()
         assert card["train_config"]["data"]["path"] == "OUT/prepared"
         assert set(card["scores"]) == {"reach", "follow", "choose"}
         for task, score in card["scores"].items():
             assert score["episodes"] == 1, task
             assert 0 <= score["success_rate"] <= 1
         # the weights are the EMA of the last checkpoint: what was scored is what ships
-        checkpoint = pretrained / "runs" / name / "checkpoints" / "2"
+        checkpoint = pretrained / "runs" / f"{name}_finish" / "checkpoints" / "2"
         assert (base / "model.safetensors").read_bytes() == (checkpoint / "ema.safetensors").read_bytes()
         assert load_model(base).config.fusion == fusion
         assert SoftArmPolicy.from_checkpoint(base).metadata["fusion"] == fusion  # servable as it is
@@ -78,6 +87,6 @@ def test_a_second_run_reuses_every_stage_and_choose_is_refused(
     assert "reach: 0 episodes written, 2 reused" in out
     assert f"{pretrained / 'prepared'} exists, reused" in out
     assert f"{pretrained / 'vision'} exists, reused" in out
-    assert out.count("/checkpoints/2 exists, reused") == 2
+    assert out.count("/checkpoints/2 exists, reused") == 4  # both phases of both bases
     assert main(["pretrain", "--out", str(pretrained), "--episodes", "choose=5"]) == 2
     assert "the base must not see choose" in capsys.readouterr().err

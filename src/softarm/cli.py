@@ -146,7 +146,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     options = PretrainOptions(
         episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach,
         val_episodes=args.val_episodes, vision_steps=args.vision_steps, vision_readout=args.vision_readout,
-        vision_relative=args.vision_relative, eval_episodes=evaluations, models=tuple(args.models),
+        vision_relative=args.vision_relative, finish_steps=args.finish_steps, finish_lr=args.finish_lr,
+        eval_episodes=evaluations, models=tuple(args.models),
         config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=tuple(args.overrides),
         export=Path(args.export) if args.export else None, workers=args.workers,
     )  # fmt: skip
@@ -453,19 +454,26 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", default="pretrain_out", help="where everything goes; a re-run reuses what is there")
     pre.add_argument("--export", help="where the bases go, one directory per model (default: OUT/base)")
     pre.add_argument("--episodes", action="append", metavar="TASK=COUNT",
-                     help="expert episodes of a task (repeatable; default reach=2400 follow=100; never "
+                     help="expert episodes of a task (repeatable; default reach=1200; never "
                           "choose)")  # fmt: skip
-    pre.add_argument("--hard-reach", type=int, default=1600,
+    pre.add_argument("--hard-reach", type=int, default=0,
                      help="further reach seeds of which only the hard ones (far ball, light payload) are "
                           "recorded")  # fmt: skip
     pre.add_argument("--val-episodes", type=int, default=100, help="episodes held out for validation")
-    pre.add_argument("--vision-steps", type=int, default=4000,
+    pre.add_argument("--vision-steps", type=int, default=2000,
                      help="steps of the vision warm-up (where each reach episode's tip ends) before the policy "
                           "trains; 0: none")  # fmt: skip
     pre.add_argument("--vision-readout", choices=["flat", "attend"], default="flat",
                      help="the warm-up's thrown-away readout of the image tokens")  # fmt: skip
     pre.add_argument("--vision-relative", action=argparse.BooleanOptionalAction, default=True,
                      help="the warm-up also learns where the goal is from the tip now")  # fmt: skip
+    pre.add_argument(
+        "--finish-steps",
+        type=int,
+        default=1500,
+        help="a last phase with the tower trained too, from the frozen phase's EMA weights; 0: none",
+    )
+    pre.add_argument("--finish-lr", type=float, default=3e-4, help="the finishing phase's peak learning rate")
     pre.add_argument("--eval-episodes", action="append", metavar="[TASK=]COUNT",
                      help="closed-loop episodes per base and task (default reach=100 follow=30 choose=30)")  # fmt: skip
     pre.add_argument("--models", nargs="+", choices=["graph", "no_graph"], default=["graph", "no_graph"])

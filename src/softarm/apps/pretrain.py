@@ -1,14 +1,14 @@
 """`softarm pretrain`: the simulator's base model, pretrained once from scratch so that fine-tuning starts from a model
 that sees, as a π0 user starts from pi0_base.
 
-record demonstrations (reach, reach where it is hard, follow; never choose, the task the demo fine-tunes on) -> one
-dataset, with a tokenizer that knows every task's words -> warm up the vision tower on where each reach episode's tip
-ends (softarm.train.vision_warmup: the policy then starts from a tower that sees) -> train tiny_vision with the graph
-and without it from that tower, same data, seed and schedule (configs/pretrain.yaml) -> score each closed loop on
-the three tasks -> export each as a base
-directory: model config, EMA weights, norm stats, tokenizer, data spec and `base.json` (recipe, training figures,
-scores), loadable by `train.init_from`, `softarm eval` and `softarm serve`. Every stage is skipped when its output is
-there, and an interrupted training resumes, so the same command finishes what is missing.
+record demonstrations (reach; optionally follow and the hard reach seeds; never choose, the task the demo fine-tunes
+on) -> one dataset, with a tokenizer that knows every task's words -> warm up the vision tower on where each reach
+episode's tip ends (softarm.train.vision_warmup: the policy then starts from a tower that sees) -> train tiny_vision
+with the graph and without it from that tower, frozen, same data, seed and schedule (configs/pretrain.yaml) ->
+finish each with the tower trained too, from its EMA weights -> score each closed loop on the three tasks -> export
+each as a base directory: model config, EMA weights, norm stats, tokenizer, data spec and `base.json` (recipe,
+training figures, scores), loadable by `train.init_from`, `softarm eval` and `softarm serve`. Every stage is skipped
+when its output is there, and an interrupted training resumes, so the same command finishes what is missing.
 """
 
 from __future__ import annotations
@@ -48,17 +48,21 @@ HARD_SEED = 100_000  # the far-ball / light-payload reach episodes are drawn fro
 @dataclasses.dataclass(frozen=True)
 class PretrainOptions:
     # expert demonstrations per task, seeds from 0
-    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 2400, "follow": 100})
+    episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 1200})
     # further reach seeds (from HARD_SEED) of which only the hard ones are recorded (`sim.tasks.is_hard`): the far
     # balls and light payloads a policy misses most
-    hard_reach: int = 1600
+    hard_reach: int = 0
     val_episodes: int = 100
     # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy), its
     # readout ("flat" or "attend", thrown away afterwards) and whether it also learns the goal seen from the tip
     # (softarm.train.vision_warmup; docs/sim_base.md measures both)
-    vision_steps: int = 4000
+    vision_steps: int = 2000
     vision_readout: str = "flat"
     vision_relative: bool = True
+    # a last phase with everything trained (the tower too) from the frozen phase's EMA weights, at a lower peak
+    # rate: the tower then learns what the policy needs to see (docs/sim_base.md: +2 points on reach); 0: none
+    finish_steps: int = 1500
+    finish_lr: float = 3e-4
     # closed-loop episodes per base and task, on held-out seeds, sampled with `noise_scale`
     eval_episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 100, "follow": 30,
                                                                                   "choose": 30})  # fmt: skip
@@ -131,12 +135,14 @@ def _prepare(out: Path, sources: list[Path], options: PretrainOptions) -> tuple[
 
 
 def _config(name: str, prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions,
-            init: Path | None = None) -> TrainConfig:  # fmt: skip
-    overrides = [f"data.path={prepared}", f"data.tokenizer={tokenizer}", f"train.out_dir={out / 'runs' / name}",
+            init: Path | None = None, finish: bool = False) -> TrainConfig:  # fmt: skip
+    run = out / "runs" / (f"{name}_finish" if finish else name)
+    overrides = [f"data.path={prepared}", f"data.tokenizer={tokenizer}", f"train.out_dir={run}",
                  f"model.overrides.fusion={MODELS[name]}", *([f"train.init_from={init}"] if init else [])]  # fmt: skip
     if not options.vision_steps:  # no warm-up: the tower must learn inside the policy
         overrides.append("train.freeze=[]")
-    return load_config(options.config, [*overrides, *options.overrides])
+    finishing = [f"train.steps={options.finish_steps}", "train.freeze=[]", f"optim.lr={options.finish_lr}"]
+    return load_config(options.config, [*overrides, *options.overrides, *(finishing if finish else [])])
 
 
 def _warm_up(prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions) -> tuple[dict[str, Path], dict]:
@@ -176,11 +182,13 @@ def _train(config: TrainConfig) -> Path:
     return final
 
 
-def training_figures(run_dir: Path, samples_per_step: int) -> dict:
-    """s/step (median over the logged intervals) and the last validation losses, from a run's metrics.jsonl."""
-    records = read_metrics(run_dir / layout.METRICS_FILE)
+def training_figures(checkpoint: Path, config: TrainConfig) -> dict:
+    """s/step (median over the logged intervals) and the last validation losses of the run `checkpoint` is of, from
+    its metrics.jsonl."""
+    records = read_metrics(checkpoint.parents[1] / layout.METRICS_FILE)
     rates = [r["samples_per_s"] for r in records if r.get("samples_per_s")]
     val = [r for r in records if "val_loss" in r]
+    samples_per_step = config.data.batch_size * config.train.grad_accum
     figures = {"s_per_step_median": samples_per_step / float(np.median(rates)) if rates else None}
     if val:
         figures |= {k: val[-1][k] for k in ("val_loss", "val_loss_ema") if k in val[-1]}
@@ -259,6 +267,14 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
                   f"{'from the warmed-up tower' if warmup else 'from scratch'})")  # fmt: skip
         config = _config(name, prepared, tokenizer, out, options, starts.get(name))
         checkpoint = _train(config)
+        phase = "frozen" if options.vision_steps else "policy"
+        steps, figures = {phase: int(checkpoint.name)}, {phase: training_figures(checkpoint, config)}
+        if options.finish_steps:
+            _stage(4, f"finishing the {name} base: {options.finish_steps} steps with the tower trained too")
+            start = export_base(checkpoint, out / "runs" / f"{name}_frozen", {"from": _shown(checkpoint, out)})
+            config = _config(name, prepared, tokenizer, out, options, start, finish=True)
+            checkpoint = _train(config)
+            steps["finish"], figures["finish"] = int(checkpoint.name), training_figures(checkpoint, config)
         meta = json.loads((prepared / layout.META_FILE).read_text())
         card = {
             "name": f"sim_base/{name}",
@@ -277,8 +293,9 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
             },
             "vision_warmup": warmup,
             "train_config": _card_config(config, out),
-            "steps": int(checkpoint.name),
-            "training": training_figures(checkpoint.parents[1], config.data.batch_size * config.train.grad_accum),
+            "steps": sum(steps.values()),
+            "phases": steps,
+            "training": figures,
             "license": "Apache-2.0 (the project's)",
         }
         counts = ", ".join(f"{t} {n}" for t, n in options.eval_episodes.items())
