@@ -1,14 +1,20 @@
 """Does a second arm's data help? A target arm with K demonstrations, trained alone and jointly with a source arm's
 full data in one model of two arms, with the graph and without it, scored closed loop on the target arm.
 
-Every run has the same config (configs/demo.yaml unless --config), steps, seed and tokenizer (the prompts of both
-arms and their names, so that "alone" and "joint" spell prompts alike). Joint runs draw half their samples from each
-arm (`data.datasets` weights 1 : 1) and name the arm in the prompt (`--embedding` adds joint graph runs that name it
-by a learned arm embedding instead). The expert on the same evaluation episodes is the reference. Writes
-arm_transfer.json, arm_transfer.md (the table) and arm_transfer.png into OUT; finished runs and evaluations are
-reused.
+Every run has the same config, steps and tokenizer, so that "alone" and "joint" spell prompts alike. From scratch
+(the default: configs/demo.yaml, a tokenizer of both arms' prompts and names) the models learn everything from the
+two datasets; with `--base DIR` (one base per model, `graph/` and `no_graph/`, as models/sim_base) each run
+fine-tunes the base of its model (configs/finetune.yaml, the base's tokenizer, every dataset normalised by its own
+statistics), so that a task that needs vision, `reach`, can be measured in CPU minutes. Joint runs draw half their
+samples from each arm (`data.datasets` weights 1 : 1) and name the arm in the prompt (`--embedding` adds joint graph
+runs that name it by a learned arm embedding instead). With `--seeds N` every cell trains N seeds and pools their
+evaluations (N x the episodes, one Wilson interval over the pooled count). The expert on the same evaluation
+episodes is the reference. Writes arm_transfer.json, arm_transfer.md (the table) and arm_transfer.png into OUT;
+finished runs and evaluations are reused.
 
     .venv/bin/python experiments/arm_transfer.py --source pneumatic --target tendon --counts 5 20 --out ARMS
+    .venv/bin/python experiments/arm_transfer.py --base models/sim_base --task reach --target compact \
+        --source-episodes 100 --counts 5 10 20 50 --seeds 2 --out ARMS_REACH
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 from pathlib import Path
 
 from softarm import layout
-from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report, wilson_interval
 from softarm.data.convert import ConvertOptions, convert_first
 from softarm.data.tokenizer import train_prompt_tokenizer
 from softarm.plotting import pyplot, save_figure
@@ -29,8 +35,8 @@ from softarm.sim.tasks import task_prompts
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-FUSIONS = {"graph": "state", "no graph": "none"}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FUSIONS = {"graph": "state", "no graph": "none"}  # cell name -> model.overrides.fusion
 
 
 def dataset(out: Path, raw: Path, name: str, count: int, val: int, arm: str) -> Path:
@@ -38,19 +44,35 @@ def dataset(out: Path, raw: Path, name: str, count: int, val: int, arm: str) -> 
     return convert_first(raw, out / name, count, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm)))
 
 
-def trained(run: Path, data: list[str], fusion: str, args: argparse.Namespace, *extra: str) -> Path:
+def trained(run: Path, data: list[str], name: str, seed: int, args: argparse.Namespace, *extra: str) -> Path:
+    """Train one cell's model (`name`: a key of FUSIONS) with one seed; its final checkpoint."""
     final = run / layout.CHECKPOINTS_DIR / str(args.steps)
     if not final.is_dir():
         overrides = [*data, f"train.out_dir={run}", f"train.steps={args.steps}", f"train.save_every={args.steps}",
-                     f"train.val_every={args.steps}", f"model.overrides.fusion={fusion}",
-                     f"data.tokenizer={args.out / layout.TOKENIZER_FILE}", *extra, *args.overrides]  # fmt: skip
-        train(load_config(args.config, overrides))
+                     f"train.val_every={args.steps}", f"model.overrides.fusion={FUSIONS[name]}",
+                     f"train.seed={seed}", f"data.tokenizer={tokenizer(args)}"]  # fmt: skip
+        if args.base is not None:  # the arms are not (all) the base's: every dataset its own statistics
+            overrides += [f"train.init_from={args.base / name.replace(' ', '_')}", "data.norm_stats=null"]
+        train(load_config(args.config, [*overrides, *extra, *args.overrides]))
     return final
+
+
+def tokenizer(args: argparse.Namespace) -> Path:
+    """The base's tokenizer (its token embeddings were trained with it), or one of both arms' prompts."""
+    return args.base / "graph" / layout.TOKENIZER_FILE if args.base is not None else args.out / layout.TOKENIZER_FILE
+
+
+def pooled(summaries: list[dict]) -> dict:
+    """One cell's evaluations over its seeds as one count, with its Wilson interval."""
+    successes, episodes = sum(s["successes"] for s in summaries), sum(s["episodes"] for s in summaries)
+    return {"successes": successes, "episodes": episodes, "success_rate": successes / episodes,
+            "success_rate_wilson95": list(wilson_interval(successes, episodes)), "seeds": summaries}  # fmt: skip
 
 
 def score(policy: str, checkpoint: Path | None, out: Path, args: argparse.Namespace) -> dict:
     options = EvalOptions(task=args.task, episodes=args.episodes, policy=policy, arm=args.target, videos=1,
-                          checkpoint=None if checkpoint is None else str(checkpoint))  # fmt: skip
+                          checkpoint=None if checkpoint is None else str(checkpoint),
+                          noise_scale=args.noise_scale if checkpoint is not None else 1.0)  # fmt: skip
     report = reusable_report(options, out)
     return report["summary"] if report is not None else evaluate(options, out)
 
@@ -60,17 +82,20 @@ def runs(args: argparse.Namespace, source: Path, target: dict[int, Path]) -> dic
     results = {}
     for count in args.counts:
         both = f"data.datasets=[{{path: {source}, arm: {args.source}}}, {{path: {target[count]}, arm: {args.target}}}]"
-        cells = [(f"{how} {name}", FUSIONS[name], [f"data.path={target[count]}"] if how == "alone" else [both], [])
+        cells = [(f"{how} {name}", name, [f"data.path={target[count]}"] if how == "alone" else [both], [])
                  for name in args.fusions for how in ("alone", "joint")]  # fmt: skip
         if args.embedding:
             cells.append(
-                ("joint graph, arm embedding", "state", [both], ["model.overrides.arm_conditioning=embedding"])
+                ("joint graph, arm embedding", "graph", [both], ["model.overrides.arm_conditioning=embedding"])
             )
-        for cell, fusion, data, extra in cells:
+        for cell, name, data, extra in cells:
             key = f"{cell} {count}"
-            run = args.out / "runs" / key.replace(" ", "_").replace(",", "")
-            checkpoint = trained(run, data, fusion, args, *extra)
-            results[key] = score("model", checkpoint, args.out / "eval" / run.name, args) | {"cell": cell, "k": count}
+            summaries = []
+            for seed in range(args.seeds):
+                run = args.out / "runs" / (key.replace(" ", "_").replace(",", "") + (f"_seed{seed}" if seed else ""))
+                checkpoint = trained(run, data, name, seed, args, *extra)
+                summaries.append(score("model", checkpoint, args.out / "eval" / run.name, args))
+            results[key] = pooled(summaries) | {"cell": cell, "k": count}
     return results
 
 
@@ -78,9 +103,11 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     (args.out / "arm_transfer.json").write_text(json.dumps(results, indent=2))
     cells = list(dict.fromkeys(r["cell"] for k, r in results.items() if k != "expert"))
     expert = results["expert"]
+    start = f"fine-tuned from {args.base}" if args.base is not None else "from scratch"
     lines = [f"`{args.task}` on the {args.target} arm with K of its demonstrations, alone or with "
              f"{args.source_episodes} of the {args.source} arm's; {args.episodes} held-out episodes per cell, "
-             f"{args.steps} steps each; expert {expert['successes']}/{expert['episodes']}", "",
+             f"{args.steps} steps each, {start}, {args.seeds} seed(s) pooled, noise scale {args.noise_scale:g}; "
+             f"expert {expert['successes']}/{expert['episodes']}", "",
              "| K | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]  # fmt: skip
     for count in args.counts:
         row = []
@@ -124,7 +151,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="closed-loop evaluation episodes per cell")
     parser.add_argument("--fusions", nargs="+", choices=list(FUSIONS), default=list(FUSIONS))
     parser.add_argument("--embedding", action="store_true", help="also joint graph runs naming the arm by embedding")
-    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--base", type=Path, help="bases to fine-tune (DIR/graph, DIR/no_graph); default: scratch")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per cell, their evaluations pooled")
+    parser.add_argument("--noise-scale", type=float, help="of the models' sampling; default 0 from a base, else 1")
+    parser.add_argument("--config", type=Path, help="default configs/finetune.yaml from a base, else demo.yaml")
     parser.add_argument("--out", type=Path, default=Path("arm_transfer_out"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
@@ -133,8 +163,12 @@ def main() -> None:
         args.source_episodes, args.counts, args.val, args.episodes, args.steps = 2, [1], 1, 1, 2
         args.fusions = ["graph"]  # the no-graph runs differ by one override
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
+    if args.config is None:
+        args.config = CONFIGS / ("finetune.yaml" if args.base is not None else "demo.yaml")
+    if args.noise_scale is None:
+        args.noise_scale = 0.0 if args.base is not None else 1.0
     args.out.mkdir(parents=True, exist_ok=True)
-    if not (args.out / layout.TOKENIZER_FILE).is_file():
+    if args.base is None and not (args.out / layout.TOKENIZER_FILE).is_file():
         words = [*task_prompts([ARMS[args.source], ARMS[args.target]]), f"{args.source}: {args.target}:"]
         train_prompt_tokenizer(words, args.out / layout.TOKENIZER_FILE)
     workers = 1 if args.smoke else min(2, os.cpu_count() or 1)  # a recording process pays ~8 s of imports

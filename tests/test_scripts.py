@@ -33,7 +33,10 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "benchmarks/rosbag_import.py": ([], "bags / HDF5: "),
         "benchmarks/serving.py": ([], "infer latency, median of 1: direct"),
         "benchmarks/train_throughput.py": ([], "state   "),
-        "experiments/arm_transfer.py": ([], "| 1 | "),
+        "experiments/arm_transfer.py": (
+            ["--base", str(base.parent), "--seeds", "2", "model.preset=tiny"],
+            "2 seed(s) pooled",
+        ),
         "experiments/base_transfer.py": (["--base", str(base), "model.preset=tiny"], "| 2 | 2 | "),
         "experiments/camera_depth.py": ([], "base + side | "),
         "experiments/expert_redundancy.py": ([], "2 reach targets x 2 starts"),
