@@ -67,8 +67,13 @@ def score(task: str, checkpoint: Path, out: Path, args: argparse.Namespace) -> d
 
 
 def cell(summary: dict) -> str:
+    """Success with its interval, and for `follow` the median tracking RMSE: a policy can come closer to the 15 mm
+    it must hold long before its first episode succeeds."""
     low, high = summary["success_rate_wilson95"]
-    return f"{summary['successes']}/{summary['episodes']} ({100 * low:.0f}-{100 * high:.0f} %)"
+    rmse = summary.get("tracking_rmse_mm_median")
+    return f"{summary['successes']}/{summary['episodes']} ({100 * low:.0f}-{100 * high:.0f} %)" + (
+        f", RMSE {rmse:.0f} mm" if rmse is not None else ""
+    )
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ the prompt, `follow` to keep correcting. Every episode carries a random payload 
 bend the arm differently, so a policy that only knows its pressures (the state slot) must guess where its tip is,
 while the graph says it. Demonstrations are recorded with DART noise, so the policies see how to recover.
 
-The bases (models/sim_base, `softarm pretrain`, docs/sim_base.md) learnt to see and reach on `reach` and `follow`
-and never saw `choose`: fine-tuning teaches it, as a π0 user fine-tunes pi0_base on a task, with some `reach`
-episodes in the mixture so that what the base knew stays. `base=None` trains the small `tiny` model from scratch
-instead (configs/demo.yaml, choose alone: a model trained from scratch in minutes does not learn to find a ball in
-the images, docs/cpu_model_search.md).
+The bases (models/sim_base, `softarm pretrain`, docs/sim_base.md) learnt to see and reach on `reach` (their
+recipe can add `follow`; the shipped ones never saw it) and never saw `choose`: fine-tuning teaches it, as a π0 user
+fine-tunes pi0_base on a task, with some `reach` episodes in the mixture so that what the base knew stays.
+`base=None` trains the small `tiny` model from scratch instead (configs/demo.yaml, choose alone: a model trained from
+scratch in minutes does not learn to find a ball in the images, docs/cpu_model_search.md).
 """
 
 from __future__ import annotations
