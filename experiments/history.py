@@ -44,7 +44,8 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
                   f"model.overrides.image_history_stride={args.image_stride}",
                   f"model.overrides.image_history_slots=[{','.join(args.image_slots)}]"]  # fmt: skip
         out[f"frames K={args.image_steps}"] = frames
-        out[f"K={args.history_steps} {args.modes[0]} + frames"] = [*graph[args.modes[0]], *frames]
+        if args.modes:
+            out[f"K={args.history_steps} {args.modes[0]} + frames"] = [*graph[args.modes[0]], *frames]
     return out
 
 
@@ -86,7 +87,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--history-steps", type=int, default=4, help="K: control steps the graph is read over")
     parser.add_argument("--stride", type=int, default=2, help="control steps between two of them")
-    parser.add_argument("--modes", nargs="+", choices=["attend", "stack"], default=["attend", "stack"])
+    parser.add_argument("--modes", nargs="*", choices=["attend", "stack"], default=["attend", "stack"],
+                        help="graph history variants (none: frames only)")  # fmt: skip
     parser.add_argument("--image-steps", type=int, default=4, help="camera frames read (visual memory); 0: none")
     parser.add_argument("--image-stride", type=int, default=2, help="control steps between two of them")
     parser.add_argument(
