@@ -1,16 +1,16 @@
 """Does a second arm's data help? A target arm with K demonstrations, trained alone and jointly with a source arm's
 full data in one model of two arms, with the graph and without it, scored closed loop on the target arm.
 
-Every run has the same config, steps and tokenizer, so that "alone" and "joint" spell prompts alike. From scratch
-(the default: configs/demo.yaml, a tokenizer of both arms' prompts and names) the models learn everything from the
-two datasets; with `--base DIR` (one base per model, `graph/` and `no_graph/`, as models/sim_base) each run
-fine-tunes the base of its model (configs/finetune.yaml, the base's tokenizer, every dataset normalised by its own
-statistics), so that a task that needs vision, `reach`, can be measured in CPU minutes. Joint runs draw half their
-samples from each arm (`data.datasets` weights 1 : 1) and name the arm in the prompt (`--embedding` adds joint graph
-runs that name it by a learned arm embedding instead). With `--seeds N` every cell trains N seeds and pools their
-evaluations (N x the episodes, one Wilson interval over the pooled count). The expert on the same evaluation
-episodes is the reference. Writes arm_transfer.json, arm_transfer.md (the table) and arm_transfer.png into OUT;
-finished runs and evaluations are reused.
+Every run has the same config, steps and tokenizer, so that "alone" and "joint" spell prompts alike. From scratch (the
+default: configs/demo.yaml, a tokenizer of both arms' prompts and names) the models learn everything from the two
+datasets; with `--base DIR` (one base per model, `graph/` and `no_graph/`, as models/sim_base) each run fine-tunes the
+base of its model (configs/finetune.yaml with the vision tower trained, the base's tokenizer, every dataset normalised
+by its own statistics), so that a task that needs vision, `reach`, can be measured in CPU minutes. Joint runs draw half
+their samples from each arm (`data.datasets` weights 1 : 1) and name the arm in the prompt (`--embedding` adds joint
+graph runs that name it by a learned arm embedding instead). With `--seeds N` every cell trains N seeds and pools their
+evaluations (N x the episodes, one Wilson interval over the pooled count). The expert on the same evaluation episodes is
+the reference. Writes arm_transfer.json, arm_transfer.md (the table) and arm_transfer.png into OUT; finished runs and
+evaluations are reused.
 
     .venv/bin/python experiments/arm_transfer.py --source pneumatic --target tendon --counts 5 20 --out ARMS
     .venv/bin/python experiments/arm_transfer.py --base models/sim_base --task reach --target compact \
@@ -51,8 +51,10 @@ def trained(run: Path, data: list[str], name: str, seed: int, args: argparse.Nam
         overrides = [*data, f"train.out_dir={run}", f"train.steps={args.steps}", f"train.save_every={args.steps}",
                      f"train.val_every={args.steps}", f"model.overrides.fusion={FUSIONS[name]}",
                      f"train.seed={seed}", f"data.tokenizer={tokenizer(args)}"]  # fmt: skip
-        if args.base is not None:  # the arms are not (all) the base's: every dataset its own statistics
-            overrides += [f"train.init_from={args.base / name.replace(' ', '_')}", "data.norm_stats=null"]
+        if args.base is not None:  # the arms are not (all) the base's: each dataset its own statistics, and the
+            # vision tower trains too (other cameras), as experiments/base_transfer.py measured it
+            overrides += [f"train.init_from={args.base / name.replace(' ', '_')}", "data.norm_stats=null",
+                          "train.freeze=[]"]  # fmt: skip
         train(load_config(args.config, [*overrides, *extra, *args.overrides]))
     return final
 
