@@ -24,14 +24,23 @@ from softarm.visual_memory import FrameCache, VisualMemory
 from tests.conftest import DEBUG_CONFIG, POLICY_CAMERAS, make_actions, make_graph, make_observation, raw_dir
 
 
+def _open(memory: VisualMemory) -> None:
+    """Give a fresh memory's silent output projection weights, as training does."""
+    with torch.no_grad():
+        memory.out.weight.normal_(0.0, 0.2)
+
+
 def test_the_memory_reads_real_past_frames_and_starts_as_no_memory() -> None:
     torch.manual_seed(0)
     memory = VisualMemory(width=32, steps=3, slots=1)
     current, past = torch.randn(2, 5, 32), torch.randn(2, 2, 5, 32)
     mask = torch.tensor([[True, True], [False, True]])
-    assert torch.equal(memory(0, current, past, mask), current)  # the gate starts closed
-    with torch.no_grad():
-        memory.gate.fill_(1.0)
+    assert torch.equal(memory(0, current, past, mask), current)  # the branch starts silent
+    # ... and learns from the first step: its output projection has a gradient (a closed gate gave it none)
+    memory(0, current, past, mask).square().sum().backward()
+    assert memory.out.weight.grad.abs().sum() > 0
+    assert memory.gate.grad.abs().sum() == 0
+    _open(memory)
     out = memory(0, current, past, mask)
     changed = past.clone()
     changed[:, 0] += 3.0 * torch.randn(5, 32)  # the oldest frame: real in sample 0, before the episode in sample 1
@@ -88,10 +97,9 @@ def test_a_model_with_visual_history_reads_the_past_frames(mode: str) -> None:
     noise, time = torch.randn(2, 16, 32), torch.full((2,), 0.5)
     base = without(observation, actions, graph_nodes=graph, noise=noise, time=time)
     loss = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(frames, mask))
-    if mode == "memory":  # a fresh memory's gate is closed: exactly the model without history
+    if mode == "memory":  # a fresh memory is silent: exactly the model without history
         torch.testing.assert_close(loss, base)
-        with torch.no_grad():
-            model.visual_history.gate.fill_(1.0)
+        _open(model.visual_history)
     changed = {**frames, "base_0_rgb": -frames["base_0_rgb"]}
     moved = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(changed, mask))
     assert not torch.allclose(moved, loss)  # the past frames of the history slot are read

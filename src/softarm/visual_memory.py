@@ -3,9 +3,9 @@
 `memory` (after MEM, Physical Intelligence 2026): the past frames go through the same vision tower (without
 gradients: a past frame's tokens are what they were when it was current, so a server may keep them), then each
 current image token attends to the tokens at its own patch position in the past frames and in the current one — a
-causal temporal attention, K keys per token — and what it reads is added through a zero-initialised gate. The past
-tokens are dropped there: the VLM reads as many image tokens as without history, and a fresh memory leaves the
-model exactly as it was.
+causal temporal attention, K keys per token — and what it reads is added through a zero-initialised output
+projection (and a per-channel gate that starts open). The past tokens are dropped there: the VLM reads as many image
+tokens as without history, and a fresh memory leaves the model exactly as it was.
 
 `stack`: the past frames' tokens (with a learned age embedding) join the prefix after the current images: the
 naive way, whose VLM cost grows with K (HAMLET measured it slower and worse); kept to measure against.
@@ -32,8 +32,13 @@ class VisualMemory(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.query = nn.Linear(width, width)
         self.key_value = nn.Linear(width, 2 * width)
+        # The branch starts silent at its output projection, not at the gate: a closed gate in front of a random
+        # projection gives that projection no gradient, and the gate alone had opened to ~0.01 after 1500 fine-tuning
+        # steps (docs/history.md); a zero projection learns from the first step what the read tokens say.
         self.out = nn.Linear(width, width)
-        self.gate = nn.Parameter(torch.zeros(width))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.gate = nn.Parameter(torch.ones(width))
 
     def forward(self, slot: int, current: torch.Tensor, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """current [B, T, D] tokens of the current frame, past [B, K-1, T, D] of the past frames (oldest first), mask
