@@ -2,6 +2,10 @@
 history, with the graph over K past control steps (`attend`, `stack`), with the fixed cameras' past frames (visual
 memory) and with both, then score each model on held-out `follow` and `reach` episodes.
 
+A follow episode is four times as long as a reach episode, so one dataset of both draws ~90 % of its samples from
+`follow` and the fine-tuned base forgets `reach` (docs/history.md); `--reach-weight W` keeps the tasks in two datasets
+instead and draws W of every batch's samples from `reach` (a `data.datasets` mixture, the base's statistics for both).
+
 Every variant starts from the same base (a base without history starts a history model: its new tensors start
 fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
 `image_history_*` differ. The target to beat: `follow` >= 50 % with history where one frame gets 0 %, `reach`
@@ -10,6 +14,7 @@ into OUT; finished runs and evaluations are reused.
 
     .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
     .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1 --image-steps 0
+    .venv/bin/python experiments/history.py --out HISTORY --reach-weight 0.5 --modes --image-steps 4
 """
 
 from __future__ import annotations
@@ -49,10 +54,34 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
-def trained(prepared: Path, run: Path, history: list[str], args: argparse.Namespace) -> Path:
+def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) -> str:
+    """Convert the recordings; returns the data override: one dataset of every task, or with --reach-weight one
+    dataset per task (the raw episodes of each linked into its own directory) mixed by weight."""
+
+    def convert_once(source: Path, prepared: Path, val: int) -> None:
+        if not (prepared / layout.META_FILE).is_file():
+            convert(source, prepared, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(args.arm)))
+
+    if args.reach_weight is None or len(tasks) < 2:
+        convert_once(raw, out / "prepared", args.val)
+        return f"data.path={out / 'prepared'}"
+    weights = {"follow": 1.0 - args.reach_weight, "reach": args.reach_weight}
+    entries = []
+    for task in tasks:
+        episodes = raw.parent / f"raw_{task}"
+        episodes.mkdir(parents=True, exist_ok=True)
+        for file in sorted(raw.glob(f"{task}_*.hdf5")):
+            if not (episodes / file.name).exists():
+                (episodes / file.name).symlink_to(file.resolve())
+        convert_once(episodes, out / f"prepared_{task}", round(args.val * getattr(args, task) / args.episodes))
+        entries.append(f"{{path: {out / f'prepared_{task}'}, weight: {weights[task]:g}}}")
+    return f"data.datasets=[{', '.join(entries)}]"
+
+
+def trained(data: str, run: Path, history: list[str], args: argparse.Namespace) -> Path:
     final = run / layout.CHECKPOINTS_DIR / str(args.steps)
     if not final.is_dir():
-        overrides = [f"data.path={prepared}", f"train.out_dir={run}", f"train.steps={args.steps}",
+        overrides = [data, f"train.out_dir={run}", f"train.steps={args.steps}",
                      f"train.save_every={args.steps}", f"train.val_every={args.steps}", f"train.init_from={args.base}",
                      f"data.norm_stats={args.base}", *history, *args.overrides]  # fmt: skip
         train(load_config(args.config, overrides))
@@ -84,6 +113,7 @@ def main() -> None:
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
     parser.add_argument("--val", type=int, default=10, help="of them, held out (at random) for the validation loss")
+    parser.add_argument("--reach-weight", type=float, help="share of every batch drawn from reach (default: by frames)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--history-steps", type=int, default=4, help="K: control steps the graph is read over")
     parser.add_argument("--stride", type=int, default=2, help="control steps between two of them")
@@ -105,7 +135,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
     if args.smoke:
-        args.follow, args.reach, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 0, 2, 1, ["attend"]
+        args.follow, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 2, 1, ["attend"]
+        args.reach = 0 if args.reach_weight is None else 1  # a mixture needs both tasks
         args.image_steps = 2
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
     # recording processes: each pays ~8 s of imports, worth it only for many episodes
@@ -113,23 +144,25 @@ def main() -> None:
     tasks = [task for task in ("follow", "reach") if getattr(args, task)]  # each scored if trained on
     for task in tasks:
         generate(task, getattr(args, task), raw, arm=args.arm, workers=workers)
-    prepared = out / "prepared"
-    if not (prepared / layout.META_FILE).is_file():
-        convert(raw, prepared, ConvertOptions(val_episodes=args.val, cameras=CAMERA_SLOTS.get(args.arm)))
+    if args.reach_weight is not None and not 0 < args.reach_weight < 1:
+        parser.error(f"--reach-weight must be between 0 and 1, got {args.reach_weight}")
+    args.episodes = args.follow + args.reach
+    data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
     chosen = variants(args)
     if args.smoke:  # no history and the variant with every override: each code path once
         chosen = {name: chosen[name] for name in (next(iter(chosen)), list(chosen)[-1])}
     for name, history in chosen.items():
         run = out / "runs" / name.replace(" ", "_").replace("=", "")
-        checkpoint = trained(prepared, run, history, args)
+        checkpoint = trained(data, run, history, args)
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         val = [r["val_loss"] for r in metrics if "val_loss" in r]
         results[name] = {"val_loss": val[-1] if val else None} | {
             task: score(task, checkpoint, out / "eval" / run.name / task, args) for task in tasks
         }
     (out / "history.json").write_text(json.dumps(results, indent=2))
-    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations ({args.val} held out), "
+    mix = "" if args.reach_weight is None else f", {100 * args.reach_weight:g} % of samples from reach"
+    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations ({args.val} held out{mix}), "
              f"{args.steps} steps, "
              f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}", "",
              f"| history | val loss | {' | '.join(tasks)} |", "|---" * (2 + len(tasks)) + "|"]  # fmt: skip

@@ -40,7 +40,10 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "experiments/base_transfer.py": (["--base", str(base), "model.preset=tiny"], "| 2 | 2 | "),
         "experiments/camera_depth.py": ([], "base + side | "),
         "experiments/expert_redundancy.py": ([], "2 reach targets x 2 starts"),
-        "experiments/history.py": (["--base", str(base), "model.preset=tiny"], "| K=4 attend + frames | "),
+        "experiments/history.py": (
+            ["--base", str(base), "--reach-weight", "0.5", "model.preset=tiny"],
+            "50 % of samples from reach",
+        ),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
         "experiments/reach_misses.py": ([str(base), str(evaluation)], "median error range over the last 20 steps"),
