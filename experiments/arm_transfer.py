@@ -134,6 +134,7 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
            ylabel=f"{args.task} success (%), 95 % interval",
            title=f"{args.target} alone vs with the {args.source} arm's data")  # fmt: skip
     ax.set_xticks(args.counts, [str(c) for c in args.counts])
+    ax.set_xticks([], minor=True)  # the log axis' own minor labels crowd a table of one or two counts
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, args.out / "arm_transfer.png")
