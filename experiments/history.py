@@ -73,7 +73,8 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
         for file in sorted(raw.glob(f"{task}_*.hdf5")):
             if not (episodes / file.name).exists():
                 (episodes / file.name).symlink_to(file.resolve())
-        convert_once(episodes, out / f"prepared_{task}", round(args.val * getattr(args, task) / args.episodes))
+        held_out = round(args.val * getattr(args, task) / (args.follow + args.reach))  # --val split by task
+        convert_once(episodes, out / f"prepared_{task}", held_out)
         entries.append(f"{{path: {out / f'prepared_{task}'}, weight: {weights[task]:g}}}")
     return f"data.datasets=[{', '.join(entries)}]"
 
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
+    if args.reach_weight is not None and not 0 < args.reach_weight < 1:
+        parser.error(f"--reach-weight must be between 0 and 1, got {args.reach_weight}")
     if args.smoke:
         args.follow, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 2, 1, ["attend"]
         args.reach = 0 if args.reach_weight is None else 1  # a mixture needs both tasks
@@ -144,9 +147,6 @@ def main() -> None:
     tasks = [task for task in ("follow", "reach") if getattr(args, task)]  # each scored if trained on
     for task in tasks:
         generate(task, getattr(args, task), raw, arm=args.arm, workers=workers)
-    if args.reach_weight is not None and not 0 < args.reach_weight < 1:
-        parser.error(f"--reach-weight must be between 0 and 1, got {args.reach_weight}")
-    args.episodes = args.follow + args.reach
     data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
     chosen = variants(args)
