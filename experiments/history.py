@@ -27,7 +27,7 @@ from pathlib import Path
 from softarm import layout
 from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import SHIPPED
-from softarm.data.convert import ConvertOptions, convert
+from softarm.data.convert import ConvertOptions, convert, convert_first
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
@@ -56,26 +56,21 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) -> str:
     """Convert the recordings; returns the data override: one dataset of every task, or with --reach-weight one
-    dataset per task (the raw episodes of each linked into its own directory) mixed by weight."""
-
-    def convert_once(source: Path, prepared: Path, val: int) -> None:
-        if not (prepared / layout.META_FILE).is_file():
-            convert(source, prepared, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(args.arm)))
-
+    dataset per task mixed by weight, --val held out in proportion to each task's episodes."""
+    cameras = CAMERA_SLOTS.get(args.arm)
     if args.reach_weight is None or len(tasks) < 2:
-        convert_once(raw, out / "prepared", args.val)
-        return f"data.path={out / 'prepared'}"
+        prepared = out / "prepared"
+        if not (prepared / layout.META_FILE).is_file():
+            convert(raw, prepared, ConvertOptions(val_episodes=args.val, cameras=cameras))
+        return f"data.path={prepared}"
     weights = {"follow": 1.0 - args.reach_weight, "reach": args.reach_weight}
     entries = []
     for task in tasks:
-        episodes = raw.parent / f"raw_{task}"
-        episodes.mkdir(parents=True, exist_ok=True)
-        for file in sorted(raw.glob(f"{task}_*.hdf5")):
-            if not (episodes / file.name).exists():
-                (episodes / file.name).symlink_to(file.resolve())
-        held_out = round(args.val * getattr(args, task) / (args.follow + args.reach))  # --val split by task
-        convert_once(episodes, out / f"prepared_{task}", held_out)
-        entries.append(f"{{path: {out / f'prepared_{task}'}, weight: {weights[task]:g}}}")
+        count = getattr(args, task)
+        held_out = round(args.val * count / (args.follow + args.reach))
+        options = ConvertOptions(val_episodes=held_out, cameras=cameras)
+        prepared = convert_first(raw, out / f"prepared_{task}", count - held_out, options, prefix=f"{task}_")
+        entries.append(f"{{path: {prepared}, weight: {weights[task]:g}}}")
     return f"data.datasets=[{', '.join(entries)}]"
 
 

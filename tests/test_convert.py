@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from softarm.cli import main
-from softarm.data.convert import ConvertOptions, convert
+from softarm.data.convert import ConvertOptions, convert, convert_first
 from softarm.data.prepared import PreparedDataset
 from softarm.data.raw import write_episode
 from tests.conftest import make_episode, raw_dir
@@ -59,6 +59,19 @@ def test_split_is_by_episode(tmp_path: Path) -> None:
     assert len(val_files) == 2
     assert not train_files & val_files
     assert len(train) + len(val) == 48
+
+
+def test_convert_first_takes_the_first_episodes_whose_name_has_the_prefix(tmp_path: Path) -> None:
+    raw = raw_dir(tmp_path, lengths=(9, 7, 8, 6))
+    for i, path in enumerate(sorted(raw.iterdir())):  # two tasks' recordings in one directory, interleaved
+        path.rename(raw / f"{('follow', 'reach')[i % 2]}_{i:03d}.h5")
+    prepared = convert_first(raw, tmp_path / "reach_set", 1, ConvertOptions(val_episodes=1), prefix="reach_")
+    files = {ep["file"] for split in ("train", "val") for ep in PreparedDataset(prepared, split).episodes}
+    assert files == {"reach_001.h5", "reach_003.h5"}
+    assert sorted(p.name for p in (tmp_path / "raw_reach_set").iterdir()) == ["reach_001.h5", "reach_003.h5"]
+    assert sorted(p.name for p in raw.iterdir()) == ["follow_000.h5", "follow_002.h5", "reach_001.h5", "reach_003.h5"]
+    first = convert_first(raw, tmp_path / "first", 1, ConvertOptions(val_episodes=0))  # no prefix: by name
+    assert [ep["file"] for ep in PreparedDataset(first, "train").episodes] == ["follow_000.h5"]
 
 
 def test_bad_episodes_are_reported_and_good_ones_convert(tmp_path: Path) -> None:

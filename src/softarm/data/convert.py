@@ -95,15 +95,19 @@ def find_episodes(raw_dir: Path) -> list[Path]:
     return files
 
 
-def convert_first(raw_dir: str | Path, out_dir: str | Path, count: int, options: ConvertOptions) -> Path:
-    """The first `count` + `options.val_episodes` episodes of a raw directory (by file name) as the dataset `out_dir`,
-    reused when it is there: what experiments over a growing number of demonstrations train on. The chosen files are
-    linked, not copied, into `raw_<name>` beside it."""
+def convert_first(
+    raw_dir: str | Path, out_dir: str | Path, count: int, options: ConvertOptions, prefix: str = ""
+) -> Path:
+    """The first `count` + `options.val_episodes` episodes of a raw directory (by file name; only those whose name
+    starts with `prefix`, e.g. one task's) as the dataset `out_dir`, reused when it is there: what experiments over a
+    growing number of demonstrations or a mixture of tasks train on. The chosen files are linked, not copied, into
+    `raw_<name>` beside it."""
     out_dir = Path(out_dir)
     if not (out_dir / META_FILE).is_file():
         chosen = out_dir.with_name(f"raw_{out_dir.name}")
         chosen.mkdir(parents=True, exist_ok=True)
-        for path in find_episodes(Path(raw_dir))[: count + options.val_episodes]:
+        episodes = [path for path in find_episodes(Path(raw_dir)) if path.name.startswith(prefix)]
+        for path in episodes[: count + options.val_episodes]:
             if not (chosen / path.name).exists():
                 (chosen / path.name).symlink_to(path.resolve())
         convert(chosen, out_dir, options)
