@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 from softarm import arm
-from softarm.apps.evaluate import EvalOptions, evaluate, reusable_report, wilson_interval
+from softarm.apps.evaluate import EvalOptions, eval_pool, evaluate, reusable_report, wilson_interval
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
@@ -436,15 +436,24 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     # a 2-step model does not solve reach; it must still have run every step of both episodes
     assert [e["steps"] for e in report["episodes"]] == [50, 50]
     assert summary["success_rate_wilson95"][0] == 0.0
-    # two processes, an episode each: the serial run's episodes (seeded per episode), its film, its figures
-    evaluate(dataclasses.replace(options, workers=2), tmp_path / "two")
-    two = json.loads((tmp_path / "two" / "eval.json").read_text())["episodes"]
-    assert [(e["seed"], e["steps"], e["success"]) for e in two] == [
-        (e["seed"], e["steps"], e["success"]) for e in report["episodes"]
-    ]
-    for ours, serial in zip(two, report["episodes"], strict=True):
-        assert ours["final_error_mm"] == pytest.approx(serial["final_error_mm"], rel=1e-3)
+    # two processes, an episode each: the serial run's episodes (seeded per episode), its film, its figures; then the
+    # same processes run the expert and the model again (a shared pool: each worker swaps its agent with the options)
+    expert = EvalOptions(policy="expert", episodes=2, videos=0)
+    with eval_pool(2) as pool:
+        evaluate(dataclasses.replace(options, workers=2), tmp_path / "two", pool)
+        pooled_expert = evaluate(expert, tmp_path / "expert_pooled", pool)
+        evaluate(options, tmp_path / "again", pool)
+    for name in ("two", "again"):
+        ran = json.loads((tmp_path / name / "eval.json").read_text())["episodes"]
+        assert [(e["seed"], e["steps"], e["success"]) for e in ran] == [
+            (e["seed"], e["steps"], e["success"]) for e in report["episodes"]
+        ]
+        for ours, serial in zip(ran, report["episodes"], strict=True):
+            assert ours["final_error_mm"] == pytest.approx(serial["final_error_mm"], rel=1e-3)
     assert (tmp_path / "two" / "rollouts.gif").read_bytes() == (tmp_path / "eval" / "rollouts.gif").read_bytes()
+    serial_expert = evaluate(expert, tmp_path / "expert_serial")
+    assert pooled_expert["successes"] == serial_expert["successes"] == 2
+    assert pooled_expert["final_error_mm_median"] == pytest.approx(serial_expert["final_error_mm_median"], rel=1e-6)
     # under 200 ms of simulated latency with real-time chunking: the same episodes, each chunk switch measured
     late = evaluate(dataclasses.replace(options, latency_ms=200, execution="rtc", videos=0), tmp_path / "rtc")
     episodes = json.loads((tmp_path / "rtc" / "eval.json").read_text())["episodes"]

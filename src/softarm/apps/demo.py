@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 import dataclasses
 import json
+import multiprocessing.pool
 import os
 from pathlib import Path
 import shutil
 
 from softarm.apps.demo_report import write_report
-from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, eval_pool, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import BASE_FILE, SHIPPED
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
@@ -100,18 +101,35 @@ def _train(run_dir: Path, name: str, seed: int, prepared: Path, options: DemoOpt
 
 
 def _evaluate(
-    task: str, policy: str, checkpoint: Path | None, eval_dir: Path, episodes: int, options: DemoOptions
+    task: str,
+    policy: str,
+    checkpoint: Path | None,
+    eval_dir: Path,
+    episodes: int,
+    options: DemoOptions,
+    pool: multiprocessing.pool.Pool | None,
 ) -> Path:
     model = checkpoint is not None
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if model else policy, arm=options.arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if model else 1,
-                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0,
-                               workers=eval_workers(episodes))  # fmt: skip
+                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0)  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
         print(f"  {task} / {eval_dir.name}: {eval_dir / EVAL_FILE} exists, reused")
     else:
-        evaluate(eval_options, eval_dir)
+        evaluate(eval_options, eval_dir, pool)
     return eval_dir / EVAL_FILE
+
+
+def _scored(
+    eval_root: Path, policy: str, options: DemoOptions, checkpoints: dict[str, list[Path]], runs: dict[str, list[Path]]
+) -> list[tuple[Path | None, Path]]:
+    """(checkpoint or None for a scripted policy, its evaluation directory) for every run of `policy` on a task."""
+    if policy in BASELINES:
+        return [(None, eval_root / policy)]
+    if policy == "base":  # the graph base alone, before fine-tuning
+        return [(Path(options.base) / "graph", eval_root / "base")]
+    pairs = zip(checkpoints[policy], runs[policy], strict=True)
+    return [(checkpoint, eval_root / run.name) for checkpoint, run in pairs]
 
 
 def _base_card(options: DemoOptions) -> dict[str, dict]:
@@ -170,20 +188,17 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     counts = ", ".join(f"{task} {options.eval_episodes[task]}" for task in tasks)
     _stage(4, f"closed-loop evaluation on held-out episodes, per policy: {counts}")
     evaluations: dict[str, dict[str, list[Path]]] = {}
-    for task in tasks:
-        evaluations[task] = {}
-        # from the bases every model has seen every skill but choose (which fine-tuning teaches): all are scored
-        models = MODELS if options.base or task in trained else ()
-        for policy in ("expert", "expert-blind", *(["base"] if options.base else []), *models, "random"):
-            if policy in BASELINES:
-                targets = [(None, out / "eval" / task / policy)]
-            elif policy == "base":  # the graph base alone, before fine-tuning
-                targets = [(Path(options.base) / "graph", out / "eval" / task / "base")]
-            else:
-                targets = [(checkpoint, out / "eval" / task / run.name)
-                           for checkpoint, run in zip(checkpoints[policy], runs[policy], strict=True)]  # fmt: skip
-            count = options.eval_episodes[task]
-            evaluations[task][policy] = [_evaluate(task, policy, ck, d, count, options) for ck, d in targets]
+    # one set of processes for every evaluation: each pays its imports once
+    with eval_pool(eval_workers(max(options.eval_episodes[task] for task in tasks))) as pool:
+        for task in tasks:
+            evaluations[task] = {}
+            # from the bases every model has seen every skill but choose (which fine-tuning teaches): all are scored
+            models = MODELS if options.base or task in trained else ()
+            for policy in ("expert", "expert-blind", *(["base"] if options.base else []), *models, "random"):
+                scored = _scored(out / "eval" / task, policy, options, checkpoints, runs)
+                count = options.eval_episodes[task]
+                evaluations[task][policy] = [_evaluate(task, policy, checkpoint, eval_dir, count, options, pool)
+                                             for checkpoint, eval_dir in scored]  # fmt: skip
     _stage(5, "writing the report")
     intro = _intro(options, arm, cards, [task for task in tasks if task not in trained])
     for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was scored)

@@ -9,12 +9,14 @@ evaluation seeds, never from the generated training range.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import dataclasses
 import functools
 import json
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 from pathlib import Path
 import time
@@ -265,8 +267,22 @@ def _run(options: EvalOptions, index: int) -> tuple[dict, np.ndarray, Rollout | 
     return row, 1000 * rollout.errors, rollout if rollout.images else None, infer_ms
 
 
-def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
-    """Run the episodes, write eval.json, summary.png and rollouts.gif into `out_dir`; return the summary."""
+@contextlib.contextmanager
+def eval_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """Worker processes that several evaluations share (None for one worker: episodes run in this process). A fresh
+    pool per evaluation pays its imports each time, seconds for a model, more than a short evaluation's episodes;
+    a shared one pays them once. Spawned, not forked: a simulator's renderer (EGL) does not survive a fork."""
+    if workers <= 1:
+        yield None
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_limit_threads, initargs=(threads,)) as pool:
+        yield pool
+
+
+def evaluate(options: EvalOptions, out_dir: str | Path, pool: multiprocessing.pool.Pool | None = None) -> dict:
+    """Run the episodes, write eval.json, summary.png and rollouts.gif into `out_dir`; return the summary. `pool`
+    (from `eval_pool`) runs them in its processes instead of `options.workers` fresh ones."""
     if options.task not in TASKS:
         raise ValueError(f"unknown task {options.task!r}; choose one of {sorted(TASKS)}")
     if options.arm not in ARMS:
@@ -292,13 +308,12 @@ def evaluate(options: EvalOptions, out_dir: str | Path) -> dict:
     rows, curves, videos, infer_ms = [], [], [], []
     start = time.monotonic()
     label = options.policy if options.policy != "model" else Path(options.checkpoint).name
-    workers = min(options.workers, options.episodes)
     with contextlib.ExitStack() as stack:
         job = functools.partial(_run, options)
-        if workers > 1:  # spawn: a simulator's renderer (EGL) does not survive a fork
-            threads = max(1, torch.get_num_threads() // workers)
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_limit_threads, initargs=(threads,))
-            outcomes = stack.enter_context(pool).imap(job, range(options.episodes))
+        if pool is None:
+            pool = stack.enter_context(eval_pool(min(options.workers, options.episodes)))
+        if pool is not None:
+            outcomes = pool.imap(job, range(options.episodes))
         else:
             stack.callback(_close_worker)
             outcomes = map(job, range(options.episodes))
