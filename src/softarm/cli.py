@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=1, help="training seeds per model, pooled in the report")
     demo.add_argument(
         "--eval-episodes", action="append", metavar="[TASK=]COUNT",
-        help="closed-loop episodes per policy, per task or all; 0 skips a task (default reach=50 choose=100 follow=30)",
+        help="closed-loop episodes per policy, per task or all; 0 skips a task (default reach=100 choose=100 "
+        "follow=30)",
     )  # fmt: skip
     demo.add_argument("--base", help="the pretrained bases, a directory per model (default: models/sim_base)")
     demo.add_argument("--from-scratch", action="store_true",
