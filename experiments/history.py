@@ -10,7 +10,9 @@ Every variant starts from the same base (a base without history starts a history
 fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
 `image_history_*` differ. The target to beat: `follow` >= 50 % with history where one frame gets 0 %, `reach`
 within 3 points of no history. Writes history.json, history.md (the table, 95 % Wilson intervals) and history.png
-into OUT; finished runs and evaluations are reused.
+into OUT; finished runs and evaluations are reused, so `--replan R` scores the same models again under another
+re-plan period (history_replanR.*): at 8, even a policy that knows the ball's position and velocity exactly at every
+re-plan misses `follow` (docs/history.md).
 
     .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
     .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1 --image-steps 0
@@ -86,7 +88,7 @@ def trained(data: str, run: Path, history: list[str], args: argparse.Namespace) 
 
 def score(task: str, checkpoint: Path, out: Path, args: argparse.Namespace) -> dict:
     options = EvalOptions(task=task, episodes=args.eval_episodes, policy="model", checkpoint=str(checkpoint),
-                          arm=args.arm, videos=1, noise_scale=args.noise_scale,
+                          arm=args.arm, videos=1, noise_scale=args.noise_scale, replan=args.replan,
                           workers=eval_workers(args.eval_episodes))  # fmt: skip
     report = reusable_report(options, out)
     return report["summary"] if report is not None else evaluate(options, out)
@@ -125,6 +127,8 @@ def main() -> None:
     )
     parser.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and model")
     parser.add_argument("--noise-scale", type=float, default=0.0, help="of the models' sampling (softarm eval)")
+    parser.add_argument("--replan", type=int, default=EvalOptions.replan,
+                        help="actions executed from each chunk before the policy sees the arm again")  # fmt: skip
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, default=Path("history_out"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
@@ -145,6 +149,8 @@ def main() -> None:
     data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
     chosen = variants(args)
+    # another re-plan period's evaluations and tables beside the default's
+    suffix = "" if args.replan == EvalOptions.replan else f"_replan{args.replan}"
     if args.smoke:  # no history and the variant with every override: each code path once
         chosen = {name: chosen[name] for name in (next(iter(chosen)), list(chosen)[-1])}
     for name, history in chosen.items():
@@ -153,18 +159,19 @@ def main() -> None:
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         val = [r["val_loss"] for r in metrics if "val_loss" in r]
         results[name] = {"val_loss": val[-1] if val else None} | {
-            task: score(task, checkpoint, out / "eval" / run.name / task, args) for task in tasks
+            task: score(task, checkpoint, out / "eval" / run.name / f"{task}{suffix}", args) for task in tasks
         }
-    (out / "history.json").write_text(json.dumps(results, indent=2))
+    (out / f"history{suffix}.json").write_text(json.dumps(results, indent=2))
     mix = "" if args.reach_weight is None else f", {100 * args.reach_weight:g} % of samples from reach"
     lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations ({args.val} held out{mix}), "
              f"{args.steps} steps, "
-             f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}", "",
+             f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}, "
+             f"re-planning every {args.replan} steps", "",
              f"| history | val loss | {' | '.join(tasks)} |", "|---" * (2 + len(tasks)) + "|"]  # fmt: skip
     for name, r in results.items():
         val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
         lines.append(f"| {name} | {val} | {' | '.join(cell(r[task]) for task in tasks)} |")
-    (out / "history.md").write_text("\n".join(lines) + "\n")
+    (out / f"history{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -179,8 +186,8 @@ def main() -> None:
     ax.set(xticks=[k + width * (len(results) - 1) / 2 for k in range(len(tasks))], xticklabels=tasks, ylim=(0, 105),
            ylabel="success (%), 95 % interval", title="history, from the sim base")  # fmt: skip
     ax.legend(fontsize=8)
-    save_figure(fig, out / "history.png")
-    print(f"wrote {out}/history.json, history.md and history.png")
+    save_figure(fig, out / f"history{suffix}.png")
+    print(f"wrote {out}/history{suffix}.json, .md and .png")
 
 
 if __name__ == "__main__":

@@ -40,9 +40,10 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "experiments/base_transfer.py": (["--base", str(base), "model.preset=tiny"], "| 2 | 2 | "),
         "experiments/camera_depth.py": ([], "base + side | "),
         "experiments/expert_redundancy.py": ([], "2 reach targets x 2 starts"),
+        "experiments/follow_oracle.py": ([], "| 8 steps | "),
         "experiments/history.py": (
-            ["--base", str(base), "--reach-weight", "0.5", "model.preset=tiny"],
-            "50 % of samples from reach",
+            ["--base", str(base), "--reach-weight", "0.5", "--replan", "4", "model.preset=tiny"],
+            "re-planning every 4 steps",
         ),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
