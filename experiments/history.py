@@ -5,6 +5,8 @@ memory) and with both, then score each model on held-out `follow` and `reach` ep
 A follow episode is four times as long as a reach episode, so one dataset of both draws ~90 % of its samples from
 `follow` and the fine-tuned base forgets `reach` (docs/history.md); `--reach-weight W` keeps the tasks in two datasets
 instead and draws W of every batch's samples from `reach` (a `data.datasets` mixture, the base's statistics for both).
+`--noise S` records DART demonstrations (commands executed with noise, labelled with the expert's corrections), as
+the demo does: a policy trained on clean demonstrations never sees how to get back to a ball it has lost.
 
 Every variant starts from the same base (a base without history starts a history model: its new tensors start
 fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
@@ -110,6 +112,12 @@ def main() -> None:
     parser.add_argument("--arm", default="pneumatic", help="the base's arm")
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="DART: std of the noise on the executed commands while recording (the demo's 0.05)",
+    )
     parser.add_argument("--val", type=int, default=10, help="of them, held out (at random) for the validation loss")
     parser.add_argument("--reach-weight", type=float, help="share of every batch drawn from reach (default: by frames)")
     parser.add_argument("--steps", type=int, default=3000)
@@ -145,7 +153,7 @@ def main() -> None:
     out, raw, workers = args.out, args.out / "raw", 1 if args.smoke else min(2, os.cpu_count() or 1)
     tasks = [task for task in ("follow", "reach") if getattr(args, task)]  # each scored if trained on
     for task in tasks:
-        generate(task, getattr(args, task), raw, arm=args.arm, workers=workers)
+        generate(task, getattr(args, task), raw, arm=args.arm, workers=workers, noise=args.noise)
     data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
     chosen = variants(args)
@@ -163,7 +171,9 @@ def main() -> None:
         }
     (out / f"history{suffix}.json").write_text(json.dumps(results, indent=2))
     mix = "" if args.reach_weight is None else f", {100 * args.reach_weight:g} % of samples from reach"
-    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations ({args.val} held out{mix}), "
+    dart = f", recorded with command noise {args.noise:g}" if args.noise else ""
+    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations{dart} "
+             f"({args.val} held out{mix}), "
              f"{args.steps} steps, "
              f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}, "
              f"re-planning every {args.replan} steps", "",

@@ -41,9 +41,13 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "experiments/camera_depth.py": ([], "base + side | "),
         "experiments/expert_redundancy.py": ([], "2 reach targets x 2 starts"),
         "experiments/follow_oracle.py": ([], "| 8 steps | "),
+        "experiments/follow_trace.py": (
+            ["--policy", "expert", "--policy", f"base={base}"],
+            "| expert | 1/1 (21-100 %) | ",
+        ),
         "experiments/history.py": (
-            ["--base", str(base), "--reach-weight", "0.5", "--replan", "4", "model.preset=tiny"],
-            "re-planning every 4 steps",
+            ["--base", str(base), "--reach-weight", "0.5", "--replan", "4", "--noise", "0.05", "model.preset=tiny"],
+            "recorded with command noise 0.05",
         ),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
