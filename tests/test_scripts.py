@@ -8,6 +8,7 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,24 @@ def test_script_runs_in_smoke_mode(
         # run in this process, a script must leave it as it found it: pinned to one core, every later test ran 2x slower
         assert (os.sched_getaffinity(0), torch.get_num_threads()) == (cores, threads), script
     assert expected in out, out[-2000:]
+
+
+def test_follow_trace_splits_the_error_around_the_circle() -> None:
+    decompose = runpy.run_path(str(ROOT / "experiments" / "follow_trace.py"))["decompose"]
+    angle = np.linspace(
+        0.0, 2 * np.pi, 60, endpoint=False
+    )  # one anticlockwise lap of a 40 mm circle around (0.1, 0, 0.3)
+    ball = np.stack([0.1 + 0.04 * np.cos(angle), 0.04 * np.sin(angle), np.full_like(angle, 0.3)], axis=1)
+
+    def circle(radius: float, behind_deg: float, sense: float = 1.0) -> np.ndarray:
+        a = sense * angle - np.radians(behind_deg) * sense
+        return np.stack([0.1 + radius * np.cos(a), radius * np.sin(a), np.full_like(a, 0.31)], axis=1)
+
+    behind = decompose(circle(0.05, 30.0), ball, first=0)  # 10 mm outside, 10 mm high, 30° behind
+    assert behind["radial_mm"] == pytest.approx(10.0, abs=1e-6)
+    assert behind["height_mm"] == pytest.approx(10.0, abs=1e-6)
+    assert behind["lag_deg"] == pytest.approx(30.0, abs=1e-6)
+    assert behind["lag_abs_deg"] == pytest.approx(30.0, abs=1e-6)
+    # the same lag on a clockwise ball; a tip ahead of the ball lags by a negative angle
+    assert decompose(circle(0.04, 30.0, -1.0), circle(0.04, 0.0, -1.0), first=0)["lag_deg"] == pytest.approx(30.0)
+    assert decompose(circle(0.04, -20.0), ball, first=10)["lag_deg"] == pytest.approx(-20.0)
