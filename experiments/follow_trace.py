@@ -33,8 +33,12 @@ from softarm.sim.tasks import TASKS
 def decompose(tips: np.ndarray, targets: np.ndarray, first: int) -> dict[str, float]:
     """Median radial, height and along-track errors (mm, degrees) of `tips` against the ball's circular path
     `targets` (both [T, 3], aligned), from step `first` on."""
-    centre = targets.mean(axis=0)
-    radius = float(np.linalg.norm((targets - centre)[:, :2], axis=1).mean())
+    # the circle through the ball's path (least squares: x² + y² = 2 cx x + 2 cy y + c), not the path's mean, which is
+    # off the centre whenever the episode is not a whole number of laps (8 s of a 6 s lap)
+    x, y = targets[:, 0], targets[:, 1]
+    (cx, cy, c), *_ = np.linalg.lstsq(np.stack([2 * x, 2 * y, np.ones_like(x)], axis=1), x**2 + y**2, rcond=None)
+    centre = np.array([cx, cy, targets[:, 2].mean()])
+    radius = float(np.sqrt(c + cx**2 + cy**2))
     tip, ball = (tips - centre)[first:], (targets - centre)[first:]
     ball_angle, tip_angle = np.arctan2(ball[:, 1], ball[:, 0]), np.arctan2(tip[:, 1], tip[:, 0])
     travel = np.sign(np.angle(np.exp(1j * np.diff(np.unwrap(ball_angle)))).mean())  # +1 anticlockwise

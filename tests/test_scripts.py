@@ -87,9 +87,8 @@ def test_script_runs_in_smoke_mode(
 
 def test_follow_trace_splits_the_error_around_the_circle() -> None:
     decompose = runpy.run_path(str(ROOT / "experiments" / "follow_trace.py"))["decompose"]
-    angle = np.linspace(
-        0.0, 2 * np.pi, 60, endpoint=False
-    )  # one anticlockwise lap of a 40 mm circle around (0.1, 0, 0.3)
+    # 1.3 anticlockwise laps of a 40 mm circle around (0.1, 0, 0.3): the path's mean is not the circle's centre
+    angle = np.linspace(0.0, 2.6 * np.pi, 80)
     ball = np.stack([0.1 + 0.04 * np.cos(angle), 0.04 * np.sin(angle), np.full_like(angle, 0.3)], axis=1)
 
     def circle(radius: float, behind_deg: float, sense: float = 1.0) -> np.ndarray:
