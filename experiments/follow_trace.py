@@ -2,11 +2,11 @@
 
 A tracking RMSE of 60 mm on a 40 mm circle can mean a tip that runs half a lap behind the ball on the circle, or one
 that leaves the circle: the first is a policy too slow for its re-plan period, the second one that does not track at
-all. For each policy (a checkpoint, or `expert`), on the same held-out `follow` episodes, after the 2 s allowed to
-acquire the ball: the radial error (the tip's distance from the circle's centre in its plane, minus the radius), the
-height error, and the lag along the circle (the angle from the tip to the ball, in the ball's direction of travel:
-positive when the tip is behind). Writes follow_trace.md, follow_trace.json and follow_trace.png (the tip's path and
-the ball's seen from above, a few episodes per policy) into OUT.
+all. For each policy (a checkpoint, or `expert`), on the same held-out `follow` (or `--task follow_axis`) episodes,
+after the 2 s allowed to acquire the ball: the radial error (the tip's distance from the circle's centre in its
+plane, minus the radius), the height error, and the lag along the circle (the angle from the tip to the ball, in the
+ball's direction of travel: positive when the tip is behind). Writes follow_trace.md, follow_trace.json and
+follow_trace.png (the tip's path and the ball's seen from above, a few episodes per policy) into OUT.
 
     .venv/bin/python experiments/follow_trace.py --policy base=models/sim_base/graph --policy expert --out TRACE
 """
@@ -51,9 +51,9 @@ def decompose(tips: np.ndarray, targets: np.ndarray, first: int) -> dict[str, fl
     }
 
 
-def trace(agent, env: SoftArmEnv, static: StaticArm, specs: list) -> list[dict]:
-    """Run `agent` on every episode; each row: success, tracking RMSE, the error parts, and the two paths."""
-    task = TASKS["follow"]
+def trace(agent, env: SoftArmEnv, static: StaticArm, task, specs: list) -> list[dict]:
+    """Run `agent` on every episode of `task`; each row: success, tracking RMSE, the error parts, and the two
+    paths."""
     first = round(task.acquire * env.control_hz)
     rows = []
     for spec in specs:
@@ -104,7 +104,9 @@ def main() -> None:
         metavar="NAME=CHECKPOINT | expert",
         help="a policy to trace (repeat); `expert` is the scripted expert",
     )
-    parser.add_argument("--episodes", type=int, default=20, help="held-out follow episodes per policy")
+    parser.add_argument("--task", choices=["follow", "follow_axis"], default="follow",
+                        help="a random centre either way round, or the arm's axis anticlockwise")  # fmt: skip
+    parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per policy")
     parser.add_argument("--replan", type=int, default=EvalOptions.replan, help="re-plan period of the models (steps)")
     parser.add_argument("--shown", type=int, default=3, help="episodes drawn per policy")
     parser.add_argument("--out", type=Path, default=Path("follow_trace_out"))
@@ -116,22 +118,22 @@ def main() -> None:
     for entry in args.policy:
         name, _, checkpoint = entry.partition("=")
         if name == "expert" and not checkpoint:
-            policies[name] = EvalOptions(task="follow", policy="expert")
+            policies[name] = EvalOptions(task=args.task, policy="expert")
         elif not (Path(checkpoint) / layout.CONFIG_FILE).is_file():
             parser.error(f"--policy {entry!r}: expected NAME=CHECKPOINT (a checkpoint directory) or expert")
         else:
-            policies[name] = EvalOptions(task="follow", checkpoint=checkpoint, replan=args.replan, noise_scale=0.0)
-    task = TASKS["follow"]
+            policies[name] = EvalOptions(task=args.task, checkpoint=checkpoint, replan=args.replan, noise_scale=0.0)
+    task = TASKS[args.task]
     results: dict[str, list[dict]] = {}
     with SoftArmEnv() as env:
         static = StaticArm(env)
         specs = [task.sample(EVAL_SEED + i, static, env.control_hz) for i in range(args.episodes)]
         for name, options in policies.items():
-            results[name] = trace(make_agent(options, static), env, static, specs)
+            results[name] = trace(make_agent(options, static), env, static, task, specs)
     table = {name: summary(rows) for name, rows in results.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "follow_trace.json").write_text(json.dumps({"summary": table, "episodes": results}))
-    lines = [f"`follow`, {args.episodes} held-out episodes, models re-planning every {args.replan} steps, medians "
+    lines = [f"`{args.task}`, {args.episodes} held-out episodes, models re-planning every {args.replan} steps, medians "
              f"after the first {task.acquire:g} s (lag: degrees the tip is behind the ball along the circle; "
              f"{math.radians(1) * 1000 * task.radius:.2f} mm per degree)", "",
              "| policy | follow | RMSE | off the circle | height | lag (signed) | lag (abs) |",

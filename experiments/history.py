@@ -7,6 +7,8 @@ A follow episode is four times as long as a reach episode, so one dataset of bot
 instead and draws W of every batch's samples from `reach` (a `data.datasets` mixture, the base's statistics for both).
 `--noise S` records DART demonstrations (commands executed with noise, labelled with the expert's corrections), as
 the demo does: a policy trained on clean demonstrations never sees how to get back to a ball it has lost.
+`--follow-task follow_axis` has the ball circle the arm's axis, always anticlockwise: its position alone then says
+where it goes next, which tells what history must supply apart from what tracking itself asks.
 
 Every variant starts from the same base (a base without history starts a history model: its new tensors start
 fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
@@ -52,9 +54,12 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
         frames = [f"model.overrides.image_history_steps={args.image_steps}",
                   f"model.overrides.image_history_stride={args.image_stride}",
                   f"model.overrides.image_history_slots=[{','.join(args.image_slots)}]"]  # fmt: skip
-        out[f"frames K={args.image_steps}"] = frames
+        for mode in args.image_modes:  # "memory" keeps the name its runs were first made under
+            out[f"frames K={args.image_steps}" + ("" if mode == "memory" else f" {mode}")] = [
+                *frames, f"model.overrides.image_history_mode={mode}"]  # fmt: skip
         if args.modes:
-            out[f"K={args.history_steps} {args.modes[0]} + frames"] = [*graph[args.modes[0]], *frames]
+            both = [*frames, f"model.overrides.image_history_mode={args.image_modes[0]}"]
+            out[f"K={args.history_steps} {args.modes[0]} + frames"] = [*graph[args.modes[0]], *both]
     return out
 
 
@@ -67,15 +72,20 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
         if not (prepared / layout.META_FILE).is_file():
             convert(raw, prepared, ConvertOptions(val_episodes=args.val, cameras=cameras))
         return f"data.path={prepared}"
-    weights = {"follow": 1.0 - args.reach_weight, "reach": args.reach_weight}
+    weights = {args.follow_task: 1.0 - args.reach_weight, "reach": args.reach_weight}
     entries = []
     for task in tasks:
-        count = getattr(args, task)
+        count = counts(args)[task]
         held_out = round(args.val * count / (args.follow + args.reach))
         options = ConvertOptions(val_episodes=held_out, cameras=cameras)
         prepared = convert_first(raw, out / f"prepared_{task}", count - held_out, options, prefix=f"{task}_")
         entries.append(f"{{path: {prepared}, weight: {weights[task]:g}}}")
     return f"data.datasets=[{', '.join(entries)}]"
+
+
+def counts(args: argparse.Namespace) -> dict[str, int]:
+    """Demonstrations to record per task, the ones left out (0) included."""
+    return {args.follow_task: args.follow, "reach": args.reach}
 
 
 def trained(data: str, run: Path, history: list[str], args: argparse.Namespace) -> Path:
@@ -112,6 +122,9 @@ def main() -> None:
     parser.add_argument("--arm", default="pneumatic", help="the base's arm")
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
+    parser.add_argument("--follow-task", choices=["follow", "follow_axis"], default="follow",
+                        help="the ball circles a random centre either way round, or the arm's axis anticlockwise "
+                             "(its position then says where it goes next)")  # fmt: skip
     parser.add_argument(
         "--noise",
         type=float,
@@ -127,6 +140,9 @@ def main() -> None:
                         help="graph history variants (none: frames only)")  # fmt: skip
     parser.add_argument("--image-steps", type=int, default=4, help="camera frames read (visual memory); 0: none")
     parser.add_argument("--image-stride", type=int, default=2, help="control steps between two of them")
+    parser.add_argument("--image-modes", nargs="+", choices=["memory", "stack"], default=["memory"],
+                        help="how the past frames are read: temporal attention per patch (MEM) or their tokens in the "
+                             "prefix")  # fmt: skip
     parser.add_argument(
         "--image-slots",
         nargs="+",
@@ -151,9 +167,9 @@ def main() -> None:
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
     # recording processes: each pays ~8 s of imports, worth it only for many episodes
     out, raw, workers = args.out, args.out / "raw", 1 if args.smoke else min(2, os.cpu_count() or 1)
-    tasks = [task for task in ("follow", "reach") if getattr(args, task)]  # each scored if trained on
+    tasks = [task for task, count in counts(args).items() if count]  # each scored if trained on
     for task in tasks:
-        generate(task, getattr(args, task), raw, arm=args.arm, workers=workers, noise=args.noise)
+        generate(task, counts(args)[task], raw, arm=args.arm, workers=workers, noise=args.noise)
     data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
     chosen = variants(args)
@@ -172,7 +188,7 @@ def main() -> None:
     (out / f"history{suffix}.json").write_text(json.dumps(results, indent=2))
     mix = "" if args.reach_weight is None else f", {100 * args.reach_weight:g} % of samples from reach"
     dart = f", recorded with command noise {args.noise:g}" if args.noise else ""
-    lines = [f"From {args.base}: {args.follow} follow + {args.reach} reach demonstrations{dart} "
+    lines = [f"From {args.base}: {args.follow} {args.follow_task} + {args.reach} reach demonstrations{dart} "
              f"({args.val} held out{mix}), "
              f"{args.steps} steps, "
              f"{args.eval_episodes} held-out episodes per cell, noise scale {args.noise_scale:g}, "

@@ -21,6 +21,7 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
     `softarm pretrain` run: its graph base and dataset."""
     base, prepared = pretrained / "base" / "graph", pretrained / "prepared"
     evaluation = pretrained / "eval" / "reach" / "graph" / "eval.json"
+    history = ["--base", str(base), "--reach-weight", "0.5", "--replan", "4", "--noise", "0.05"]
     return {
         "benchmarks/gpu.py": ([], "| 3 | "),
         "benchmarks/full_size_cpu.py": ([], "| tiny-lora | "),
@@ -47,8 +48,8 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
             "| expert | 1/1 (21-100 %) | ",
         ),
         "experiments/history.py": (
-            ["--base", str(base), "--reach-weight", "0.5", "--replan", "4", "--noise", "0.05", "model.preset=tiny"],
-            "recorded with command noise 0.05",
+            [*history, "--follow-task", "follow_axis", "model.preset=tiny"],
+            "1 follow_axis + 1 reach demonstrations, recorded with command noise 0.05",
         ),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),

@@ -180,6 +180,28 @@ def test_expert_solves_seeded_episodes(arm_name: str, episodes: tuple[int, int, 
                 assert rollout.success, f"{task_name} seed {seed}: min error {1000 * rollout.errors.min():.1f} mm"
 
 
+def test_follow_circles_either_way_round_and_follow_axis_anticlockwise_around_the_arm(env) -> None:
+    static = StaticArm(env)
+
+    def way_round(targets: np.ndarray) -> float:  # the sign of the path's turn seen from above (+1 anticlockwise)
+        return float(np.sign(np.cross(targets[1] - targets[0], targets[2] - targets[1])[2]))
+
+    ways = []
+    for seed in range(8):
+        either = TASKS["follow"].sample(seed, static, env.control_hz)
+        axis = TASKS["follow_axis"].sample(seed, static, env.control_hz)
+        ways.append(way_round(either.targets))
+        assert way_round(axis.targets) == 1.0, seed
+        # every point 40 mm from the arm's axis, at one height: the ball's position says where it goes next
+        np.testing.assert_allclose(np.hypot(axis.targets[:, 0], axis.targets[:, 1]), 0.04, atol=1e-9)
+        assert np.ptp(axis.targets[:, 2]) < 1e-12
+        assert (axis.payload, axis.prompt, axis.task) == (either.payload, either.prompt, "follow_axis")
+        np.testing.assert_allclose(axis.initial_command, either.initial_command)
+    assert set(ways) == {-1.0, 1.0}, ways  # random: both ways among 8 seeds
+    centres = [TASKS["follow"].sample(seed, static, env.control_hz).targets.mean(axis=0) for seed in range(2)]
+    assert min(np.hypot(*c[:2]) for c in centres) > 0.01  # the random task's circles are not around the axis
+
+
 def test_planning_from_rest_gives_one_goal_per_target_whatever_the_start(env) -> None:
     static, task = StaticArm(env), TASKS["reach"]
     spec = task.sample(3, static, env.control_hz)

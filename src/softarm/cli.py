@@ -19,6 +19,7 @@ NOISE_SCALE_HELP = (
     "scale of the flow's starting noise: 1 samples as openpi does, 0 deterministically (measured: more precise on "
     "reach, less on choose; docs/cpu_model_search.md)"
 )
+TASK_HELP = "reach | follow | follow_axis (around the arm's axis, anticlockwise) | choose"
 ARM_HELP = (
     "pneumatic: 10 segments, one chamber each, 3 cameras, every node feature sensed; tendon: 6 segments, 3 sections "
     "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only; compact: 8 stiffer segments, one chamber each, "
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=cmd_serve)
     sim = verbs.add_parser("sim", help="the simulated soft arm").add_subparsers(dest="sim_verb", required=True)
     gen = sim.add_parser("generate", help="record scripted-expert episodes as raw HDF5")
-    gen.add_argument("--task", default="reach", help="reach | follow | choose")
+    gen.add_argument("--task", default="reach", help=TASK_HELP)
     gen.add_argument("--episodes", type=int, default=126)
     gen.add_argument("--out", required=True, help="directory of raw episodes (an interrupted run resumes)")
     gen.add_argument("--seed", type=int, default=0, help="episode i uses task seed SEED + i")
@@ -405,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="model",
         help="expert-blind: the expert planning for the mean payload (no shape sensing)",
     )
-    ev.add_argument("--task", default="reach", help="reach | follow | choose")
+    ev.add_argument("--task", default="reach", help=TASK_HELP)
     ev.add_argument("--episodes", type=int, default=50)
     ev.add_argument("--out", default="eval_out", help="where eval.json, summary.png and rollouts.gif go")
     ev.add_argument("--seed", type=int, default=1_000_000, help="first evaluation episode seed")

@@ -104,7 +104,11 @@ class ReachTask:
 
 @dataclasses.dataclass(frozen=True)
 class FollowTask:
-    """Track a ball circling in a horizontal plane (one lap every `period` s)."""
+    """Track a ball circling in a horizontal plane (one lap every `period` s) around a random centre, either way round
+    at random: one frame then does not say where the ball goes next. `around_axis` centres every circle on the arm's
+    axis and `direction` +1 (anticlockwise seen from above) or -1 fixes the way round, so that the ball's position
+    alone says where it goes next: what one frame cannot tell is told apart from what tracking itself asks
+    (docs/history.md)."""
 
     name: str = "follow"
     prompt: str = "follow the red ball"
@@ -112,6 +116,8 @@ class FollowTask:
     acquire: float = 2.0  # s allowed to catch the ball before tracking is scored
     radius: float = 0.04  # m
     period: float = 6.0  # s
+    direction: float = 0.0  # 0: either way round at random; +1 / -1: always anticlockwise / clockwise
+    around_axis: bool = False  # centre on the arm's axis (at a random height) instead of anywhere
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng, payload, initial = _start(seed, 1, static, 0.3)
@@ -121,7 +127,10 @@ class FollowTask:
         rest = np.zeros(spec.num_actuators)
         while True:
             centre, _ = static.tip(_random_shape(rng, 0.6, spec))
+            if self.around_axis:
+                centre = np.array([0.0, 0.0, centre[2]])
             phase, direction = rng.uniform(0, 2 * math.pi), rng.choice([-1.0, 1.0])
+            direction = self.direction or direction
             angle = phase + direction * 2 * math.pi * t / self.period
             path = centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
             # keep circles whose every quarter is reachable at rest
@@ -161,7 +170,12 @@ class ChooseTask(ReachTask):
         return EpisodeSpec(self.name, seed, prompt, initial, targets, self.time_limit, payload, color, others)
 
 
-TASKS = {"reach": ReachTask(), "follow": FollowTask(), "choose": ChooseTask()}
+TASKS = {
+    "reach": ReachTask(),
+    "follow": FollowTask(),
+    "follow_axis": FollowTask(name="follow_axis", direction=1.0, around_axis=True),
+    "choose": ChooseTask(),
+}
 
 # Where a policy that sees misses `reach` most (docs/cpu_model_search.md: C6 by distance and payload): balls far from
 # the arm's axis, which the arm reaches only bent far, and light payloads, under which the tip drifts off the ball.
