@@ -31,6 +31,10 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         hard = json.loads((pretrained / "raw_hard" / "generate_reach.json").read_text())
         assert card["data"]["episodes"] == 3 + hard["written"]
         assert card["recipe"]["hard_reach"] == 4
+        # DART demonstrations: every recording (the hard reach seeds too) executed with the noise, as the card says
+        assert card["recipe"]["noise"] == 0.05
+        for manifest in ("raw/generate_reach.json", "raw/generate_follow.json", "raw_hard/generate_reach.json"):
+            assert json.loads((pretrained / manifest).read_text())["noise"] == 0.05, manifest
         assert card["recipe"]["config"] == "configs/pretrain.yaml"  # inside the project: no machine's path
         assert card["recipe"]["export"] == "OUT/base"  # outside the project: relative to the output
         for phase in ("frozen", "finish"):

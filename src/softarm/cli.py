@@ -145,7 +145,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=2400")
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "reach=100")
     options = PretrainOptions(
-        episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach,
+        episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach, noise=args.noise,
         val_episodes=args.val_episodes, vision_steps=args.vision_steps, vision_readout=args.vision_readout,
         vision_relative=args.vision_relative, finish_steps=args.finish_steps, finish_lr=args.finish_lr,
         eval_episodes=evaluations, models=tuple(args.models),
@@ -461,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--hard-reach", type=int, default=0,
                      help="further reach seeds of which only the hard ones (far ball, light payload) are "
                           "recorded")  # fmt: skip
+    pre.add_argument("--noise", type=float, default=0.0,
+                     help="DART: std of the noise on the executed commands while recording (the labels stay the "
+                          "expert's); 0: clean demonstrations, as the shipped bases")  # fmt: skip
     pre.add_argument("--val-episodes", type=int, default=100, help="episodes held out for validation")
     pre.add_argument("--vision-steps", type=int, default=2000,
                      help="steps of the vision warm-up (where each reach episode's tip ends) before the policy "

@@ -52,6 +52,9 @@ class PretrainOptions:
     # further reach seeds (from HARD_SEED) of which only the hard ones are recorded (`sim.tasks.is_hard`): the far
     # balls and light payloads a policy misses most
     hard_reach: int = 0
+    # DART: std of the noise on the executed commands while recording, labels still the expert's (what `softarm
+    # demo` records for fine-tuning); 0: clean demonstrations, as the shipped bases were pretrained on
+    noise: float = 0.0
     val_episodes: int = 100
     # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy), its
     # readout ("flat" or "attend", thrown away afterwards) and whether it also learns the goal seen from the tip
@@ -108,11 +111,11 @@ def _record(out: Path, options: PretrainOptions) -> list[Path]:
     workers = min(options.workers, os.cpu_count() or 1)
     raw, hard = out / "raw", out / "raw_hard"
     for task, count in options.episodes.items():
-        result = generate(task, count, raw, seed=0, workers=workers, arm=options.arm)
+        result = generate(task, count, raw, seed=0, workers=workers, arm=options.arm, noise=options.noise)
         print(f"  {task}: {result.written} episodes written, {result.reused} reused")
     if options.hard_reach:
         result = generate("reach", options.hard_reach, hard, seed=HARD_SEED, workers=workers, arm=options.arm,
-                          hard_only=True)  # fmt: skip
+                          noise=options.noise, hard_only=True)  # fmt: skip
         print(f"  hard reach: {result.written} written, {result.reused} reused, {result.passed_over} passed over")
     return [raw, hard] if options.hard_reach else [raw]
 
@@ -252,8 +255,9 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
     export = Path(options.export) if options.export is not None else out / "base"
+    noise = f", commands executed with noise {options.noise:g}" if options.noise else ""
     _stage(1, f"recording expert demonstrations ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}, "
-              f"and the hard ones of {options.hard_reach} more reach seeds)")  # fmt: skip
+              f"and the hard ones of {options.hard_reach} more reach seeds){noise}")  # fmt: skip
     sources = _record(out, options)
     _stage(2, "converting them into one dataset")
     prepared, tokenizer = _prepare(out, sources, options)
