@@ -42,6 +42,10 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
             assert set(card["training"][phase]) >= {"val_loss", "val_loss_ema"}
         assert card["vision_warmup"]["steps"] == 2
         assert card["vision_warmup"]["train_frames"] > 0
+        # the reach episodes that missed under the noise do not end at their ball: left out of the warm-up
+        manifests = [json.loads((pretrained / m / "generate_reach.json").read_text()) for m in ("raw", "raw_hard")]
+        missed = [seed for manifest in manifests for seed in manifest["missed_under_noise_seeds"]]
+        assert card["vision_warmup"]["excluded_episodes"] == len(missed)
         assert (card["recipe"]["vision_readout"], card["recipe"]["vision_relative"]) == ("flat", True)
         assert "val_relative_error_mm_median" in card["vision_warmup"]  # the goal from the tip, learnt too
         # the finishing phase trains everything, from the frozen phase's EMA weights, at its own peak rate

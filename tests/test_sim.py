@@ -546,6 +546,9 @@ def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path
     manifest = json.loads((raw / "generate_choose.json").read_text())
     assert manifest["noise"] == 0.2
     assert manifest["missed_under_noise_seeds"] == result.missed_under_noise
+    # their files, for what must not take their end for the goal (the vision warm-up)
+    assert generate_module.missed_under_noise(raw) == [f"choose_{s:06d}.hdf5" for s in result.missed_under_noise]
+    assert generate_module.missed_under_noise(tmp_path / "nothing recorded") == []
     episode = read_episode(raw / "choose_000000.hdf5")
     assert np.abs(episode.graph_nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.1  # executed != recorded
     converted = convert(raw, tmp_path / "prep", ConvertOptions(val_episodes=1))

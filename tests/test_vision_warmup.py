@@ -68,6 +68,15 @@ def test_every_frame_is_labelled_with_where_its_episodes_tip_ends(tmp_path: Path
     assert len(goals.train) + len(goals.val) == 3 * 28
     everything = hindsight_goals(prepared)  # no prompt given: every episode
     assert len(everything.train) + len(everything.val) == 3 * 30
+    # episodes that did not end at their goal (missed under DART noise) are left out by file, the others kept as is
+    some = hindsight_goals(prepared, (GOAL,), exclude=("ep_000.h5", "ep_004.h5", "ep_029.h5", "ep_999.h5"))
+    assert some.excluded == 2  # ep_029 is of another task, ep_999 not in the dataset
+    left_out = {f for ep in prepared.episodes if ep["file"] in ("ep_000.h5", "ep_004.h5")
+                for f in range(ep["start"], ep["start"] + 3)}  # fmt: skip
+    kept = set(some.train.tolist()) | set(some.val.tolist())
+    assert kept == (set(goals.train.tolist()) | set(goals.val.tolist())) - left_out
+    np.testing.assert_array_equal(some.targets[sorted(kept)], goals.targets[sorted(kept)])
+    assert goals.excluded == 0
 
 
 def test_a_dataset_without_tip_positions_is_refused_by_name(tmp_path: Path) -> None:

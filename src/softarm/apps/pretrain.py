@@ -29,7 +29,7 @@ from softarm.data.convert import ConvertOptions, convert
 from softarm.model import PI0GraphPytorch
 from softarm.model_config import plain
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
-from softarm.sim.generate import generate
+from softarm.sim.generate import generate, missed_under_noise
 from softarm.sim.tasks import TASKS, task_prompts
 from softarm.train.config import TrainConfig, load_config
 from softarm.train.loop import train
@@ -148,9 +148,11 @@ def _config(name: str, prepared: Path, tokenizer: Path, out: Path, options: Pret
     return load_config(options.config, [*overrides, *options.overrides, *(finishing if finish else [])])
 
 
-def _warm_up(prepared: Path, tokenizer: Path, out: Path, options: PretrainOptions) -> tuple[dict[str, Path], dict]:
+def _warm_up(prepared: Path, tokenizer: Path, out: Path, sources: list[Path],
+             options: PretrainOptions) -> tuple[dict[str, Path], dict]:  # fmt: skip
     """One vision warm-up shared by the models: each model's start (its fresh weights, drawn from its training seed
-    as its training would, with the warmed-up tower) in OUT/vision/<model>, and the warm-up's figures."""
+    as its training would, with the warmed-up tower) in OUT/vision/<model>, and the warm-up's figures. The episodes
+    of `sources` that missed under noise are left out of it: they do not end at the ball."""
     directory = out / "vision"
     starts, report = {name: directory / name for name in options.models}, directory / "warmup.json"
     if report.is_file() and all((start / layout.WEIGHTS_FILE).is_file() for start in starts.values()):
@@ -162,9 +164,14 @@ def _warm_up(prepared: Path, tokenizer: Path, out: Path, options: PretrainOption
         torch.manual_seed(config.train.seed)
         model = PI0GraphPytorch(config.validate())
         if tower is None:
+            missed = tuple(file for source in sources for file in missed_under_noise(source))
             warmup = WarmupOptions(steps=options.vision_steps, prompts=(TASKS["reach"].prompt,), seed=config.train.seed,
-                                   readout=options.vision_readout, relative=options.vision_relative)  # fmt: skip
+                                   readout=options.vision_readout, relative=options.vision_relative,
+                                   exclude=missed)  # fmt: skip
             result = dataclasses.asdict(warm_up_vision(model, str(prepared), warmup))
+            if result["excluded_episodes"]:
+                print(f"  {result['excluded_episodes']} reach episodes that missed under the noise left out: they do "
+                      "not end at the ball")  # fmt: skip
             if result["val_error_mm_median"] is not None:
                 print(f"  the tower places the tip's goal within {result['val_error_mm_median']:.1f} mm (median, "
                       f"held-out episodes) after {options.vision_steps} steps")  # fmt: skip
@@ -264,7 +271,7 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
     starts, warmup = {}, None
     if options.vision_steps:
         _stage(3, f"warming up the vision tower: where each reach episode's tip ends ({options.vision_steps} steps)")
-        starts, warmup = _warm_up(prepared, tokenizer, out, options)
+        starts, warmup = _warm_up(prepared, tokenizer, out, sources, options)
     bases = {}
     for name in options.models:
         _stage(4, f"pretraining the {name} base ({options.config.name}, "

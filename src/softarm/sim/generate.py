@@ -53,6 +53,17 @@ def _episode_path(out_dir: Path, task_name: str, episode_seed: int) -> Path:
     return out_dir / f"{task_name}_{episode_seed:06d}.hdf5"
 
 
+def missed_under_noise(out_dir: str | Path) -> list[str]:
+    """The files of the episodes recorded into `out_dir` that missed their goal under DART noise (kept for their
+    labels, the expert's, but where they end is not the goal), from its manifests."""
+    names = []
+    for manifest in sorted(Path(out_dir).glob(MANIFEST.format(task="*"))):
+        summary = json.loads(manifest.read_text())
+        names += [_episode_path(Path(out_dir), summary["task"], seed).name
+                  for seed in summary.get("missed_under_noise_seeds", [])]  # fmt: skip
+    return names
+
+
 _WORKER: dict = {}  # per process: the simulator, its static model and the expert, opened once
 
 

@@ -39,6 +39,9 @@ class WarmupOptions:
     warmup_steps: int = 100
     # the episodes whose end is a goal the cameras see, by prompt; None: every episode
     prompts: tuple[str, ...] | None = None
+    # episodes (their file names) whose end is not their goal, e.g. demonstrations that missed under DART noise:
+    # their hindsight label would point where the arm stopped, not at the ball
+    exclude: tuple[str, ...] = ()
     val_every: int = 500
     seed: int = 0
     # how the thrown-away readout reads the tokens: "flat" (every token through one small projection, then all of
@@ -58,6 +61,7 @@ class WarmupResult:
     val_error_mm_mean: float | None  # (None: no held-out episode of the chosen prompts)
     val_relative_error_mm_median: float | None  # the goal seen from the tip now (None: not asked for)
     s_per_step: float
+    excluded_episodes: int = 0  # left out by `exclude`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +70,14 @@ class HindsightGoals:
     tips: np.ndarray  # float32 [frames, 3]: where the tip is at that frame
     train: np.ndarray  # frame indices of the train split's chosen episodes
     val: np.ndarray
+    excluded: int = 0  # episodes of the chosen prompts left out as not ending at their goal
 
 
-def hindsight_goals(dataset: PreparedDataset, prompts: Sequence[str] | None = None) -> HindsightGoals:
-    """Every frame's label: the tip's (last node's) position at the end of its episode."""
+def hindsight_goals(
+    dataset: PreparedDataset, prompts: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> HindsightGoals:
+    """Every frame's label: the tip's (last node's) position at the end of its episode; the episodes whose file is
+    in `exclude` are left out."""
     features = dataset.spec.layout
     missing = [name for name in POSITION if name not in features.measured]
     if missing:
@@ -81,8 +89,12 @@ def hindsight_goals(dataset: PreparedDataset, prompts: Sequence[str] | None = No
     nodes = dataset.arrays[GRAPH_NODES]
     targets = np.zeros((len(nodes), 3), np.float32)
     split: dict[str, list[int]] = {"train": [], "val": []}
+    excluded, skip = 0, set(exclude)
     for episode in dataset.episodes:
         if prompts is not None and episode["prompt"] not in prompts:
+            continue
+        if episode.get("file") in skip:
+            excluded += 1
             continue
         start, length = episode["start"], episode["length"]
         targets[start : start + length] = nodes[start + length - 1, -1, columns]
@@ -91,7 +103,7 @@ def hindsight_goals(dataset: PreparedDataset, prompts: Sequence[str] | None = No
         chosen = f"with the prompts {list(prompts)}" if prompts is not None else ""
         raise ValueError(f"{dataset.directory}: no training episodes {chosen} for the vision warm-up")
     tips = np.asarray(nodes[:, -1, columns], np.float32)
-    return HindsightGoals(targets, tips, np.array(split["train"]), np.array(split["val"], dtype=np.int64))
+    return HindsightGoals(targets, tips, np.array(split["train"]), np.array(split["val"], dtype=np.int64), excluded)
 
 
 class FlatReadout(nn.Module):
@@ -134,7 +146,7 @@ def warm_up_vision(model: PI0GraphPytorch, prepared: str, options: WarmupOptions
     if options.readout not in ("attend", "flat"):
         raise ValueError(f"vision warm-up readout must be 'attend' or 'flat', not {options.readout!r}")
     dataset = PreparedDataset(prepared, "all")
-    goals = hindsight_goals(dataset, options.prompts)
+    goals = hindsight_goals(dataset, options.prompts, options.exclude)
     labels = np.concatenate([goals.targets, goals.targets - goals.tips], 1) if options.relative else goals.targets
     slots = list(dataset.spec.present_cameras)
     images = [dataset.arrays[f"image_{slot}"] for slot in slots]
@@ -206,4 +218,5 @@ def warm_up_vision(model: PI0GraphPytorch, prepared: str, options: WarmupOptions
         val_error_mm_mean=float(np.mean(errors)) if len(errors) else None,
         val_relative_error_mm_median=float(np.median(relative)) if len(relative) else None,
         s_per_step=seconds / max(1, options.steps),
+        excluded_episodes=goals.excluded,
     )
