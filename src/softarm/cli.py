@@ -458,9 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--episodes", action="append", metavar="TASK=COUNT",
                      help="expert episodes of a task (repeatable; default reach=1200; never "
                           "choose)")  # fmt: skip
-    pre.add_argument("--hard-reach", type=int, default=0,
-                     help="further reach seeds of which only the hard ones (far ball, light payload) are "
-                          "recorded")  # fmt: skip
+    pre.add_argument("--hard-reach", type=int, default=800,
+                     help="further reach seeds of which only the hard ones (far ball, light payload) are recorded "
+                          "(default %(default)s: about half of them are hard; 0: none)")  # fmt: skip
     pre.add_argument("--noise", type=float, default=0.0,
                      help="DART: std of the noise on the executed commands while recording (the labels stay the "
                           "expert's); 0: clean demonstrations, as the shipped bases")  # fmt: skip

@@ -51,7 +51,7 @@ class PretrainOptions:
     episodes: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"reach": 1200})
     # further reach seeds (from HARD_SEED) of which only the hard ones are recorded (`sim.tasks.is_hard`): the far
     # balls and light payloads a policy misses most
-    hard_reach: int = 0
+    hard_reach: int = 800
     # DART: std of the noise on the executed commands while recording, labels still the expert's (what `softarm
     # demo` records for fine-tuning); 0: clean demonstrations, as the shipped bases were pretrained on
     noise: float = 0.0
