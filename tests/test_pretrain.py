@@ -10,12 +10,16 @@ import safetensors.torch
 import sentencepiece
 import torch
 
+from softarm.apps.pretrain import missed_episodes
 from softarm.cli import main
+from softarm.data.convert import ConvertOptions, convert
+from softarm.data.prepared import PreparedDataset, episode_name
+from softarm.data.raw import write_episode
 from softarm.model import PI0GraphPytorch
 from softarm.policy import SoftArmPolicy
-from softarm.train.vision_warmup import VISION_PREFIXES
+from softarm.train.vision_warmup import VISION_PREFIXES, hindsight_goals
 from softarm.weights import load_model
-from tests.conftest import SMALL_PRETRAIN
+from tests.conftest import SMALL_PRETRAIN, make_episode
 
 
 def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) -> None:
@@ -98,3 +102,20 @@ def test_a_second_run_reuses_every_stage_and_choose_is_refused(
     assert out.count("/checkpoints/2 exists, reused") == 4  # both phases of both bases
     assert main(["pretrain", "--out", str(pretrained), "--episodes", "choose=5"]) == 2
     assert "the base must not see choose" in capsys.readouterr().err
+
+
+def test_the_episodes_missed_under_noise_are_named_as_the_dataset_names_them(tmp_path: Path) -> None:
+    """Two recordings whose files share names: only the one whose manifest lists the miss loses that episode."""
+    sources = [tmp_path / "day1", tmp_path / "day2"]
+    for source in sources:
+        for seed in range(3):
+            write_episode(source / f"reach_{seed:06d}.hdf5", make_episode(length=3, seed=seed))
+    (sources[0] / "generate_reach.json").write_text(json.dumps({"task": "reach", "missed_under_noise_seeds": [1]}))
+    assert missed_episodes(sources[:1]) == ("reach_000001.hdf5",)
+    assert missed_episodes(sources) == (f"{sources[0]}: reach_000001.hdf5",)
+    convert(sources, tmp_path / "prep", ConvertOptions(val_episodes=1))
+    dataset = PreparedDataset(tmp_path / "prep", "all")
+    goals = hindsight_goals(dataset, exclude=missed_episodes(sources))
+    assert goals.excluded == 1
+    kept = {episode_name(ep) for ep in dataset.episodes if ep["start"] in set(goals.train) | set(goals.val)}
+    assert kept == {f"{s}: reach_{seed:06d}.hdf5" for s in sources for seed in range(3)} - set(missed_episodes(sources))

@@ -26,6 +26,7 @@ import torch
 from softarm import layout
 from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
 from softarm.data.convert import ConvertOptions, convert
+from softarm.data.prepared import episode_name
 from softarm.model import PI0GraphPytorch
 from softarm.model_config import plain
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
@@ -148,6 +149,14 @@ def _config(name: str, prepared: Path, tokenizer: Path, out: Path, options: Pret
     return load_config(options.config, [*overrides, *options.overrides, *(finishing if finish else [])])
 
 
+def missed_episodes(sources: list[Path]) -> tuple[str, ...]:
+    """The episodes of `sources` that missed under noise, named as the dataset converted from them names them
+    (`episode_name`: the file, after its source when there are several)."""
+    several = len(sources) > 1
+    return tuple(episode_name({"source": str(source), "file": file} if several else {"file": file})
+                 for source in sources for file in missed_under_noise(source))  # fmt: skip
+
+
 def _warm_up(prepared: Path, tokenizer: Path, out: Path, sources: list[Path],
              options: PretrainOptions) -> tuple[dict[str, Path], dict]:  # fmt: skip
     """One vision warm-up shared by the models: each model's start (its fresh weights, drawn from its training seed
@@ -164,10 +173,9 @@ def _warm_up(prepared: Path, tokenizer: Path, out: Path, sources: list[Path],
         torch.manual_seed(config.train.seed)
         model = PI0GraphPytorch(config.validate())
         if tower is None:
-            missed = tuple(file for source in sources for file in missed_under_noise(source))
             warmup = WarmupOptions(steps=options.vision_steps, prompts=(TASKS["reach"].prompt,), seed=config.train.seed,
                                    readout=options.vision_readout, relative=options.vision_relative,
-                                   exclude=missed)  # fmt: skip
+                                   exclude=missed_episodes(sources))  # fmt: skip
             result = dataclasses.asdict(warm_up_vision(model, str(prepared), warmup))
             if result["excluded_episodes"]:
                 print(f"  {result['excluded_episodes']} reach episodes that missed under the noise left out: they do "

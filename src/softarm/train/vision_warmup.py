@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from softarm.data.prepared import PreparedDataset
+from softarm.data.prepared import PreparedDataset, episode_name
 from softarm.layout import GRAPH_NODES
 from softarm.model import PI0GraphPytorch
 
@@ -39,8 +39,9 @@ class WarmupOptions:
     warmup_steps: int = 100
     # the episodes whose end is a goal the cameras see, by prompt; None: every episode
     prompts: tuple[str, ...] | None = None
-    # episodes (their file names) whose end is not their goal, e.g. demonstrations that missed under DART noise:
-    # their hindsight label would point where the arm stopped, not at the ball
+    # episodes whose end is not their goal, e.g. demonstrations that missed under DART noise (their hindsight label
+    # would point where the arm stopped, not at the ball), named as the dataset names them (`episode_name`: the file,
+    # after its source when the dataset was converted from several)
     exclude: tuple[str, ...] = ()
     val_every: int = 500
     seed: int = 0
@@ -76,8 +77,8 @@ class HindsightGoals:
 def hindsight_goals(
     dataset: PreparedDataset, prompts: Sequence[str] | None = None, exclude: Sequence[str] = ()
 ) -> HindsightGoals:
-    """Every frame's label: the tip's (last node's) position at the end of its episode; the episodes whose file is
-    in `exclude` are left out."""
+    """Every frame's label: the tip's (last node's) position at the end of its episode; the episodes named in
+    `exclude` (`episode_name`) are left out."""
     features = dataset.spec.layout
     missing = [name for name in POSITION if name not in features.measured]
     if missing:
@@ -93,7 +94,7 @@ def hindsight_goals(
     for episode in dataset.episodes:
         if prompts is not None and episode["prompt"] not in prompts:
             continue
-        if episode.get("file") in skip:
+        if episode_name(episode) in skip:
             excluded += 1
             continue
         start, length = episode["start"], episode["length"]
