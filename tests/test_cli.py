@@ -45,7 +45,8 @@ def test_demo_fine_tunes_the_bases_and_reports_what_it_added(
         assert (tmp_path / "eval" / task / "base" / "eval.json").is_file()
         assert f"\n| {task} | " in fine_tuning
     summary = json.loads((tmp_path / "eval" / "reach" / "graph" / "eval.json").read_text())["summary"]
-    assert summary["noise_scale"] == 0.0
+    assert (summary["noise_scale"], summary["num_steps"]) == (0.0, 3)  # the demo's defaults from the bases
+    assert "the flow is integrated in 3 steps (openpi: 10)" in report
     (base / "graph" / "base.json").rename(base / "graph" / "card.json")
     try:
         assert main([*flags, *overrides]) == 2
@@ -147,6 +148,10 @@ def test_lerobot_export_and_import_from_the_command_line(tmp_path: Path, capsys:
         (["eval", "--out", "{tmp}/eval"], "softarm eval: error: --policy model needs --checkpoint"),
         (["serve", "--checkpoint", "{tmp}/empty", "--noise-scale", "-1"], "softarm serve: error: noise_scale: "
                                                                           "expected a finite number >= 0"),
+        (["serve", "--checkpoint", "{tmp}/empty", "--num-steps", "0"], "softarm serve: error: num_steps: expected an "
+                                                                       "integer >= 1"),
+        (["demo", "--out", "{tmp}/d", "--num-steps", "0"], "softarm demo: error: --seeds and --num-steps must be at "
+                                                           "least 1, got 1 and 0"),
         (["train", "data.path={tmp}/empty"], "softarm train: error: data.path: '{tmp}/empty' is not a prepared"),
         (["train", "train.steps=zero"], "softarm train: error: train.steps: expected int, got 'zero'"),
         (["sim", "generate", "--task", "push", "--out", "{tmp}/r"], "softarm sim generate: error: unknown task 'push'"),

@@ -154,3 +154,15 @@ def test_noise_scale_scales_the_flows_starting_noise(checkpoint) -> None:
     for wrong in (-0.1, float("nan"), float("inf"), True, "1"):
         with pytest.raises(ValueError, match=r"noise_scale: expected a finite number >= 0 \(1: openpi's sampling\)"):
             SoftArmPolicy.from_checkpoint(directory, noise_scale=wrong)
+
+    # the flow integrated in 3 Euler steps instead of openpi's 10: the model's own sampling with that count
+    coarse = SoftArmPolicy.from_checkpoint(directory, noise_scale=0, num_steps=3)
+    assert (coarse.metadata["num_steps"], flat.metadata["num_steps"]) == (3, 10)
+    chunk = coarse.model.sample_actions(torch.device("cpu"), batch.observation, graph_nodes=batch.graph_nodes,
+                                        noise=torch.zeros(1, 16, 32), num_steps=3)  # fmt: skip
+    three = output_transform(norm_stats, pi05=False)({"actions": chunk[0].numpy()})["actions"]
+    np.testing.assert_allclose(coarse.infer(obs)["actions"], three, rtol=1e-5, atol=1e-5)
+    assert np.abs(three - runs[0]).max() > 1e-4  # the step count does reach the actions
+    for wrong in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=r"num_steps: expected an integer >= 1 \(openpi's 10\), got"):
+            SoftArmPolicy.from_checkpoint(directory, num_steps=wrong)

@@ -39,7 +39,7 @@ def test_openpi_client_gets_actions_and_metadata(server: int) -> None:
     assert meta["action_horizon"] == 16
     assert meta["action_dim"] == 10
     assert meta["graph"]["num_nodes"] == 10
-    assert meta["noise_scale"] == 1.0
+    assert (meta["noise_scale"], meta["num_steps"]) == (1.0, 10)
     result = client.infer(observation(0, 20, 4))
     assert result["actions"].shape == (16, 10)
     assert np.isfinite(result["actions"]).all()

@@ -486,7 +486,8 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     assert (summary["noise_scale"], late["noise_scale"]) == (1.0, 1.0)
     # a finished evaluation is reused only for the options it was written for
     assert reusable_report(options, tmp_path / "eval") == report
-    for changed in ({"noise_scale": 0.5}, {"replan": 8}, {"seed": 7}, {"episodes": 3}, {"execution": "async"}):
+    for changed in ({"noise_scale": 0.5}, {"replan": 8}, {"seed": 7}, {"episodes": 3}, {"execution": "async"},
+                    {"num_steps": 3}):  # fmt: skip
         assert reusable_report(dataclasses.replace(options, **changed), tmp_path / "eval") is None
     older = {**report, "summary": {k: v for k, v in report["summary"].items() if k != "noise_scale"}}
     (tmp_path / "eval" / "eval.json").write_text(json.dumps(older))  # written before noise_scale was recorded
@@ -496,12 +497,14 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     evaluate(ensemble, tmp_path / "ensemble")
     assert reusable_report(ensemble, tmp_path / "ensemble") is not None
     assert reusable_report(dataclasses.replace(ensemble, ensemble_decay=0.5), tmp_path / "ensemble") is None
-    flat = evaluate(dataclasses.replace(options, noise_scale=0.0, videos=0), tmp_path / "flat")
-    assert flat["noise_scale"] == 0.0
+    flat = evaluate(dataclasses.replace(options, noise_scale=0.0, num_steps=3, videos=0), tmp_path / "flat")
+    assert (flat["noise_scale"], flat["num_steps"], summary["num_steps"]) == (0.0, 3, 10)
     assert [e["steps"] for e in json.loads((tmp_path / "flat" / "eval.json").read_text())["episodes"]] == [50, 50]
-    for wrong in ({"latency_ms": 100}, {"noise_scale": 0.0}):
-        with pytest.raises(ValueError, match="--noise-scale concern a model's inference; use them with --policy model"):
+    for wrong in ({"latency_ms": 100}, {"noise_scale": 0.0}, {"num_steps": 3}):
+        with pytest.raises(ValueError, match="--num-steps concern a model's inference; use them with --policy model"):
             evaluate(EvalOptions(policy="expert", **wrong), tmp_path / "expert")
+    with pytest.raises(ValueError, match="--num-steps must be at least 1"):
+        evaluate(dataclasses.replace(options, num_steps=0), tmp_path / "none")
 
 
 def test_payload_blind_expert_misses_light_and_heavy_loads(tmp_path: Path) -> None:

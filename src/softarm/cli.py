@@ -15,6 +15,10 @@ from pathlib import Path
 import sys
 
 EXIT_PREEMPTED = 75  # `softarm train` stopped by SIGTERM / SIGINT after saving (EX_TEMPFAIL: run it again)
+NUM_STEPS_HELP = (
+    "Euler steps integrating the flow (openpi's 10); fewer are faster and, measured on the simulator's tasks from "
+    "the sim base, as precise or more (docs/sim_base.md)"
+)
 NOISE_SCALE_HELP = (
     "scale of the flow's starting noise: 1 samples as openpi does, 0 deterministically (measured: more precise on "
     "reach, less on choose; docs/cpu_model_search.md)"
@@ -126,6 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         defaults, episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise,
         plan_from=args.plan_from, seeds=args.seeds, eval_episodes=evaluations, config=args.config or defaults.config,
         overrides=tuple(args.overrides), arm=args.arm,
+        num_steps=defaults.num_steps if args.num_steps is None else args.num_steps,
     )  # fmt: skip
     results = run_demo(args.out, options)
     for task, summaries in results.items():
@@ -257,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device, api_key_file=args.api_key_file,
-          compile=args.compile, noise_scale=args.noise_scale, arm=args.arm)  # fmt: skip
+          compile=args.compile, noise_scale=args.noise_scale, arm=args.arm, num_steps=args.num_steps)  # fmt: skip
     return 0
 
 
@@ -282,7 +287,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=args.task, episodes=args.episodes, policy=args.policy, checkpoint=args.checkpoint, seed=args.seed,
         replan=args.replan, videos=args.videos, device=args.device, arm=args.arm, latency_ms=args.latency_ms,
         execution=args.execution, ensemble_decay=args.ensemble_decay, noise_scale=args.noise_scale,
-        workers=args.workers, model_arm=args.model_arm,
+        num_steps=args.num_steps, workers=args.workers, model_arm=args.model_arm,
     )  # fmt: skip
     s = evaluate(options, args.out)
     low, high = s["success_rate_wilson95"]
@@ -371,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--compile", default="auto", help="torch.compile mode of the sampling path: auto (max-autotune on "
                      "CUDA, none on a CPU), none, default, reduce-overhead, max-autotune")  # fmt: skip
     srv.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
+    srv.add_argument("--num-steps", type=int, default=10, help=NUM_STEPS_HELP)
     srv.add_argument("--arm", help="a model of several arms: serve this one (default: all, each request naming its "
                      "own as \"arm\")")  # fmt: skip
     srv.set_defaults(func=cmd_serve)
@@ -424,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ensemble-decay", type=float, default=0.1,
                     help="ensemble: chunk i (0 the oldest still running) weighs exp(-DECAY * i)")  # fmt: skip
     ev.add_argument("--noise-scale", type=float, default=1.0, help=NOISE_SCALE_HELP)
+    ev.add_argument("--num-steps", type=int, default=10, help=NUM_STEPS_HELP)
     ev.add_argument("--workers", type=int, default=1,
                     help="processes running episodes side by side (the same results as one)")  # fmt: skip
     ev.set_defaults(func=cmd_eval)
@@ -450,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="training config (default: configs/finetune.yaml, from scratch "
                                        "configs/demo.yaml)")  # fmt: skip
     demo.add_argument("--arm", default="pneumatic", help=ARM_HELP)
+    demo.add_argument("--num-steps", type=int, help="Euler steps integrating the models' flow (default: 3 from the "
+                      "bases, 10 from scratch; openpi's 10)")  # fmt: skip
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=300")
     demo.set_defaults(func=cmd_demo)
     pre = verbs.add_parser("pretrain", help="pretrain the simulator's base models (graph, no graph) from scratch")

@@ -3,7 +3,9 @@
 Preprocessing is the training chain itself (`softarm.data.transforms.input_transform`), with openpi's ResizeImages
 added because robot cameras arrive at their native size; the EMA weights are used when the checkpoint has them. On
 CUDA the sampling path is compiled (openpi's max-autotune) unless told otherwise; `warm_up` pays that cost up front.
-`noise_scale` scales the flow's starting noise (1: openpi's sampling; 0: deterministic, the flow from the noise's mean).
+`noise_scale` scales the flow's starting noise (1: openpi's sampling; 0: deterministic, the flow from the noise's mean);
+`num_steps` is how many Euler steps integrate the flow (openpi's 10; fewer are faster, and on the simulator's tasks
+measured as precise or more, docs/sim_base.md).
 Given the previous chunk's unexecuted actions and the inference delay, sampling is real-time chunking
 (`softarm.rtc`), eager.
 """
@@ -52,6 +54,13 @@ def checked_noise_scale(value) -> float:
     return float(value)
 
 
+def checked_num_steps(value) -> int:
+    """The step count, or a ValueError naming it: zero steps would return the starting noise as actions."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"num_steps: expected an integer >= 1 (openpi's 10), got {value!r}")
+    return value
+
+
 def check_checkpoint(directory: str | Path) -> None:
     """Refuse a directory that lacks a file serving needs, before any loading or progress output."""
     stats = Path(layout.ASSETS_DIR, layout.ASSET_ID, layout.NORM_STATS_FILE)
@@ -96,7 +105,8 @@ class SoftArmPolicy:
     ):
         """`arm`: which arm of a model of several this policy drives (`spec` and `norm_stats` are that arm's)."""
         config = model.config
-        self.model, self.spec, self.device, self.num_steps = model, spec, torch.device(device), num_steps
+        self.model, self.spec, self.device = model, spec, torch.device(device)
+        self.num_steps = checked_num_steps(num_steps)
         self.noise_scale = checked_noise_scale(noise_scale)
         self.arm, tag, num_nodes, node_layout = arm, None, config.num_nodes, config.node_layout
         if config.arms or arm is not None:
@@ -130,6 +140,7 @@ class SoftArmPolicy:
     ) -> SoftArmPolicy:
         """`arm`: for a model of several arms, the one to drive (MultiArmPolicy drives them all)."""
         directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)  # before minutes of loading
+        checked_num_steps(num_steps)
         check_checkpoint(directory)
         spec, norm_stats = arm_assets(directory, arm)
         model, tokenizer, device = _load(directory, device, use_ema)
@@ -174,6 +185,7 @@ class SoftArmPolicy:
             },
             "pi05": config.pi05,
             "noise_scale": self.noise_scale,  # of the flow's starting noise: 0 = deterministic sampling
+            "num_steps": self.num_steps,  # Euler steps integrating the flow
             # real-time chunking: a request may carry "prev_actions" [L, action_dim] (the previous chunk's actions
             # not yet executed, arm units) and "delay" (control steps that will execute before this reply arrives)
             "rtc": {
@@ -325,6 +337,7 @@ class MultiArmPolicy:
     def from_checkpoint(cls, directory: str | Path, *, device: str = "auto", use_ema: bool = True, num_steps: int = 10,
                         noise_scale: float = 1.0, compile: str = "auto") -> MultiArmPolicy:  # fmt: skip
         directory, noise_scale = Path(directory), checked_noise_scale(noise_scale)
+        checked_num_steps(num_steps)
         check_checkpoint(directory)
         arms = checkpoint_arms(directory)
         if not arms:

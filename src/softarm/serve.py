@@ -178,18 +178,27 @@ def serve(
     compile: str = "auto",
     noise_scale: float = 1.0,
     arm: str | None = None,
+    num_steps: int = 10,
 ) -> None:
     """`arm`: serve one arm of a model of several; without it such a model serves every arm, each request naming
     its own (`"arm": NAME`)."""
-    from softarm.policy import MultiArmPolicy, SoftArmPolicy, check_checkpoint, checked_noise_scale, checkpoint_arms
+    from softarm.policy import (
+        MultiArmPolicy,
+        SoftArmPolicy,
+        check_checkpoint,
+        checked_noise_scale,
+        checked_num_steps,
+        checkpoint_arms,
+    )
 
     api_key = read_api_key(api_key_file)
     if warning := exposure_warning(host, port, api_key):
         logger.warning(warning)
     checked_noise_scale(noise_scale)  # mistakes first, before any loading
+    checked_num_steps(num_steps)
     check_checkpoint(checkpoint)
     model_thread = model_worker()
-    options = {"device": device, "compile": compile, "noise_scale": noise_scale}
+    options = {"device": device, "compile": compile, "noise_scale": noise_scale, "num_steps": num_steps}
     if arm is None and checkpoint_arms(checkpoint):
         load = functools.partial(MultiArmPolicy.from_checkpoint, **options)
     else:

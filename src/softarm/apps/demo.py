@@ -45,6 +45,7 @@ SCRATCH_CONFIG = CONFIGS / "demo.yaml"  # from scratch
 # name -> model.overrides.fusion; "none" is the base PI0Pytorch with the state slot only
 MODELS = {"graph": "state", "no_graph": "none"}
 BASELINES = ("expert", "expert-blind", "random")
+BASE_NUM_STEPS = 3  # the flow's Euler steps for models fine-tuned from the bases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,9 @@ class DemoOptions:
     # from the bases 0 on every task, which holds one pressure pattern per ball, what reach's 10 mm needs
     # (docs/cpu_model_search.md); from scratch openpi's 1, as the figures of that comparison were measured
     noise_scale: Mapping[str, float] | None = None
+    # Euler steps integrating the models' flow. None: from the bases 3, measured more precise on choose than openpi's
+    # 10 and as precise on reach (docs/sim_base.md); from scratch 10, as that comparison was measured
+    num_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.episodes is None:
@@ -80,6 +84,8 @@ class DemoOptions:
             object.__setattr__(
                 self, "noise_scale", dict.fromkeys(("reach", "choose", "follow"), 0.0) if self.base else {}
             )
+        if self.num_steps is None:
+            object.__setattr__(self, "num_steps", BASE_NUM_STEPS if self.base else EvalOptions.num_steps)
 
 
 def _stage(number: int, text: str) -> None:
@@ -112,7 +118,8 @@ def _evaluate(
     model = checkpoint is not None
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if model else policy, arm=options.arm,
                                checkpoint=checkpoint and str(checkpoint), videos=2 if model else 1,
-                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0)  # fmt: skip
+                               noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0,
+                               num_steps=options.num_steps if model else EvalOptions.num_steps)  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
         print(f"  {task} / {eval_dir.name}: {eval_dir / EVAL_FILE} exists, reused")
     else:
@@ -152,8 +159,8 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     out = Path(out)
     if not Path(options.config).is_file():
         raise FileNotFoundError(f"demo config {options.config} not found; pass --config configs/demo.yaml")
-    if options.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {options.seeds}")
+    if options.seeds < 1 or options.num_steps < 1:
+        raise ValueError(f"--seeds and --num-steps must be at least 1, got {options.seeds} and {options.num_steps}")
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
     arm = ARMS[options.arm]
@@ -250,6 +257,8 @@ def _intro(options: DemoOptions, arm, cards: dict[str, dict], untrained: list[st
     scales = {task: scale for task, scale in options.noise_scale.items() if scale != 1}
     if scales:
         intro += "; models sample " + ", ".join(f"{task} with noise scale {s:g}" for task, s in scales.items())
+    if options.num_steps != EvalOptions.num_steps:
+        intro += f"; the flow is integrated in {options.num_steps} steps (openpi: {EvalOptions.num_steps})"
     intro += "."
     if untrained:
         intro += (

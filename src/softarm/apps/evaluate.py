@@ -131,6 +131,7 @@ class EvalOptions:
     execution: str = "sync"  # what the arm does during inference: one of EXECUTIONS
     ensemble_decay: float = ENSEMBLE_DECAY  # execution "ensemble": how much less each newer chunk weighs
     noise_scale: float = 1.0  # of the flow's starting noise (model policy): 0 samples deterministically
+    num_steps: int = 10  # Euler steps integrating the flow (model policy; openpi's 10)
     # processes running episodes side by side, each with its own simulator and copy of the policy (and an equal share
     # of the CPU's threads); episodes are independent and seeded, so the results are a serial run's
     workers: int = 1
@@ -181,7 +182,7 @@ def _summary(rows: list[dict], options: EvalOptions) -> dict:
     summary |= _median_mean("time_to_success_s", [t for r in rows if (t := r["time_to_success_s"]) is not None])
     if "switch_jump" in rows[0]:
         summary |= {"latency_ms": options.latency_ms, "execution": options.execution, "replan": options.replan,
-                    "noise_scale": options.noise_scale,
+                    "noise_scale": options.noise_scale, "num_steps": options.num_steps,
                     **({"ensemble_decay": options.ensemble_decay} if options.execution == "ensemble" else {}),
                     **{f"{k}_mean": float(np.mean([r[k] for r in rows]))
                        for k in ("switch_jump", "chunk_gap", "jerk_rms")}}  # fmt: skip
@@ -205,7 +206,7 @@ def make_agent(options: EvalOptions, static: StaticArm):
     if model_arm is None and checkpoint_arms(options.checkpoint):  # a model of several arms: the simulated one's
         model_arm = options.arm
     policy = SoftArmPolicy.from_checkpoint(options.checkpoint, device=options.device, noise_scale=options.noise_scale,
-                                           arm=model_arm)  # fmt: skip
+                                           num_steps=options.num_steps, arm=model_arm)  # fmt: skip
     delay = delay_steps(options.latency_ms, static.env.control_hz)
     return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
 
@@ -220,7 +221,7 @@ def reusable_report(options: EvalOptions, out_dir: str | Path) -> dict | None:
     summary, defaults = report["summary"], EvalOptions()
     recorded = ["task", "policy", "arm", "checkpoint", "episodes"]
     if options.policy == "model":
-        recorded += ["latency_ms", "execution", "replan", "noise_scale"]
+        recorded += ["latency_ms", "execution", "replan", "noise_scale", "num_steps"]
         recorded += ["ensemble_decay"] if options.execution == "ensemble" else []
     same = all(summary.get(key, getattr(defaults, key)) == getattr(options, key) for key in recorded)
     return report if same and report["episodes"][0]["seed"] == options.seed else None
@@ -287,16 +288,16 @@ def evaluate(options: EvalOptions, out_dir: str | Path, pool: multiprocessing.po
         raise ValueError(f"unknown task {options.task!r}; choose one of {sorted(TASKS)}")
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
-    if options.episodes < 1 or options.replan < 1 or options.workers < 1:
-        raise ValueError("--episodes, --replan and --workers must be at least 1")
+    if options.episodes < 1 or options.replan < 1 or options.workers < 1 or options.num_steps < 1:
+        raise ValueError("--episodes, --replan, --workers and --num-steps must be at least 1")
     if options.execution not in EXECUTIONS:
         raise ValueError(f"unknown --execution {options.execution!r}; choose one of {EXECUTIONS}")
     if options.latency_ms < 0:
         raise ValueError(f"--latency-ms must be >= 0, got {options.latency_ms}")
-    if options.policy != "model" and (options.latency_ms or options.execution != "sync" or options.noise_scale != 1):
-        raise ValueError(
-            "--latency-ms, --execution and --noise-scale concern a model's inference; use them with --policy model"
-        )
+    model_settings = options.latency_ms or options.execution != "sync" or options.noise_scale != 1
+    if options.policy != "model" and (model_settings or options.num_steps != EvalOptions.num_steps):
+        raise ValueError("--latency-ms, --execution, --noise-scale and --num-steps concern a model's inference; use "
+                         "them with --policy model")  # fmt: skip
     if options.policy == "model":
         if not options.checkpoint:
             raise ValueError("--policy model needs --checkpoint DIR (a directory written by softarm train)")
