@@ -88,6 +88,35 @@ def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:
     assert any(not torch.equal(start[k], a[k]) for k in a)  # the last 3 steps did change the weights
 
 
+def test_anchor_decay_pulls_towards_the_base_and_resumes_exactly(prepared: Path, tmp_path: Path) -> None:
+    """optim.anchor_decay moves every trained weight lr * anchor_decay of the way back to train.init_from's value after
+    each step; a resumed run pulls towards the base, not towards the checkpoint it resumed from."""
+    train(config(prepared, tmp_path / "base", "train.steps=1", "train.val_every=100"))
+    base = tmp_path / "base" / "checkpoints" / "1"
+    schedule = ("optim.warmup_steps=1", "optim.end_lr=1e-3")  # lr 1e-3 from the second step on
+    common = ("train.val_every=100", "train.save_every=2", "data.batch_size=4", f"train.init_from={base}", *schedule)
+    runs = {"free": (), "anchored": ("optim.anchor_decay=1000",), "half": ("optim.anchor_decay=300",)}
+    for name, extra in runs.items():
+        train(config(prepared, tmp_path / name, "train.steps=4", *common, *extra))
+    train(config(prepared, tmp_path / "resumed", "train.steps=2", *common, *runs["half"]))
+    train(config(prepared, tmp_path / "resumed", "train.steps=4", *common, *runs["half"]))
+
+    def weights(run: Path) -> dict[str, torch.Tensor]:
+        return safetensors.torch.load_file(str(run / "model.safetensors"))
+
+    start = weights(base)
+    final = {name: weights(tmp_path / name / "checkpoints" / "4") for name in (*runs, "resumed")}
+
+    def moved(name: str) -> float:
+        return sum((final[name][k] - start[k]).norm().item() ** 2 for k in start) ** 0.5
+
+    for key, value in start.items():  # lr * 1000 = 1: each step is undone whole
+        torch.testing.assert_close(final["anchored"][key], value, rtol=0, atol=1e-7, msg=key)
+    assert 0 < moved("half") < 0.7 * moved("free")  # lr * 300 = 0.3: it trains, held nearer the base (0.45x)
+    for key, value in final["half"].items():
+        torch.testing.assert_close(final["resumed"][key], value, rtol=0, atol=0, msg=key)
+
+
 LORA = ("lora.rank=4", "lora.expert_rank=8")
 NO_EMA, EMA = ("train.ema_decay=null",), ("train.ema_decay=0.9",)
 
@@ -290,6 +319,9 @@ def test_two_rank_fsdp_with_lora_and_ema_trains_and_resumes_like_ddp(prepared: P
         (["train.keep_last=0"], "train.keep_last: must be >= 1, got 0"),
         (["data.batch_size=0"], "data.batch_size: must be >= 1, got 0"),
         (["lora.expert_rank=-1"], "lora.expert_rank: must be >= 0 (0 = no LoRA), got -1"),
+        (["optim.anchor_decay=1"], "optim.anchor_decay: pulls towards the weights of train.init_from, which is not"),
+        (["optim.anchor_decay=-1"], "optim.anchor_decay: must be in [0, 1 / optim.lr]"),
+        (["optim.anchor_decay=1e9"], "of the way back, at most all of it), got 1000000000.0"),
     ],
 )
 def test_config_errors_before_any_work(

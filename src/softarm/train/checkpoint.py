@@ -60,6 +60,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     trainable: list[torch.nn.Parameter]
     ema: AveragedModel | None = None
+    anchor: torch.nn.Module | None = None  # the weights training started from (optim.anchor_decay), never saved
     step: int = 0
     epoch: int = 0  # the position in the data: the next batch is batch `batch_in_epoch` of `epoch`
     batch_in_epoch: int = 0

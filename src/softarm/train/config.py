@@ -122,6 +122,9 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 1e-10
     clip_norm: float = 1.0
+    # decay towards the weights training started from (train.init_from's) instead of zero: each step moves every
+    # trainable weight lr * anchor_decay of the way back (L2-SP, decoupled); 0 = off. Keeps a copy of what trains.
+    anchor_decay: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +205,13 @@ class TrainConfig:
                 raise ConfigError(f"{key}: must be >= {least}{' (0 = no LoRA)' if least == 0 else ''}, got {value}")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
+        if self.optim.anchor_decay < 0 or self.optim.anchor_decay * max(self.optim.lr, self.optim.end_lr) > 1:
+            raise ConfigError(
+                f"optim.anchor_decay: must be in [0, 1 / optim.lr] (a step moves a weight lr * "
+                f"anchor_decay of the way back, at most all of it), got {self.optim.anchor_decay}"
+            )
+        if self.optim.anchor_decay and not self.train.init_from:
+            raise ConfigError("optim.anchor_decay: pulls towards the weights of train.init_from, which is not set")
         if self.train.init_from and not (Path(self.train.init_from) / WEIGHTS_FILE).is_file():
             raise ConfigError(f"train.init_from: no model.safetensors in {self.train.init_from}")
         if self.train.init_from:

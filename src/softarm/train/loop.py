@@ -40,7 +40,7 @@ from softarm.model_config import SoftArmModelConfig
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
 from softarm.train.config import ArmGroup, ConfigError, TrainConfig, check_same_arm
-from softarm.train.ema import make_ema, update_ema
+from softarm.train.ema import make_ema, pull_towards, trainable_copy, update_ema
 from softarm.train.lora import apply_lora
 from softarm.train.metrics import MetricsLog
 from softarm.weights import load_weights
@@ -391,6 +391,7 @@ def build_state(run: Run) -> ckpt.TrainState:
     weights before sharding, optimizer state after, the position in the data and the RNG streams last."""
     t, o = run.config.train, run.config.optim
     model = build_model(run)
+    anchor = trainable_copy(model) if o.anchor_decay else None  # the start, before resume loads a checkpoint
     checkpoints = ckpt.list_checkpoints(run.dir)
     if checkpoints:
         ckpt.load_weights_for_resume(checkpoints[-1], model=model)
@@ -399,8 +400,9 @@ def build_state(run: Run) -> ckpt.TrainState:
         ckpt.load_weights_for_resume(checkpoints[-1], model=ema.module, ema=True)
     if run.sharded:  # the EMA copy is sharded the same way: its update is elementwise, shard by shard
         run.log(f"FSDP: {fsdp.shard(model)} shard units over {run.dist.world} ranks")
-        if ema is not None:
-            fsdp.shard(ema.module)
+        for twin in (ema.module if ema is not None else None, anchor):  # sharded as the model is
+            if twin is not None:
+                fsdp.shard(twin)
     trainable = [p for p in model.parameters() if p.requires_grad]
     run.log(
         f"parameters: {count_parameters(model) / 1e6:.2f} M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f} M"
@@ -414,7 +416,7 @@ def build_state(run: Run) -> ckpt.TrainState:
     if t.compile:  # the step calls the compiled wrapper; checkpoints read the plain model's parameter names
         model.drop_prefix_padding = False  # one shape for every batch: compiled once, not per prompt length
         net = torch.compile(net)
-    state = ckpt.TrainState(model=model, net=net, optimizer=optimizer, trainable=trainable, ema=ema)
+    state = ckpt.TrainState(model=model, net=net, optimizer=optimizer, trainable=trainable, ema=ema, anchor=anchor)
     if checkpoints:
         saved = ckpt.load_trainer_state(checkpoints[-1], state, run.dist.rank, run.dist.world)
         fsdp.load_optimizer_state(model, optimizer, saved)
@@ -456,6 +458,8 @@ def train_step(run: Run, state: ckpt.TrainState, batches: Iterator[dict]) -> dic
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)  # every rank skips or none
     if bool(finite):
         state.optimizer.step()
+        if state.anchor is not None:
+            pull_towards(state.model, state.anchor, lr * o.anchor_decay)
         if state.ema is not None:
             update_ema(state.ema, state.model, run.config.train.ema_decay)
         state.bad_steps = 0
