@@ -6,12 +6,14 @@ Same config, same weights (the history models add a step embedding and lag biase
 visual memory), same batch and seeds; the variants are timed in rotating order so that drift in machine load hits
 all alike, and the ratio of medians to no history is printed. Graph history grows only the graph encoder: its K * N
 tokens never reach the VLM or the action expert. Visual `memory` runs the tower on the past frames without gradients
-and keeps the VLM's prefix as it is; `stack` puts every past frame's tokens into the prefix (the naive way).
+and keeps the VLM's prefix as it is (`attend` the same, reading every patch of the past frames); `stack` puts every
+past frame's tokens into the prefix (the naive way).
 "cached": a served model keeps past frames' tokens (`FrameCache`), here all of them, which a robot's window of
 frames it sent before reaches in its steady state but for the newest past frame.
 
     .venv/bin/python benchmarks/history_cost.py                   # tiny + realistic shapes, on CPU
     .venv/bin/python benchmarks/history_cost.py --scenario full   # full-size pi0 (needs a GPU)
+    .venv/bin/python benchmarks/history_cost.py --variants "frames K=4 attend"   # one variant, beside no history
     .venv/bin/python benchmarks/history_cost.py --smoke           # seconds: that it runs (the suite calls it)
 """
 
@@ -38,7 +40,8 @@ VARIANTS = {
     **{f"graph K={k} {mode}": {"history_steps": k, "history_mode": mode}
        for k, mode in ((2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack"))},
     **{f"frames K={k} {mode}": {"image_history_steps": k, "image_history_mode": mode}
-       for k, mode in ((2, "memory"), (4, "memory"), (6, "memory"), (4, "stack"), (6, "stack"))},
+       for k, mode in ((2, "memory"), (4, "memory"), (6, "memory"), (4, "attend"), (6, "attend"), (4, "stack"),
+                       (6, "stack"))},
     "frames K=6 memory, cached": {"image_history_steps": 6},
 }  # fmt: skip
 
@@ -65,12 +68,15 @@ def timed(call, *args, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def compare(base_config: SoftArmModelConfig, batch: int, repeats: int, device: torch.device) -> dict[str, dict]:
-    """Median seconds per training step and per sampled chunk, for each (K, mode), with shared weights."""
+def compare(
+    base_config: SoftArmModelConfig, batch: int, repeats: int, device: torch.device, names: list[str]
+) -> dict[str, dict]:
+    """Median seconds per training step and per sampled chunk, for each (K, mode) named, with shared weights."""
     torch.manual_seed(0)
     reference = PI0GraphPytorch(base_config).state_dict()
     runs = {}
-    for name, overrides in VARIANTS.items():
+    for name in names:
+        overrides = VARIANTS[name]
         config = dataclasses.replace(base_config, **overrides)
         model = PI0GraphPytorch(config)
         own = model.state_dict()
@@ -109,8 +115,11 @@ def main() -> None:
     parser.add_argument("--fusion", choices=["state", "suffix", "prefix"], default="state")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="which to time (no history always)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    names = ["no history", *(name for name in args.variants if name != "no history")]
     if args.smoke:
         args.scenario, args.repeats, args.batch = "tiny", 1, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,7 +131,7 @@ def main() -> None:
     for scenario in scenarios:
         name, overrides = scenario_overrides(scenario)
         config = preset(name, **overrides, fusion=args.fusion)
-        result = compare(config, args.batch, args.repeats, device)
+        result = compare(config, args.batch, args.repeats, device, names)
         none = result["no history"]
         for variant, t in result.items():
             print(f"| {scenario} | {variant} | {t['train']:.4f} | {t['train'] / none['train']:.3f} | "

@@ -34,6 +34,7 @@ from softarm import layout
 from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import SHIPPED
 from softarm.data.convert import ConvertOptions, convert, convert_first
+from softarm.model_config import IMAGE_HISTORY_MODES
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
@@ -140,9 +141,9 @@ def main() -> None:
                         help="graph history variants (none: frames only)")  # fmt: skip
     parser.add_argument("--image-steps", type=int, default=4, help="camera frames read (visual memory); 0: none")
     parser.add_argument("--image-stride", type=int, default=2, help="control steps between two of them")
-    parser.add_argument("--image-modes", nargs="+", choices=["memory", "stack"], default=["memory"],
-                        help="how the past frames are read: temporal attention per patch (MEM) or their tokens in the "
-                             "prefix")  # fmt: skip
+    parser.add_argument("--image-modes", nargs="+", choices=IMAGE_HISTORY_MODES, default=["memory"],
+                        help="how the past frames are read: temporal attention per patch (MEM), over every patch "
+                             "(attend), or their tokens in the prefix")  # fmt: skip
     parser.add_argument(
         "--image-slots",
         nargs="+",

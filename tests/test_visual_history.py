@@ -53,6 +53,25 @@ def test_the_memory_reads_real_past_frames_and_starts_as_no_memory() -> None:
     assert not torch.allclose(again[1, 2], moved[1, 2])
 
 
+def test_the_spatial_memory_reads_every_patch_of_the_real_past_frames() -> None:
+    torch.manual_seed(0)
+    memory = VisualMemory(width=32, steps=3, slots=1, spatial=True)
+    current, past = torch.randn(2, 5, 32), torch.randn(2, 2, 5, 32)
+    mask = torch.tensor([[True, True], [False, True]])
+    assert torch.equal(memory(0, current, past, mask), current)  # silent when fresh, as the per-patch memory
+    _open(memory)
+    out = memory(0, current, past, mask)
+    changed = past.clone()
+    changed[:, 1, 2] += 3.0 * torch.randn(32)  # one patch of the newest past frame
+    moved = memory(0, current, changed, mask)
+    assert ((moved - out).abs().amax(dim=-1) > 1e-3).all()  # every current token reads it, not only patch 2
+    changed = past.clone()
+    changed[:, 0] += 3.0 * torch.randn(5, 32)  # the oldest frame: masked in sample 1
+    moved = memory(0, current, changed, mask)
+    assert not torch.allclose(moved[0], out[0])
+    torch.testing.assert_close(moved[1], out[1])
+
+
 def test_the_frame_cache_encodes_each_frame_once_and_only_an_equal_frame_hits() -> None:
     encoded = []
 
@@ -81,7 +100,7 @@ def _frames(batch: int = 2, past: int = 2, seed: int = 5) -> tuple[dict[str, tor
     return frames, torch.ones(batch, past, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("mode", ["memory", "stack"])
+@pytest.mark.parametrize("mode", ["memory", "attend", "stack"])
 def test_a_model_with_visual_history_reads_the_past_frames(mode: str) -> None:
     plain = preset("tiny")
     config = preset("tiny", image_history_steps=3, image_history_mode=mode, image_history_slots=("base_0_rgb",))
@@ -97,7 +116,7 @@ def test_a_model_with_visual_history_reads_the_past_frames(mode: str) -> None:
     noise, time = torch.randn(2, 16, 32), torch.full((2,), 0.5)
     base = without(observation, actions, graph_nodes=graph, noise=noise, time=time)
     loss = model(observation, actions, graph_nodes=graph, noise=noise, time=time, image_history=(frames, mask))
-    if mode == "memory":  # a fresh memory is silent: exactly the model without history
+    if mode != "stack":  # a fresh memory is silent: exactly the model without history
         torch.testing.assert_close(loss, base)
         _open(model.visual_history)
     changed = {**frames, "base_0_rgb": -frames["base_0_rgb"]}

@@ -76,8 +76,12 @@ class PI0GraphPytorch(PI0Pytorch):
         self.frame_cache: FrameCache | None = None  # set by a policy: past frames' tokens kept between requests
         if config.image_history_steps > 1:
             width = self.paligemma_with_expert.paligemma.config.text_config.hidden_size
-            history = VisualMemory if config.image_history_mode == "memory" else StackedFrames
-            self.visual_history = history(width, config.image_history_steps, len(config.history_slots))
+            steps, slots, mode = config.image_history_steps, len(config.history_slots), config.image_history_mode
+            self.visual_history = (
+                StackedFrames(width, steps, slots)
+                if mode == "stack"
+                else VisualMemory(width, steps, slots, spatial=mode == "attend")
+            )
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
@@ -151,10 +155,11 @@ class PI0GraphPytorch(PI0Pytorch):
         return concat_tokens((embs, pad_masks, att_masks), graph)
 
     def _with_past_frames(self, embs, pad_masks, att_masks, img_masks, per_image: int) -> tuple:
-        """The prefix with the past frames read into it: `memory` updates each history slot's current image tokens,
-        `stack` adds the past frames' tokens after the images (padding where a frame or its camera is missing)."""
+        """The prefix with the past frames read into it: `memory` and `attend` update each history slot's current image
+        tokens, `stack` adds the past frames' tokens after the images (padding where a frame or its camera is
+        missing)."""
         frames, mask = self._image_history
-        memory = self.config.image_history_mode == "memory"
+        memory = self.config.image_history_mode != "stack"
         added = []
         for k, slot in enumerate(self.config.history_slots):
             s = IMAGE_SLOTS.index(slot)

@@ -7,6 +7,9 @@ causal temporal attention, K keys per token — and what it reads is added throu
 projection (and a per-channel gate that starts open). The past tokens are dropped there: the VLM reads as many image
 tokens as without history, and a fresh memory leaves the model exactly as it was.
 
+`attend`: the same, but each current token attends to every patch of the K frames (K x T keys), so it can find
+where the ball was, not only what its own patch held: a moving target crosses patches between frames.
+
 `stack`: the past frames' tokens (with a learned age embedding) join the prefix after the current images: the
 naive way, whose VLM cost grows with K (HAMLET measured it slower and worse); kept to measure against.
 """
@@ -22,10 +25,12 @@ import torch.nn.functional as F
 
 
 class VisualMemory(nn.Module):
-    """Temporal attention over K frames at each patch position, for the image slots that have history."""
+    """Attention over K frames, for the image slots that have history: at each patch position, or over every patch
+    (`spatial`)."""
 
-    def __init__(self, width: int, steps: int, slots: int) -> None:
+    def __init__(self, width: int, steps: int, slots: int, *, spatial: bool = False) -> None:
         super().__init__()
+        self.spatial = spatial
         self.num_heads = max(1, width // 64) if width % 64 == 0 else 1
         # which frame a token is from (0 = oldest, steps - 1 = current), per slot
         self.age = nn.Parameter(torch.randn(slots, steps, width) * 0.02)
@@ -47,12 +52,17 @@ class VisualMemory(nn.Module):
         frames = torch.cat([past.to(current.dtype), current[:, None]], dim=1) + self.age[slot, :, None, :]
         x = self.norm(frames)  # [B, K, T, D]
         heads, head_dim = self.num_heads, width // self.num_heads
-        q = self.query(x[:, -1]).view(batch * tokens, 1, heads, head_dim).transpose(1, 2)
         k, v = self.key_value(x).chunk(2, dim=-1)  # [B, K, T, D] each
-        k, v = (t.permute(0, 2, 1, 3).reshape(batch * tokens, -1, heads, head_dim).transpose(1, 2) for t in (k, v))
-        keys = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # the current frame is always there
-        keys = keys.repeat_interleave(tokens, dim=0)[:, None, None, :]  # [B * T, 1, 1, K]
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # [B * T, H, 1, d]
+        keys = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # [B, K]: the current frame is always there
+        if self.spatial:  # one query per current token over all K x T tokens
+            q = self.query(x[:, -1]).view(batch, tokens, heads, head_dim).transpose(1, 2)
+            k, v = (t.reshape(batch, -1, heads, head_dim).transpose(1, 2) for t in (k, v))
+            keys = keys.repeat_interleave(tokens, dim=1)[:, None, None, :]  # [B, 1, 1, K * T]
+        else:  # one query per current token over its own patch in the K frames
+            q = self.query(x[:, -1]).view(batch * tokens, 1, heads, head_dim).transpose(1, 2)
+            k, v = (t.permute(0, 2, 1, 3).reshape(batch * tokens, -1, heads, head_dim).transpose(1, 2) for t in (k, v))
+            keys = keys.repeat_interleave(tokens, dim=0)[:, None, None, :]  # [B * T, 1, 1, K]
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # [B, H, T, d] or [B * T, H, 1, d]
         read = read.transpose(1, 2).reshape(batch, tokens, width)
         return current + self.gate * self.out(read)
 
