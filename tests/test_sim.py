@@ -11,7 +11,7 @@ from PIL import Image
 import pytest
 
 from softarm import arm
-from softarm.apps.evaluate import EvalOptions, eval_pool, evaluate, reusable_report, wilson_interval
+from softarm.apps.evaluate import EvalOptions, eval_pool, evaluate, model_label, reusable_report, wilson_interval
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
@@ -407,6 +407,12 @@ def test_the_tendon_arm_through_the_whole_pipeline(tmp_path: Path) -> None:
     assert (summary["arm"], summary["episodes"]) == ("tendon", 1)
     with Image.open(tmp_path / "eval" / "rollouts.gif") as gif:
         assert gif.size == (640, 240)  # the two cameras side by side
+
+
+def test_progress_names_a_model_by_its_run_and_step() -> None:
+    assert model_label(Path("runs/graph/checkpoints/400")) == "graph step 400"
+    assert model_label(Path("models/sim_base/graph")) == "graph"  # a base: its directory
+    assert model_label(Path("exports/checkpoints/best")) == "best"  # not a step: the directory
 
 
 def test_wilson_interval_matches_known_values() -> None:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from softarm.execution import ENSEMBLE_DECAY, EXECUTIONS, ChunkExecutor, delay_steps
 from softarm.history import NO_HISTORY, GraphHistory, ImageHistory
-from softarm.layout import EVAL_FILE, GRAPH_NODES
+from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, GRAPH_NODES
 from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import CONTROL_HZ, SoftArmEnv
@@ -281,6 +281,14 @@ def eval_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
         yield pool
 
 
+def model_label(checkpoint: Path) -> str:
+    """How progress names a model: its run and step for a training checkpoint (RUN/checkpoints/400 -> "RUN step
+    400"), else its directory (a base, a converted openpi checkpoint)."""
+    if checkpoint.parent.name == CHECKPOINTS_DIR and checkpoint.name.isdigit():
+        return f"{checkpoint.parent.parent.name} step {checkpoint.name}"
+    return checkpoint.name
+
+
 def evaluate(options: EvalOptions, out_dir: str | Path, pool: multiprocessing.pool.Pool | None = None) -> dict:
     """Run the episodes, write eval.json, summary.png and rollouts.gif into `out_dir`; return the summary. `pool`
     (from `eval_pool`) runs them in its processes instead of `options.workers` fresh ones."""
@@ -308,7 +316,7 @@ def evaluate(options: EvalOptions, out_dir: str | Path, pool: multiprocessing.po
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, curves, videos, infer_ms = [], [], [], []
     start = time.monotonic()
-    label = options.policy if options.policy != "model" else Path(options.checkpoint).name
+    label = options.policy if options.policy != "model" else model_label(Path(options.checkpoint))
     with contextlib.ExitStack() as stack:
         job = functools.partial(_run, options)
         if pool is None:
