@@ -130,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         defaults, episodes={task: n for task, n in episodes.items() if n > 0}, noise=args.noise,
         plan_from=args.plan_from, seeds=args.seeds, eval_episodes=evaluations, config=args.config or defaults.config,
         overrides=tuple(args.overrides), arm=args.arm,
-        num_steps=defaults.num_steps if args.num_steps is None else args.num_steps,
+        num_steps=args.num_steps,  # None: the default for the base or for training from scratch
     )  # fmt: skip
     results = run_demo(args.out, options)
     for task, summaries in results.items():
