@@ -79,6 +79,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 # `softarm pretrain` at toy sizes: the tiny preset, 2 steps, a few simulated episodes and evaluations
 SMALL_PRETRAIN = ["--episodes", "reach=2", "--episodes", "follow=1", "--hard-reach", "4", "--noise", "0.05",
+                  "--noise", "follow=0.1",
                   "--val-episodes", "1", "--eval-episodes", "1", "--workers", "1", "--vision-steps", "2",
                   "--finish-steps", "2", "model.preset=tiny", "data.batch_size=4", "data.num_workers=0",
                   "train.steps=2", "train.save_every=2", "train.val_every=2", "train.log_every=1"]  # fmt: skip

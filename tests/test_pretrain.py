@@ -35,10 +35,12 @@ def test_bases_are_trained_scored_and_exported_without_choose(pretrained: Path) 
         hard = json.loads((pretrained / "raw_hard" / "generate_reach.json").read_text())
         assert card["data"]["episodes"] == 3 + hard["written"]
         assert card["recipe"]["hard_reach"] == 4
-        # DART demonstrations: every recording (the hard reach seeds too) executed with the noise, as the card says
-        assert card["recipe"]["noise"] == 0.05
-        for manifest in ("raw/generate_reach.json", "raw/generate_follow.json", "raw_hard/generate_reach.json"):
-            assert json.loads((pretrained / manifest).read_text())["noise"] == 0.05, manifest
+        # DART demonstrations: every recording executed with its task's noise (the hard reach seeds reach's), as the
+        # card says
+        assert card["recipe"]["noise"] == {"reach": 0.05, "follow": 0.1}
+        for manifest, std in (("raw/generate_reach.json", 0.05), ("raw/generate_follow.json", 0.1),
+                              ("raw_hard/generate_reach.json", 0.05)):  # fmt: skip
+            assert json.loads((pretrained / manifest).read_text())["noise"] == std, manifest
         assert card["recipe"]["config"] == "configs/pretrain.yaml"  # inside the project: no machine's path
         assert card["recipe"]["export"] == "OUT/base"  # outside the project: relative to the output
         for phase in ("frozen", "finish"):
@@ -102,6 +104,12 @@ def test_a_second_run_reuses_every_stage_and_choose_is_refused(
     assert out.count("/checkpoints/2 exists, reused") == 4  # both phases of both bases
     assert main(["pretrain", "--out", str(pretrained), "--episodes", "choose=5"]) == 2
     assert "the base must not see choose" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(pretrained), *SMALL_PRETRAIN, "--noise", "folow=0.1"]) == 2
+    assert "--noise names ['folow'], which are not recorded; the tasks recorded are ['follow', 'reach']" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit, match="--noise takes STD or TASK=STD"):
+        main(["pretrain", "--out", str(pretrained), "--noise", "follow=lots"])
 
 
 def test_the_episodes_missed_under_noise_are_named_as_the_dataset_names_them(tmp_path: Path) -> None:

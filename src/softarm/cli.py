@@ -113,6 +113,25 @@ def _task_counts(items: list[str] | None, defaults: Mapping[str, int], flag: str
     return counts
 
 
+def _task_noise(items: list[str] | None, tasks: list[str]) -> float | dict[str, float]:
+    """[TASK=]STD items: one number for every task, or {task: std} once a task is named (a bare STD then sets the
+    tasks not named)."""
+    every, named = 0.0, {}
+    for item in items or ():
+        task, sep, value = item.rpartition("=")
+        try:
+            std = float(value)
+        except ValueError:
+            raise SystemExit(f"--noise takes STD or TASK=STD (e.g. follow=0.05), got {item!r}") from None
+        if sep and not task:
+            raise SystemExit(f"--noise takes STD or TASK=STD (e.g. follow=0.05), got {item!r}")
+        if sep:
+            named[task] = std
+        else:
+            every = std
+    return {**dict.fromkeys(tasks, every), **named} if named else every
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from softarm.apps.demo import DemoOptions, run_demo
     from softarm.apps.pretrain import SHIPPED, missing_bases
@@ -149,8 +168,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     defaults = PretrainOptions()
     episodes = _task_counts(args.episodes, defaults.episodes, "--episodes", "reach=2400")
     evaluations = _task_counts(args.eval_episodes, defaults.eval_episodes, "--eval-episodes", "reach=100")
+    episodes = {task: n for task, n in episodes.items() if n > 0}
+    recorded = [*episodes, *(["reach"] if args.hard_reach and "reach" not in episodes else [])]
     options = PretrainOptions(
-        episodes={task: n for task, n in episodes.items() if n > 0}, hard_reach=args.hard_reach, noise=args.noise,
+        episodes=episodes, hard_reach=args.hard_reach, noise=_task_noise(args.noise, recorded),
         val_episodes=args.val_episodes, vision_steps=args.vision_steps, vision_readout=args.vision_readout,
         vision_relative=args.vision_relative, finish_steps=args.finish_steps, finish_lr=args.finish_lr,
         eval_episodes=evaluations, models=tuple(args.models),
@@ -470,9 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--hard-reach", type=int, default=800,
                      help="further reach seeds of which only the hard ones (far ball, light payload) are recorded "
                           "(default %(default)s: about half of them are hard; 0: none)")  # fmt: skip
-    pre.add_argument("--noise", type=float, default=0.0,
+    pre.add_argument("--noise", action="append", metavar="[TASK=]STD",
                      help="DART: std of the noise on the executed commands while recording (the labels stay the "
-                          "expert's); 0: clean demonstrations, as the shipped bases")  # fmt: skip
+                          "expert's), for every task or one (repeatable, e.g. follow=0.05; the hard reach seeds take "
+                          "reach's); default 0: clean demonstrations, as the shipped bases")  # fmt: skip
     pre.add_argument("--val-episodes", type=int, default=100, help="episodes held out for validation")
     pre.add_argument("--vision-steps", type=int, default=2000,
                      help="steps of the vision warm-up (where each reach episode's tip ends) before the policy "

@@ -54,8 +54,9 @@ class PretrainOptions:
     # balls and light payloads a policy misses most
     hard_reach: int = 800
     # DART: std of the noise on the executed commands while recording, labels still the expert's (what `softarm
-    # demo` records for fine-tuning); 0: clean demonstrations, as the shipped bases were pretrained on
-    noise: float = 0.0
+    # demo` records for fine-tuning), for every task or per task ({task: std}, the hard reach seeds reach's, a task not
+    # named clean); 0: clean demonstrations, as the shipped bases were pretrained on
+    noise: float | Mapping[str, float] = 0.0
     val_episodes: int = 100
     # steps of the vision warm-up before the policy trains (0: none, the tower learns inside the policy), its
     # readout ("flat" or "attend", thrown away afterwards) and whether it also learns the goal seen from the tip
@@ -102,6 +103,11 @@ def _card_config(config: TrainConfig, out: Path) -> dict:
     return values
 
 
+def task_noise(options: PretrainOptions, task: str) -> float:
+    """The DART noise `task`'s demonstrations are recorded with."""
+    return float(options.noise.get(task, 0.0) if isinstance(options.noise, Mapping) else options.noise)
+
+
 def _stage(number: int, text: str) -> None:
     print(f"[{number}/6] {text}", flush=True)
 
@@ -112,11 +118,11 @@ def _record(out: Path, options: PretrainOptions) -> list[Path]:
     workers = min(options.workers, os.cpu_count() or 1)
     raw, hard = out / "raw", out / "raw_hard"
     for task, count in options.episodes.items():
-        result = generate(task, count, raw, seed=0, workers=workers, arm=options.arm, noise=options.noise)
+        result = generate(task, count, raw, seed=0, workers=workers, arm=options.arm, noise=task_noise(options, task))
         print(f"  {task}: {result.written} episodes written, {result.reused} reused")
     if options.hard_reach:
         result = generate("reach", options.hard_reach, hard, seed=HARD_SEED, workers=workers, arm=options.arm,
-                          noise=options.noise, hard_only=True)  # fmt: skip
+                          noise=task_noise(options, "reach"), hard_only=True)  # fmt: skip
         print(f"  hard reach: {result.written} written, {result.reused} reused, {result.passed_over} passed over")
     return [raw, hard] if options.hard_reach else [raw]
 
@@ -269,8 +275,14 @@ def pretrain(out: str | Path, options: PretrainOptions = PretrainOptions()) -> d
         raise ValueError("the base must not see choose, the task the demo fine-tunes it on: leave it out of --episodes")
     if options.arm not in ARMS:
         raise ValueError(f"unknown arm {options.arm!r}; choose one of {sorted(ARMS)}")
+    recorded = {*options.episodes, *(["reach"] if options.hard_reach else [])}
+    if isinstance(options.noise, Mapping) and set(options.noise) - recorded:
+        raise ValueError(f"--noise names {sorted(set(options.noise) - recorded)}, which are not recorded; the tasks "
+                         f"recorded are {sorted(recorded)}")  # fmt: skip
     export = Path(options.export) if options.export is not None else out / "base"
-    noise = f", commands executed with noise {options.noise:g}" if options.noise else ""
+    noisy = {task: task_noise(options, task) for task in options.episodes}
+    noise = ", ".join(f"{task} {std:g}" for task, std in noisy.items() if std)
+    noise = f", commands executed with noise ({noise})" if noise else ""
     _stage(1, f"recording expert demonstrations ({', '.join(f'{t} {n}' for t, n in options.episodes.items())}, "
               f"and the hard ones of {options.hard_reach} more reach seeds){noise}")  # fmt: skip
     sources = _record(out, options)
