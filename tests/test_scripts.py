@@ -51,6 +51,7 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
             [*history, "--follow-task", "follow_axis", "model.preset=tiny"],
             "1 follow_axis + 1 reach demonstrations, recorded with command noise 0.05",
         ),
+        "experiments/motion_probe.py": (["--base", str(base), "--workers", "1", "--out", str(tmp_path)], "| 2 (1) | "),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
         "experiments/reach_misses.py": ([str(base), str(evaluation)], "median error range over the last 20 steps"),
@@ -104,3 +105,19 @@ def test_follow_trace_splits_the_error_around_the_circle() -> None:
     # the same lag on a clockwise ball; a tip ahead of the ball lags by a negative angle
     assert decompose(circle(0.04, 30.0, -1.0), circle(0.04, 0.0, -1.0), first=0)["lag_deg"] == pytest.approx(30.0)
     assert decompose(circle(0.04, -20.0), ball, first=10)["lag_deg"] == pytest.approx(-20.0)
+
+
+def test_motion_probe_targets_tell_the_way_round() -> None:
+    targets = runpy.run_path(str(ROOT / "experiments" / "motion_probe.py"))["targets"]
+    # 1.3 laps of a 40 mm circle around (0.1, 0, 0.3), one anticlockwise and one clockwise (seen from above)
+    angle = np.linspace(0.0, 2.6 * np.pi, 80)
+    paths = [np.stack([0.1 + 0.04 * np.cos(sense * angle), 0.04 * np.sin(sense * angle), np.full_like(angle, 0.3)], 1)
+             for sense in (1.0, -1.0)]  # fmt: skip
+    y, tangents = targets(paths, [(0, 0), (1, 0), (0, 40)], ahead=5)
+    np.testing.assert_allclose(y[:, :3], [paths[0][0], paths[1][0], paths[0][40]], atol=1e-7)
+    np.testing.assert_allclose(y[2, 3:], paths[0][45] - paths[0][40], atol=1e-7)
+    # the circle's centre is found though the path covers more than a lap: the tangent at angle 0 points along +y
+    np.testing.assert_allclose(tangents[0], [0.0, 0.04, 0.0], atol=1e-3)
+    # the motion along the anticlockwise tangent: positive one way round, negative the other
+    way = (y[:, 3:] * tangents).sum(1)
+    assert list(np.sign(way)) == [1.0, -1.0, 1.0]
