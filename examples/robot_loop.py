@@ -44,14 +44,7 @@ class EpisodeReplay:
         self.commands: list[np.ndarray] = []
 
     def observation(self) -> dict:
-        ep, t = self.episode, self.t
-        obs = {"images": {cam: frames[t] for cam, frames in ep.images.items()}, "graph_nodes": ep.graph_nodes[t]}
-        if ep.node_features is not None:  # the recording names its columns: the server picks what its model reads
-            obs["graph_features"] = list(ep.node_features)
-        if ep.state is not None:
-            obs["state"] = ep.state[t]
-        obs["prompt"] = ep.prompt
-        return obs
+        return self.episode.observation(self.t)
 
     def apply(self, action: np.ndarray) -> None:
         self.commands.append(np.asarray(action))

@@ -20,7 +20,7 @@ In the expert's demonstrations the arm trails the ball, so its pose can give the
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 import json
 import math
 from pathlib import Path
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from softarm import arm as arm_schema
 from softarm.data.raw import read_episode
 from softarm.plotting import pyplot, save_figure
 from softarm.policy import SoftArmPolicy
@@ -80,34 +79,19 @@ class StillAgent:
         return self.command
 
 
-def recorded(path: Path) -> Iterator[dict]:
-    """One recorded episode's observations, step by step."""
-    episode = read_episode(path)
-    for t in range(episode.length):
-        observation = {"images": {cam: images[t] for cam, images in episode.images.items()},
-                       "graph_nodes": episode.graph_nodes[t], "prompt": episode.prompt}  # fmt: skip
-        if episode.node_features is not None:
-            observation["graph_features"] = list(episode.node_features)
-        if episode.state is not None:
-            observation["state"] = episode.state[t]
-        yield observation
-
-
 def still(policy: SoftArmPolicy, args: argparse.Namespace) -> tuple[list[torch.Tensor], list[np.ndarray], float]:
     """Episodes of seeds 0... with the arm held at rest, encoded as they run: their tokens, ball paths and rate."""
     env = SoftArmEnv(ARMS[args.arm])
     try:
         static, task, agent = StaticArm(env), TASKS[args.task], StillAgent()
-        measured = list(env.spec.measured)  # the columns a recording of this arm holds (softarm.sim.generate)
-        columns = [arm_schema.feature_index(name) for name in measured]
-        named = {"graph_features": measured} if env.spec.measured != arm_schema.SCHEMA else {}
         tokens, paths = [], []
         for seed in tqdm(range(args.episodes), desc="still arm: record and encode", unit="episode"):
             spec = task.sample(seed, static, env.control_hz)
             rollout = run_episode(env, static, task, spec, agent, record_images=True, stop_on_success=False)
+            # all 19 schema columns, as the simulator gives them: the policy reads the ones its model was trained on
             observations = ({"images": {camera: frames[t] for camera, frames in rollout.images.items()},
-                             "graph_nodes": rollout.graph_nodes[t][:, columns], "state": rollout.state[t],
-                             "prompt": spec.prompt, **named} for t in range(len(rollout.actions)))  # fmt: skip
+                             "graph_nodes": rollout.graph_nodes[t], "state": rollout.state[t], "prompt": spec.prompt}
+                            for t in range(len(rollout.actions)))  # fmt: skip
             tokens.append(image_tokens(policy, observations))
             paths.append(spec.targets)
         return tokens, paths, env.control_hz
@@ -259,7 +243,9 @@ def main() -> None:
     else:
         files, arm = recordings(args)
         paths, hz = ball_paths(files, args.task, arm)
-        tokens = [image_tokens(policy, recorded(f)) for f in tqdm(files, desc="image tokens", unit="episode")]
+        episodes = (read_episode(f) for f in files)
+        tokens = [image_tokens(policy, (episode.observation(t) for t in range(episode.length)))
+                  for episode in tqdm(episodes, total=len(files), desc="image tokens", unit="episode")]  # fmt: skip
     pairs = samples(paths, [len(t) for t in tokens], args)
     y, tangents = targets(paths, pairs, args.ahead)
     held_out = max(1, math.ceil(args.val * len(tokens)))

@@ -41,6 +41,23 @@ def test_any_sizes_and_declared_feature_names_round_trip(tmp_path: Path) -> None
     assert read_episode(write_episode(tmp_path / "plain.h5", make_episode())).node_features is None
 
 
+def test_a_step_as_a_policy_request() -> None:
+    episode = make_episode()
+    request = episode.observation(3)
+    assert sorted(request) == ["graph_nodes", "images", "prompt", "state"]
+    assert sorted(request["images"]) == ["base", "tip"]
+    np.testing.assert_array_equal(request["images"]["tip"], episode.images["tip"][3])
+    np.testing.assert_array_equal(request["graph_nodes"], episode.graph_nodes[3])
+    np.testing.assert_array_equal(request["state"], episode.state[3])
+    assert request["prompt"] == "reach the red ball"
+    # a recording that names its columns says so; one without state sends none
+    named = make_episode(state_dim=None, features=4)
+    named.node_features = ("pos_x", "pos_y", "pos_z", "contact_force")
+    request = named.observation(0)
+    assert request["graph_features"] == ["pos_x", "pos_y", "pos_z", "contact_force"]
+    assert "state" not in request
+
+
 def test_state_and_edges_are_optional(tmp_path: Path) -> None:
     episode = make_episode(state_dim=None)
     episode.edges = None

@@ -51,6 +51,17 @@ class RawEpisode:
     def length(self) -> int:
         return len(self.actions)
 
+    def observation(self, t: int) -> dict:
+        """Step `t` as a policy request (the server's, `SoftArmPolicy.prepare`'s): a recording that names its columns
+        says so, and the policy picks the features its model reads."""
+        observation = {"images": {camera: frames[t] for camera, frames in self.images.items()},
+                       "graph_nodes": self.graph_nodes[t], "prompt": self.prompt}  # fmt: skip
+        if self.node_features is not None:
+            observation["graph_features"] = list(self.node_features)
+        if self.state is not None:
+            observation["state"] = self.state[t]
+        return observation
+
 
 def write_episode(path: str | Path, episode: RawEpisode) -> Path:
     """Write `episode` in the raw layout (images chunked per frame and gzip-compressed)."""
