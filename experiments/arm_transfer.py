@@ -13,7 +13,7 @@ the reference. Writes arm_transfer.json, arm_transfer.md (the table) and arm_tra
 evaluations are reused.
 
     .venv/bin/python experiments/arm_transfer.py --source pneumatic --target tendon --counts 5 20 --out ARMS
-    .venv/bin/python experiments/arm_transfer.py --base models/sim_base --task reach --target compact \
+    .venv/bin/python experiments/arm_transfer.py --base models/sim_base --task reach --target compact \\
         --source-episodes 100 --counts 5 10 20 50 --seeds 2 --out ARMS_REACH
 """
 

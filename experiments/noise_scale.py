@@ -6,7 +6,7 @@ checkpoint and task the same held-out episodes run at every scale; the table giv
 final error, and per scale the episodes won and lost against scale 1 (paired: same episodes, same seeds). Writes
 noise_scale.json and noise_scale.png.
 
-    .venv/bin/python experiments/noise_scale.py --run reach=C6/checkpoints/3000 \
+    .venv/bin/python experiments/noise_scale.py --run reach=C6/checkpoints/3000 \\
         --run choose=demo_out/runs/graph/checkpoints/1500 --episodes 300 --seed 2000000 --out noise_out
 
 Each cell is an `softarm eval` run in OUT/<task>-<run name>/<scale>, reused when it is already there.

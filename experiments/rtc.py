@@ -10,7 +10,7 @@ a chunk switch, the worst gap between a new chunk and what the old one planned f
 writes rtc.json and rtc.png, and measures the extra inference cost of guidance (median ms per chunk, interleaved
 with plain sampling, on one observation of the task).
 
-    .venv/bin/python experiments/rtc.py --task choose --checkpoint PLAIN/checkpoints/1500 \
+    .venv/bin/python experiments/rtc.py --task choose --checkpoint PLAIN/checkpoints/1500 \\
         --trained-checkpoint RTC/checkpoints/1500 --episodes 100 --out rtc_out
 
 Each cell is an `softarm eval` run in OUT/<task>/<mode>/<latency>ms, reused when it is already there.
