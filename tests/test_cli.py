@@ -74,6 +74,8 @@ def test_demo_from_scratch_runs_every_stage_and_reuses_them(tmp_path: Path, caps
     assert "Light or heavy payload, reach, choose:" in report
     for name in ("success.png", "loss.png", "rollouts_reach.gif", "rollouts_choose.gif"):
         assert (tmp_path / name).stat().st_size > 1000
+    for task in ("reach", "choose"):  # only what the report shows is filmed: the graph model's rollouts
+        assert [p.parent.name for p in (tmp_path / "eval" / task).glob("*/rollouts.gif")] == ["graph"]
     fusion = json.loads((tmp_path / "runs" / "no_graph" / "checkpoints" / "3" / "model_config.json").read_text())
     assert fusion["fusion"] == "none"
     meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
@@ -95,6 +97,9 @@ def test_demo_from_scratch_runs_every_stage_and_reuses_them(tmp_path: Path, caps
     assert "pi0 + graph |" not in follow.split("## Graph vs no graph")[0]
     assert "No model was trained on this task in this run." in follow
     assert "No model was trained on follow in this run" in report
+    assert [p.parent.name for p in (tmp_path / "eval" / "follow").glob("*/rollouts.gif")] == ["expert"]
+    assert "![follow](rollouts_follow.gif)" in follow  # the expert's, where no model is scored
+    assert (tmp_path / "rollouts_follow.gif").stat().st_size > 1000
     with pytest.raises(SystemExit, match="--episodes takes TASK=COUNT"):
         main(["demo", "--out", str(tmp_path), "--episodes", "reach"])
     with pytest.raises(SystemExit, match=r"--eval-episodes takes TASK=COUNT or COUNT \(e\.g\. follow=50\), got '=3'"):

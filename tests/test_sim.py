@@ -499,13 +499,13 @@ def test_eval_runs_a_trained_checkpoint_closed_loop(tmp_path: Path) -> None:
     (tmp_path / "eval" / "eval.json").write_text(json.dumps(older))  # written before noise_scale was recorded
     assert reusable_report(options, tmp_path / "eval") == older
     assert reusable_report(options, tmp_path / "nowhere") is None
-    ensemble = dataclasses.replace(options, execution="ensemble", replan=1, videos=0)
+    ensemble = dataclasses.replace(options, execution="ensemble", replan=1, videos=0, episodes=1)
     evaluate(ensemble, tmp_path / "ensemble")
     assert reusable_report(ensemble, tmp_path / "ensemble") is not None
     assert reusable_report(dataclasses.replace(ensemble, ensemble_decay=0.5), tmp_path / "ensemble") is None
-    flat = evaluate(dataclasses.replace(options, noise_scale=0.0, num_steps=3, videos=0), tmp_path / "flat")
+    flat = evaluate(dataclasses.replace(options, noise_scale=0.0, num_steps=3, videos=0, episodes=1), tmp_path / "flat")
     assert (flat["noise_scale"], flat["num_steps"], summary["num_steps"]) == (0.0, 3, 10)
-    assert [e["steps"] for e in json.loads((tmp_path / "flat" / "eval.json").read_text())["episodes"]] == [50, 50]
+    assert [e["steps"] for e in json.loads((tmp_path / "flat" / "eval.json").read_text())["episodes"]] == [50]
     for wrong in ({"latency_ms": 100}, {"noise_scale": 0.0}, {"num_steps": 3}):
         with pytest.raises(ValueError, match="--num-steps concern a model's inference; use them with --policy model"):
             evaluate(EvalOptions(policy="expert", **wrong), tmp_path / "expert")

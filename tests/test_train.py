@@ -62,14 +62,14 @@ def test_debug_config_runs_end_to_end(prepared: Path, tmp_path: Path, capsys: py
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path: Path) -> None:
     convert(raw_dir(tmp_path, lengths=(8, 8)), tmp_path / "prep", ConvertOptions(val_episodes=1))
-    result = train(config(tmp_path / "prep", tmp_path / "run", "train.steps=120", "train.log_every=1",
+    result = train(config(tmp_path / "prep", tmp_path / "run", "train.steps=60", "train.log_every=1",
                           "train.val_every=1000", "train.save_every=1000", "train.ema_decay=null",
                           "optim.warmup_steps=5", "optim.end_lr=1e-3"))  # fmt: skip
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 120
+    assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
-    assert result.metrics["step"] == 120
+    assert result.metrics["step"] == 60
 
 
 def test_resume_is_exact(prepared: Path, tmp_path: Path) -> None:

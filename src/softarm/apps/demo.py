@@ -114,10 +114,11 @@ def _evaluate(
     episodes: int,
     options: DemoOptions,
     pool: multiprocessing.pool.Pool | None,
+    videos: int,
 ) -> Path:
     model = checkpoint is not None
     eval_options = EvalOptions(task=task, episodes=episodes, policy="model" if model else policy, arm=options.arm,
-                               checkpoint=checkpoint and str(checkpoint), videos=2 if model else 1,
+                               checkpoint=checkpoint and str(checkpoint), videos=videos,
                                noise_scale=options.noise_scale.get(task, 1.0) if model else 1.0,
                                num_steps=options.num_steps if model else EvalOptions.num_steps)  # fmt: skip
     if reusable_report(eval_options, eval_dir) is not None:
@@ -201,11 +202,16 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
             evaluations[task] = {}
             # from the bases every model has seen every skill but choose (which fine-tuning teaches): all are scored
             models = MODELS if options.base or task in trained else ()
+            # only the rollouts the report shows are filmed (rendering every step of an episode): the graph model's,
+            # or the expert's where no model is scored
+            filmed, films = out / "eval" / task / ("graph" if models else "expert"), 2 if models else 1
             for policy in ("expert", "expert-blind", *(["base"] if options.base else []), *models, "random"):
                 scored = _scored(out / "eval" / task, policy, options, checkpoints, runs)
                 count = options.eval_episodes[task]
-                evaluations[task][policy] = [_evaluate(task, policy, checkpoint, eval_dir, count, options, pool)
-                                             for checkpoint, eval_dir in scored]  # fmt: skip
+                evaluations[task][policy] = [
+                    _evaluate(task, policy, checkpoint, eval_dir, count, options, pool, films * (eval_dir == filmed))
+                    for checkpoint, eval_dir in scored
+                ]
     _stage(5, "writing the report")
     intro = _intro(options, arm, cards, [task for task in tasks if task not in trained])
     for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was scored)
