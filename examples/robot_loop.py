@@ -12,6 +12,8 @@ their columns), state and prompt, and `apply(action)` sends one command per actu
 chunk from a background thread while the arm executes the current one, sending the current chunk's unexecuted
 actions and the expected delay (`prev_actions`, `delay`: the measured round trip in control steps), and switches
 to the new chunk at the step the arm has reached; `--no-rtc` leaves the two keys out (plain asynchronous switching).
+A server started with an API key (`softarm serve --api-key-file KEY_FILE`) wants it from every client:
+`--api-key-file KEY_FILE` here, or $SOFTARM_API_KEY.
 
 A policy with proprioceptive history (the server's metadata: `history.steps` > 1) reads the last few control steps'
 graphs: the loop keeps them (`GraphHistory`, fed at every control step, not only when it asks for a chunk) and sends
@@ -29,10 +31,12 @@ import time
 import numpy as np
 from openpi_client.action_chunk_broker import ActionChunkBroker
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
+import websockets.exceptions
 
 from softarm.data.raw import read_episode
 from softarm.execution import ChunkExecutor
 from softarm.history import GraphHistory, HistorySpec, ImageHistory
+from softarm.serve import read_api_key  # websockets and openpi-client: the robot side stays free of torch
 
 
 class EpisodeReplay:
@@ -91,7 +95,7 @@ class AsyncChunks:
 
 def run(
     host: str, port: int, arm: EpisodeReplay, steps: int | None, replan: int, realtime: bool = False,
-    mode: str = "sync", rtc: bool = True,
+    mode: str = "sync", rtc: bool = True, api_key: str | None = None,
 ) -> dict:  # fmt: skip
     """Drive `steps` control steps (None: the whole recording; a replay cannot run past its end) and compare the
     commands with the recorded ones."""
@@ -99,7 +103,14 @@ def run(
     if steps is not None and steps > length:
         print(f"--steps {steps}: the episode has {length} steps; replaying all {length}")
     steps = length if steps is None else min(steps, length)
-    client = WebsocketClientPolicy(host, port)
+    try:
+        client = WebsocketClientPolicy(host, port, api_key=api_key)
+    except websockets.exceptions.InvalidStatus as refused:
+        if refused.response.status_code != 401:
+            raise
+        given = "was refused" if api_key else "is missing"
+        raise SystemExit(f"{host}:{port} wants an API key and ours {given}: --api-key-file KEY_FILE or "
+                         "$SOFTARM_API_KEY, the key the server was started with") from None  # fmt: skip
     meta = client.get_server_metadata()
     if replan > meta["action_horizon"]:
         raise SystemExit(f"--replan {replan} exceeds the policy's action horizon {meta['action_horizon']}")
@@ -147,9 +158,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=["sync", "async"], default="sync",
                         help="async: fetch the next chunk while executing the current one (paced at fps)")  # fmt: skip
     parser.add_argument("--no-rtc", action="store_true", help="async without prev_actions/delay in the requests")
+    parser.add_argument("--api-key-file", help="the server's API key (its first line); default: $SOFTARM_API_KEY")
     args = parser.parse_args()
     result = run(args.host, args.port, EpisodeReplay(args.episode), args.steps, args.replan, args.realtime, args.mode,
-                 rtc=not args.no_rtc)  # fmt: skip
+                 rtc=not args.no_rtc, api_key=read_api_key(args.api_key_file))  # fmt: skip
     print(
         f"{result['steps']} steps of {result['action_dim']}-D commands; MSE vs recorded {result['mse_vs_recorded']:.4f}"
         + (f"; reply delays (control steps) {result['measured_delays']}" if "measured_delays" in result else "")

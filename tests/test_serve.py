@@ -134,6 +134,30 @@ def test_api_key_required_when_set(policy: SoftArmPolicy, caplog: pytest.LogCapt
     assert all(key not in r.getMessage() and "guess" not in r.getMessage() for r in caplog.records)
 
 
+def test_example_robot_loop_sends_the_servers_api_key(policy: SoftArmPolicy, tmp_path: Path) -> None:
+    """The README's pair of commands: a server with --api-key-file and the robot loop given the same file."""
+    import subprocess
+    import sys
+
+    from softarm.data.raw import write_episode
+    from tests.conftest import make_episode
+
+    episode = write_episode(tmp_path / "ep.h5", make_episode(length=12, seed=1))
+    (tmp_path / "key").write_text("s3cret-key-123\n")
+    with running(policy, api_key="s3cret-key-123") as port:
+        command = [sys.executable, str(Path(__file__).parents[1] / "examples" / "robot_loop.py"), "--port", str(port),
+                   "--episode", str(episode), "--api-key-file", str(tmp_path / "key")]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        (tmp_path / "key").write_text("guess\n")
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "12 steps of 10-D commands; MSE vs recorded " in result.stdout
+    assert refused.returncode == 1
+    expected = (f"127.0.0.1:{port} wants an API key and ours was refused: --api-key-file KEY_FILE or "
+                "$SOFTARM_API_KEY, the key the server was started with")  # fmt: skip
+    assert refused.stderr.strip().endswith(expected), refused.stderr[-2000:]
+
+
 class SlowPolicy:
     """The real policy, its model taking at least `seconds` per request, its sampling noise seeded per request."""
 
