@@ -210,7 +210,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
                 count = options.eval_episodes[task]
                 evaluations[task][policy] = [
                     _evaluate(task, policy, checkpoint, eval_dir, count, options, pool, films * (eval_dir == filmed))
-                    for checkpoint, eval_dir in scored
+                    for checkpoint, eval_dir in scored  # filmed: `films` episodes, the others none
                 ]
     _stage(5, "writing the report")
     intro = _intro(options, arm, cards, [task for task in tasks if task not in trained])
