@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 import http.client
 from pathlib import Path
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,9 +17,10 @@ import pytest
 import torch
 import websockets.sync.client
 
+from softarm.data.raw import write_episode
 from softarm.policy import SoftArmPolicy
 from softarm.serve import exposure_warning, read_api_key
-from tests.conftest import observation, running
+from tests.conftest import make_episode, observation, running
 
 TIP = {"tip": np.zeros((8, 8, 3), np.uint8)}
 
@@ -91,17 +94,16 @@ def test_healthz(server: int) -> None:
     assert response.read() == b"OK\n"
 
 
+def robot_loop(port: int, episode: Path, *flags: str) -> list[str]:
+    """examples/robot_loop.py as the README runs it: its own process, a recorded episode."""
+    return [sys.executable, str(Path(__file__).parents[1] / "examples" / "robot_loop.py"), "--port", str(port),
+            "--episode", str(episode), *flags]  # fmt: skip
+
+
 def test_example_robot_loop(server: int, tmp_path: Path) -> None:
     """As the README runs it: its own process, a recorded episode, the default number of steps (all of them)."""
-    import subprocess
-    import sys
-
-    from softarm.data.raw import write_episode
-    from tests.conftest import make_episode
-
     episode = write_episode(tmp_path / "ep.h5", make_episode(length=20, seed=0))
-    command = [sys.executable, str(Path(__file__).parents[1] / "examples" / "robot_loop.py"), "--host", "127.0.0.1",
-               "--port", str(server), "--episode", str(episode), "--replan", "8"]  # fmt: skip
+    command = robot_loop(server, episode, "--host", "127.0.0.1", "--replan", "8")
     for extra, expected in (([], "20 steps of 10-D commands; MSE vs recorded "),
                             (["--mode", "async"], "; reply delays (control steps) [0, "),
                             (["--steps", "32"], "--steps 32: the episode has 20 steps; replaying all 20")):  # fmt: skip
@@ -136,17 +138,10 @@ def test_api_key_required_when_set(policy: SoftArmPolicy, caplog: pytest.LogCapt
 
 def test_example_robot_loop_sends_the_servers_api_key(policy: SoftArmPolicy, tmp_path: Path) -> None:
     """The README's pair of commands: a server with --api-key-file and the robot loop given the same file."""
-    import subprocess
-    import sys
-
-    from softarm.data.raw import write_episode
-    from tests.conftest import make_episode
-
     episode = write_episode(tmp_path / "ep.h5", make_episode(length=12, seed=1))
     (tmp_path / "key").write_text("s3cret-key-123\n")
     with running(policy, api_key="s3cret-key-123") as port:
-        command = [sys.executable, str(Path(__file__).parents[1] / "examples" / "robot_loop.py"), "--port", str(port),
-                   "--episode", str(episode), "--api-key-file", str(tmp_path / "key")]  # fmt: skip
+        command = robot_loop(port, episode, "--api-key-file", str(tmp_path / "key"))
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         (tmp_path / "key").write_text("guess\n")
         refused = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

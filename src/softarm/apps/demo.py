@@ -196,6 +196,7 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
     counts = ", ".join(f"{task} {options.eval_episodes[task]}" for task in tasks)
     _stage(4, f"closed-loop evaluation on held-out episodes, per policy: {counts}")
     evaluations: dict[str, dict[str, list[Path]]] = {}
+    filmed: dict[str, Path] = {}  # per task, the one evaluation filmed: its rollouts go next to the report
     # one set of processes for every evaluation: each pays its imports once
     with eval_pool(eval_workers(max(options.eval_episodes[task] for task in tasks))) as pool:
         for task in tasks:
@@ -204,20 +205,19 @@ def run_demo(out: str | Path, options: DemoOptions = DemoOptions()) -> dict[str,
             models = MODELS if options.base or task in trained else ()
             # only the rollouts the report shows are filmed (rendering every step of an episode): the graph model's,
             # or the expert's where no model is scored
-            filmed, films = out / "eval" / task / ("graph" if models else "expert"), 2 if models else 1
+            shown = filmed[task] = out / "eval" / task / ("graph" if models else "expert")
+            films, count = 2 if models else 1, options.eval_episodes[task]
             for policy in ("expert", "expert-blind", *(["base"] if options.base else []), *models, "random"):
                 scored = _scored(out / "eval" / task, policy, options, checkpoints, runs)
-                count = options.eval_episodes[task]
                 evaluations[task][policy] = [
-                    _evaluate(task, policy, checkpoint, eval_dir, count, options, pool, films * (eval_dir == filmed))
-                    for checkpoint, eval_dir in scored  # filmed: `films` episodes, the others none
+                    _evaluate(task, policy, checkpoint, eval_dir, count, options, pool, films * (eval_dir == shown))
+                    for checkpoint, eval_dir in scored  # the one shown: `films` episodes, the others none
                 ]
     _stage(5, "writing the report")
     intro = _intro(options, arm, cards, [task for task in tasks if task not in trained])
-    for task in tasks:  # the graph model's rollouts next to the report (the expert's where no model was scored)
-        gif = out / "eval" / task / ("graph" if "graph" in evaluations[task] else "expert") / "rollouts.gif"
-        if gif.is_file():
-            shutil.copyfile(gif, out / f"rollouts_{task}.gif")
+    for task, directory in filmed.items():
+        if (directory / "rollouts.gif").is_file():
+            shutil.copyfile(directory / "rollouts.gif", out / f"rollouts_{task}.gif")
     write_report(out, evaluations, runs, intro=intro, cameras=[camera.name for camera in arm.cameras])
     return {
         task: {policy: json.loads(files[0].read_text())["summary"] for policy, files in policies.items()}
