@@ -16,7 +16,7 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
 from softarm.sim import generate as generate_module
-from softarm.sim.agents import ExpertAgent
+from softarm.sim.agents import ExpertAgent, RandomAgent
 from softarm.sim.arm_model import ARMS, ArmSpec
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate
@@ -544,6 +544,60 @@ def test_noisy_demonstrations_label_the_experts_command_not_the_executed_one(env
     np.testing.assert_array_equal(again.graph_nodes, noisy.graph_nodes)  # the noise is seeded by the episode
     with pytest.raises(ValueError, match=r"action noise must be >= 0, got -0\.1"):
         run_episode(env, static, task, spec, ExpertAgent(static), action_noise=-0.1)
+
+
+def test_an_executor_drives_the_arm_while_the_expert_labels(env) -> None:
+    """DAgger: another agent's commands reach the arm, the expert's are recorded; scores are the executor's."""
+    static, task = StaticArm(env), TASKS["follow"]
+    spec = task.sample(3, static, env.control_hz)
+    clean = run_episode(env, static, task, spec, ExpertAgent(static))
+    driven = run_episode(env, static, task, spec, ExpertAgent(static), executor=RandomAgent(env.spec))
+    # follow's expert aims at where the ball will be, whatever the arm does: the labels are the clean run's
+    np.testing.assert_allclose(driven.actions, clean.actions, atol=1e-6)
+    replay = RandomAgent(env.spec)
+    replay.reset(spec, env.control_hz)
+    commands = np.stack([replay.act({}) for _ in range(driven.steps)])
+    np.testing.assert_allclose(driven.graph_nodes[1:, :, 16], commands[:-1], atol=1e-6)  # what the arm received
+    assert clean.success
+    assert not driven.success
+    assert np.median(driven.errors) > 5 * np.median(clean.errors)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomExecutor:
+    name: str = "random"
+
+    def __call__(self, static: StaticArm) -> RandomAgent:
+        return RandomAgent(static.env.spec)
+
+
+def test_generation_with_an_executor_keeps_every_episode_and_names_it(env, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    result = generate("reach", 2, raw, seed=7, executor=RandomExecutor())
+    assert (result.written, result.failed, sorted(result.missed_under_noise)) == (2, [], [7, 8])
+    manifest = json.loads((raw / "generate_reach.json").read_text())
+    assert (manifest["executor"], manifest["missed_under_noise_seeds"]) == ("random", [7, 8])
+    episode = read_episode(raw / "reach_000007.hdf5")
+    static = StaticArm(env)
+    spec = TASKS["reach"].sample(7, static, env.control_hz)
+    expert = run_episode(env, static, TASKS["reach"], spec, ExpertAgent(static), stop_on_success=False)
+    np.testing.assert_allclose(episode.actions, expert.actions[: len(episode.actions)], atol=1e-6)  # the labels
+    assert np.abs(episode.graph_nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.5  # the executed commands
+    refused = r"hard_only False executor 'random'; choose another --out for seed 7 noise 0\.0 .* executor None$"
+    with pytest.raises(ValueError, match=refused):
+        generate("reach", 2, raw, seed=7)
+
+
+def test_sim_generate_drives_the_arm_with_a_checkpoint(pretrained: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    base = pretrained / "base" / "graph"
+    assert main(["sim", "generate", "--task", "reach", "--episodes", "1", "--out", str(raw), "--executor",
+                 str(base), "--executor-replan", "4", "--executor-noise-scale", "0"]) == 0  # fmt: skip
+    manifest = json.loads((raw / "generate_reach.json").read_text())
+    assert manifest["executor"] == f"{base} (re-plan 4, noise scale 0)"
+    episode = read_episode(raw / "reach_000000.hdf5")
+    assert episode.actions.shape[1] == ARMS["pneumatic"].num_actuators
+    assert np.abs(episode.graph_nodes[1:, :, 16] - episode.actions[:-1]).max() > 0.01  # the policy drove the arm
 
 
 def test_noisy_generation_keeps_misses_records_noise_and_converts(tmp_path: Path) -> None:

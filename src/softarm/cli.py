@@ -290,9 +290,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_sim_generate(args: argparse.Namespace) -> int:
     from softarm.sim.generate import generate
 
+    executor = None
+    if args.executor is not None:
+        from softarm.apps.evaluate import PolicyExecutor
+
+        executor = PolicyExecutor(args.executor, args.executor_replan, args.executor_noise_scale, args.arm)
     result = generate(
         args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, workers=args.workers, arm=args.arm,
-        plan_from=args.plan_from, hold_steps=args.hold_steps, hard_only=args.hard_only,
+        plan_from=args.plan_from, hold_steps=args.hold_steps, hard_only=args.hard_only, executor=executor,
     )  # fmt: skip
     failed = f", expert failed on seeds {result.failed} (not written)" if result.failed else ""
     passed = f", passed over {result.passed_over} seeds that are not hard" if args.hard_only else ""
@@ -424,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--hard-only", action="store_true",
                      help="record only the seeds whose ball lies far from the arm's axis or whose payload is light "
                           "(where policies miss reach most); the others are passed over")  # fmt: skip
+    gen.add_argument("--executor", metavar="CHECKPOINT",
+                     help="a checkpoint whose policy drives the arm while the expert labels every step (DAgger): the "
+                          "states its own mistakes lead to, with what the expert would do there")  # fmt: skip
+    gen.add_argument("--executor-replan", type=int, default=8, help="the executor's re-plan period (control steps)")
+    gen.add_argument("--executor-noise-scale", type=float, default=1.0,
+                     help="of the executor's sampling (as softarm eval --noise-scale)")  # fmt: skip
     gen.set_defaults(func=cmd_sim_generate)
     ev = verbs.add_parser("eval", help="closed-loop success rate of a checkpoint (or the expert / random) in sim")
     ev.add_argument("--checkpoint", help="a checkpoint directory written by softarm train (for --policy model)")

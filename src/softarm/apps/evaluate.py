@@ -211,6 +211,26 @@ def make_agent(options: EvalOptions, static: StaticArm):
     return ModelAgent(policy, options.replan, delay, options.execution, options.ensemble_decay)
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyExecutor:
+    """A checkpoint's policy driving the arm while the expert labels every step (`softarm sim generate --executor`,
+    DAgger), run as `softarm eval` runs it; made in each recording process (`softarm.sim.generate.ExecutorFactory`)."""
+
+    checkpoint: str
+    replan: int = EvalOptions.replan
+    noise_scale: float = EvalOptions.noise_scale
+    arm: str = DEFAULT_ARM
+
+    @property
+    def name(self) -> str:
+        return f"{self.checkpoint} (re-plan {self.replan}, noise scale {self.noise_scale:g})"
+
+    def __call__(self, static: StaticArm) -> ModelAgent:
+        options = EvalOptions(policy="model", checkpoint=self.checkpoint, replan=self.replan,
+                              noise_scale=self.noise_scale, arm=self.arm)  # fmt: skip
+        return make_agent(options, static)
+
+
 def reusable_report(options: EvalOptions, out_dir: str | Path) -> dict | None:
     """The eval.json in `out_dir` if it was written for these options, else None: re-runs of the demo and the
     benchmarks skip finished evaluations. Files from before a setting was recorded count as its default."""

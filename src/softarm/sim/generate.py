@@ -11,6 +11,9 @@ when it senses fewer than the 19), its edges, its actuators' commands and its ca
 `noise` > 0 records demonstrations with corrections (DART, Laskey et al. 2017): the expert's commands are executed
 with Gaussian noise, so the arm strays from the expert's own path, and each step is labelled with the command the
 expert gives for the state it is really in. A policy trained on them has seen how to get back onto the path.
+`executor` goes further (DAgger, Ross et al. 2011): a learned policy drives the arm and the expert labels every
+step, so the states recorded are those the policy's own mistakes lead to; a policy that leans on a cue its
+demonstrations share (a tracking arm trails the ball it follows) meets the states where that cue is wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import functools
 import json
 import multiprocessing
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -30,7 +34,7 @@ from softarm.data.recorder import EpisodeRecorder
 from softarm.sim.agents import DEFAULT_PLAN_FROM, PLAN_FROM, ExpertAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
-from softarm.sim.rollout import run_episode
+from softarm.sim.rollout import Agent, run_episode
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import TASKS, is_hard
 
@@ -39,13 +43,23 @@ EVAL_SEED = 1_000_000
 HOLD_STEPS = 3  # steps recorded after success (the tip held on the target), so demonstrations show stopping
 
 
+class ExecutorFactory(Protocol):
+    """Makes, once per recording process, the agent that drives the arm while the expert labels; picklable (it
+    travels to the recording processes), `name` is what the manifest records."""
+
+    name: str
+
+    def __call__(self, static: StaticArm) -> Agent: ...
+
+
 @dataclasses.dataclass
 class GenerateResult:
     out_dir: Path
     written: int
     reused: int
     failed: list[int]  # episode seeds the expert did not solve (not written)
-    missed_under_noise: list[int] = dataclasses.field(default_factory=list)  # written: the noise made them miss
+    # written: the noise (or the executor) made them miss, the labels are still the expert's
+    missed_under_noise: list[int] = dataclasses.field(default_factory=list)
     passed_over: int = 0  # seeds left out by `hard_only` (never simulated)
 
 
@@ -82,14 +96,17 @@ def _record(
     plan_from: str,
     hold_steps: int,
     hard_only: bool,
+    executor: ExecutorFactory | None,
     episode_seed: int,
 ) -> tuple[int, bool | None]:
-    """Run the expert on one episode and write it (unless the noise-free expert failed); returns (seed, success), or
-    (seed, None) for an episode `hard_only` passes over (`softarm.sim.tasks.is_hard`)."""
+    """Run the expert on one episode (or the executor, the expert labelling) and write it (unless the expert alone
+    failed); returns (seed, success), or (seed, None) for an episode `hard_only` passes over
+    (`softarm.sim.tasks.is_hard`)."""
     if not _WORKER:
         env = SoftArmEnv(ARMS[arm])
         static = StaticArm(env)
-        _WORKER.update(env=env, static=static, expert=ExpertAgent(static, plan_from=plan_from))
+        _WORKER.update(env=env, static=static, expert=ExpertAgent(static, plan_from=plan_from),
+                       executor=executor(static) if executor is not None else None)  # fmt: skip
     env, static, expert = _WORKER["env"], _WORKER["static"], _WORKER["expert"]
     task = TASKS[task_name]
     spec = task.sample(episode_seed, static, env.control_hz)
@@ -111,11 +128,11 @@ def _record(
 
     try:
         rollout = run_episode(env, static, task, spec, expert, hold_steps=hold_steps, action_noise=noise,
-                              on_step=record)  # fmt: skip
+                              on_step=record, executor=_WORKER["executor"])  # fmt: skip
     except BaseException:
         recorder.abort()
         raise
-    if rollout.success or noise:
+    if rollout.success or noise or executor is not None:
         recorder.close()
         partial.rename(path)
     else:
@@ -135,11 +152,13 @@ def generate(
     plan_from: str = DEFAULT_PLAN_FROM,
     hold_steps: int = HOLD_STEPS,
     hard_only: bool = False,
+    executor: ExecutorFactory | None = None,
 ) -> GenerateResult:
     """Record `episodes` expert episodes of `task_name` on `arm` (seeds `seed`...) into `out_dir`, in `workers`
     processes; `plan_from` is the expert's (`ExpertAgent`); each episode ends `hold_steps` after success. With
     `hard_only`, only the seeds whose episode is hard (`softarm.sim.tasks.is_hard`: a far ball or a light payload)
-    are recorded: fewer than `episodes` files, the rest passed over."""
+    are recorded: fewer than `episodes` files, the rest passed over. `executor` drives the arm instead of the expert,
+    which still labels every step (DAgger); every episode is then kept, whether the executor succeeded or not."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {sorted(TASKS)}")
     if arm not in ARMS:
@@ -156,14 +175,17 @@ def generate(
         raise ValueError(f"seeds {seed}..{seed + episodes - 1} would overlap the evaluation seeds (>= {EVAL_SEED})")
     out_dir = Path(out_dir)
     manifest = {"task": task_name, "seed": seed, "noise": noise, "arm": arm, "plan_from": plan_from,
-                "hold_steps": hold_steps, "hard_only": hard_only}  # fmt: skip
+                "hold_steps": hold_steps, "hard_only": hard_only,
+                "executor": executor.name if executor is not None else None}  # fmt: skip
     manifest_path = out_dir / MANIFEST.format(task=task_name)  # one per task: a directory may hold a mixture
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if previous:  # written before there were other arms, plans from rest, other hold times
         previous = {"arm": DEFAULT_ARM, "plan_from": "current", "hold_steps": HOLD_STEPS, "hard_only": False,
-                    **previous}  # fmt: skip
+                    "executor": None, **previous}  # fmt: skip
     if previous and {k: previous.get(k) for k in manifest} != manifest:
-        was, now = (" ".join(f"{k} {m.get(k)!r}" for k in manifest if k != "task") for m in (previous, manifest))
+        # an executor is named only where one drove
+        named = [k for k in manifest if k != "task" and (k != "executor" or previous.get(k) or manifest[k])]
+        was, now = (" ".join(f"{k} {m.get(k)!r}" for k in named) for m in (previous, manifest))
         raise ValueError(f"{out_dir} holds episodes of task {task_name!r} {was}; choose another --out for {now}")
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [s for s in range(seed, seed + episodes) if not _episode_path(out_dir, task_name, s).is_file()]
@@ -173,7 +195,8 @@ def generate(
         s for s in previous.get("missed_under_noise_seeds", []) if seed <= s < seed + episodes and s not in todo
     ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
-    job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps, hard_only)
+    job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps, hard_only, executor)
+    kept_on_miss = bool(noise) or executor is not None  # the labels are still the expert's
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)
@@ -188,9 +211,9 @@ def generate(
                 result.passed_over += 1
                 continue
             if not success:
-                # Under noise a miss is the noise's doing and the labels are still the expert's: the episode is kept.
-                (result.missed_under_noise if noise else result.failed).append(episode_seed)
-            result.written += success or bool(noise)
+                # Under noise (or an executor) a miss is theirs and the labels are the expert's: the episode is kept.
+                (result.missed_under_noise if kept_on_miss else result.failed).append(episode_seed)
+            result.written += success or kept_on_miss
             progress.set_postfix(failed=len(result.failed), missed_under_noise=len(result.missed_under_noise))
     progress.close()
     summary = {**manifest, "episodes": episodes, "written": result.written, "reused": result.reused,

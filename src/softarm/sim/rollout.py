@@ -27,7 +27,7 @@ class Rollout:
     spec: EpisodeSpec
     graph_nodes: np.ndarray  # [T, N, 19] what the agent saw at each step
     state: np.ndarray  # [T, A]
-    actions: np.ndarray  # [T, A] what it commanded (before any execution noise)
+    actions: np.ndarray  # [T, A] what it commanded (before any execution noise; the labels when an executor drove)
     errors: np.ndarray  # [T] tip-target distance (m) after each action
     images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3] (empty unless recorded)
     success: bool
@@ -50,14 +50,17 @@ def run_episode(
     hold_steps: int = 0,
     action_noise: float = 0.0,
     on_step: Callable[[dict, np.ndarray], None] | None = None,
+    executor: Agent | None = None,
 ) -> Rollout:
     """Run `agent` from the spec's rest pose until the time limit, or `hold_steps` after success.
 
     `action_noise` > 0 executes the agent's command plus Gaussian noise of that standard deviation in half command
     ranges (1 for chambers in [-1, 1], 0.5 for tendons in [0, 1]; seeded by the episode) while `actions` records the
     command itself: DART-style demonstrations, whose states stray from the agent's own path and whose labels say how
-    to get back. `on_step(observation, action)` sees every step as it happens, images included (a recorder writing
-    the episode as it goes); its images are not kept in the rollout."""
+    to get back. `executor`, when given, drives the arm instead while `agent` still labels every step (DAgger, Ross
+    et al. 2011: a learned policy visits the states its own mistakes lead to, the expert says what to do there);
+    `errors` and success are then the executor's. `on_step(observation, action)` sees every step as it happens,
+    images included (a recorder writing the episode as it goes); its images are not kept in the rollout."""
     if action_noise < 0:
         raise ValueError(f"action noise must be >= 0, got {action_noise}")
     noise = np.random.default_rng([spec.seed, 4])
@@ -67,12 +70,14 @@ def run_episode(
     env.reset(static.equilibrium(spec.initial_command), spec.initial_command)
     env.place_balls(spec.balls(0))
     agent.reset(spec, hz)
+    if executor is not None:
+        executor.reset(spec, hz)
     graph_nodes, state, actions, errors = [], [], [], []
     images: dict[str, list[np.ndarray]] = {camera: [] for camera in env.cameras} if record_images else {}
     stop_at = len(spec.targets) - 1
     for k in range(len(spec.targets) - 1):
         observation = {"graph_nodes": env.node_features(), "state": env.state(), "prompt": spec.prompt}
-        if record_images or agent.needs_images or on_step is not None:
+        if record_images or agent.needs_images or on_step is not None or (executor and executor.needs_images):
             observation["images"] = env.render()
             for camera, frames in images.items():
                 frames.append(observation["images"][camera])
@@ -82,7 +87,8 @@ def run_episode(
         graph_nodes.append(observation["graph_nodes"])
         state.append(observation["state"])
         actions.append(action)
-        env.step(action + noise.normal(0.0, action_noise * scale, action.shape) if action_noise else action)
+        executed = action if executor is None else np.asarray(executor.act(observation), np.float32)  # env.step clips
+        env.step(executed + noise.normal(0.0, action_noise * scale, action.shape) if action_noise else executed)
         env.place_balls(spec.balls(k + 1))
         errors.append(float(np.linalg.norm(env.tip_position() - spec.targets[k + 1])))
         if stop_on_success and stop_at == len(spec.targets) - 1 and task.done(np.asarray(errors)):
