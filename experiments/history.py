@@ -18,9 +18,17 @@ into OUT; finished runs and evaluations are reused, so `--replan R` scores the s
 re-plan period (history_replanR.*): at 8, even a policy that knows the ball's position and velocity exactly at every
 re-plan misses `follow` (docs/history.md).
 
+`--dagger N` adds DAgger rounds (`--dagger-rounds`, default 1): each model drives the arm through N new `follow`
+episodes while the expert labels every step (`softarm sim generate --executor`), and the next round's model is
+trained from the base on the demonstrations plus every round's recordings (the `follow` share of each batch split
+over them by episodes). A policy that reads the way round off its own arm (a tracking expert trails the ball) meets
+there the states in which that cue is wrong. `--only VARIANT` (named as the table names it) trains and scores only
+those variants, e.g. a further round of one of them.
+
     .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
     .venv/bin/python experiments/history.py --out HISTORY --history-steps 8 --stride 1 --image-steps 0
     .venv/bin/python experiments/history.py --out HISTORY --reach-weight 0.5 --modes --image-steps 4
+    .venv/bin/python experiments/history.py --out HISTORY --reach-weight 0.5 --modes --image-steps 3 --dagger 150
 """
 
 from __future__ import annotations
@@ -31,17 +39,20 @@ import os
 from pathlib import Path
 
 from softarm import layout
-from softarm.apps.evaluate import EvalOptions, eval_workers, evaluate, reusable_report
+from softarm.apps.evaluate import EvalOptions, PolicyExecutor, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import SHIPPED
 from softarm.data.convert import ConvertOptions, convert, convert_first
+from softarm.data.spec import read_meta
 from softarm.model_config import IMAGE_HISTORY_MODES
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
+from softarm.sim.tasks import TRACK_RMSE
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
+DAGGER_SEED = 100_000  # the DAgger rounds' episodes: far from the demonstrations' seeds and the evaluation's
 
 
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -64,9 +75,19 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
-def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) -> str:
-    """Convert the recordings; returns the data override: one dataset of every task, or with --reach-weight one
-    dataset per task mixed by weight, --val held out in proportion to each task's episodes."""
+def slug(variant: str) -> str:
+    """A variant's name as its run's directory names it."""
+    return variant.replace(" ", "_").replace("=", "")
+
+
+def held_out(count: int, args: argparse.Namespace) -> int:
+    """Of `count` episodes, how many are held out: --val in proportion to the demonstrations' count."""
+    return round(args.val * count / (args.follow + args.reach))
+
+
+def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) -> str | dict[Path, float]:
+    """Convert the recordings; returns one dataset of every task (its data override), or with --reach-weight one
+    dataset per task and its weight in the mixture, --val held out in proportion to each task's episodes."""
     cameras = CAMERA_SLOTS.get(args.arm)
     if args.reach_weight is None or len(tasks) < 2:
         prepared = out / "prepared"
@@ -74,14 +95,40 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
             convert(raw, prepared, ConvertOptions(val_episodes=args.val, cameras=cameras))
         return f"data.path={prepared}"
     weights = {args.follow_task: 1.0 - args.reach_weight, "reach": args.reach_weight}
-    entries = []
+    mixture = {}
     for task in tasks:
         count = counts(args)[task]
-        held_out = round(args.val * count / (args.follow + args.reach))
-        options = ConvertOptions(val_episodes=held_out, cameras=cameras)
-        prepared = convert_first(raw, out / f"prepared_{task}", count - held_out, options, prefix=f"{task}_")
-        entries.append(f"{{path: {prepared}, weight: {weights[task]:g}}}")
-    return f"data.datasets=[{', '.join(entries)}]"
+        options = ConvertOptions(val_episodes=held_out(count, args), cameras=cameras)
+        prepared = convert_first(raw, out / f"prepared_{task}", count - held_out(count, args), options,
+                                 prefix=f"{task}_")  # fmt: skip
+        mixture[prepared] = weights[task]
+    return mixture
+
+
+def data_override(data: str | dict[Path, float]) -> str:
+    if isinstance(data, str):
+        return data
+    return f"data.datasets=[{', '.join(f'{{path: {path}, weight: {weight:g}}}' for path, weight in data.items())}]"
+
+
+def dagger_round(
+    data: dict[Path, float], checkpoint: Path, directory: Path, round_: int, args: argparse.Namespace
+) -> dict[Path, float]:
+    """Record --dagger `follow` episodes driven by `checkpoint`'s policy and labelled by the expert into `directory`;
+    returns the mixture with them added, the `follow` share split over its datasets by episodes."""
+    raw = directory / "raw"
+    executor = PolicyExecutor(str(checkpoint), args.replan, args.noise_scale, args.arm)
+    generate(args.follow_task, args.dagger, raw, seed=DAGGER_SEED + (round_ - 1) * args.dagger, arm=args.arm,
+             executor=executor)  # fmt: skip
+    prepared = directory / "prepared"
+    if not (prepared / layout.META_FILE).is_file():
+        options = ConvertOptions(val_episodes=held_out(args.dagger, args), cameras=CAMERA_SLOTS.get(args.arm))
+        convert(raw, prepared, options)
+    follow = [path for path in data if path.name != "prepared_reach"] + [prepared]
+    episodes = {path: sum(e["split"] == "train" for e in read_meta(path)[1]["episodes"]) for path in follow}
+    share = 1.0 - args.reach_weight
+    return {**{path: weight for path, weight in data.items() if path not in follow},
+            **{path: share * n / sum(episodes.values()) for path, n in episodes.items()}}  # fmt: skip
 
 
 def counts(args: argparse.Namespace) -> dict[str, int]:
@@ -89,10 +136,10 @@ def counts(args: argparse.Namespace) -> dict[str, int]:
     return {args.follow_task: args.follow, "reach": args.reach}
 
 
-def trained(data: str, run: Path, history: list[str], args: argparse.Namespace) -> Path:
+def trained(data: str | dict[Path, float], run: Path, history: list[str], args: argparse.Namespace) -> Path:
     final = run / layout.CHECKPOINTS_DIR / str(args.steps)
     if not final.is_dir():
-        overrides = [data, f"train.out_dir={run}", f"train.steps={args.steps}",
+        overrides = [data_override(data), f"train.out_dir={run}", f"train.steps={args.steps}",
                      f"train.save_every={args.steps}", f"train.val_every={args.steps}", f"train.init_from={args.base}",
                      f"data.norm_stats={args.base}", *history, *args.overrides]  # fmt: skip
         train(load_config(args.config, overrides))
@@ -154,6 +201,13 @@ def main() -> None:
     parser.add_argument("--noise-scale", type=float, default=0.0, help="of the models' sampling (softarm eval)")
     parser.add_argument("--replan", type=int, default=EvalOptions.replan,
                         help="actions executed from each chunk before the policy sees the arm again")  # fmt: skip
+    parser.add_argument("--dagger", type=int, default=0,
+                        help="follow episodes each model drives, the expert labelling, per DAgger round")  # fmt: skip
+    parser.add_argument("--dagger-rounds", type=int, default=1, help="DAgger rounds after the demonstrations' models")
+    parser.add_argument("--score-last-round", action="store_true",
+                        help="score only each variant's last round (the earlier ones still record)")  # fmt: skip
+    parser.add_argument("--only", nargs="+", metavar="VARIANT",
+                        help="train and score only these variants, named as the table names them")  # fmt: skip
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--out", type=Path, default=Path("history_out"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
@@ -161,11 +215,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.reach_weight is not None and not 0 < args.reach_weight < 1:
         parser.error(f"--reach-weight must be between 0 and 1, got {args.reach_weight}")
+    if args.dagger and (args.reach_weight is None or args.dagger_rounds < 1):
+        parser.error("--dagger needs --reach-weight (its recordings join the mixture) and --dagger-rounds >= 1")
     if args.smoke:
         args.follow, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 2, 1, ["attend"]
+        args.dagger, args.dagger_rounds = min(args.dagger, 1), 1
         args.reach = 0 if args.reach_weight is None else 1  # a mixture needs both tasks
         args.image_steps = 2
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
+    chosen = variants(args)
+    if args.only is not None:
+        unknown = [name for name in args.only if name not in chosen]
+        if unknown:
+            parser.error(f"--only {unknown}: not among this run's variants {list(chosen)}")
+        chosen = {name: chosen[name] for name in args.only}
     # recording processes: each pays ~8 s of imports, worth it only for many episodes
     out, raw, workers = args.out, args.out / "raw", 1 if args.smoke else min(2, os.cpu_count() or 1)
     tasks = [task for task, count in counts(args).items() if count]  # each scored if trained on
@@ -173,22 +236,31 @@ def main() -> None:
         generate(task, counts(args)[task], raw, arm=args.arm, workers=workers, noise=args.noise)
     data = prepare(tasks, raw, out, args)
     results: dict[str, dict] = {}
-    chosen = variants(args)
     # another re-plan period's evaluations and tables beside the default's
     suffix = "" if args.replan == EvalOptions.replan else f"_replan{args.replan}"
-    if args.smoke:  # no history and the variant with every override: each code path once
-        chosen = {name: chosen[name] for name in (next(iter(chosen)), list(chosen)[-1])}
+    # and a table of some variants beside the table of all
+    table = suffix + ("" if args.only is None else "_" + "+".join(slug(name) for name in chosen))
+    if args.smoke:  # no history and the variant with every override (with DAgger, that one): each code path once
+        names = [list(chosen)[-1]] if args.dagger else [next(iter(chosen)), list(chosen)[-1]]
+        chosen = {name: chosen[name] for name in names}
     for name, history in chosen.items():
-        run = out / "runs" / name.replace(" ", "_").replace("=", "")
-        checkpoint = trained(data, run, history, args)
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        val = [r["val_loss"] for r in metrics if "val_loss" in r]
-        results[name] = {"val_loss": val[-1] if val else None} | {
-            task: score(task, checkpoint, out / "eval" / run.name / f"{task}{suffix}", args) for task in tasks
-        }
-    (out / f"history{suffix}.json").write_text(json.dumps(results, indent=2))
+        run = out / "runs" / slug(name)
+        models, mixture = [(name, run, trained(data, run, history, args))], data
+        for round_ in range(1, (args.dagger_rounds if args.dagger else 0) + 1):
+            mixture = dagger_round(mixture, models[-1][2], out / "dagger" / f"{run.name}_{round_}", round_, args)
+            following = run.with_name(f"{run.name}_dagger{round_}")
+            models.append((f"{name}, DAgger {round_}", following, trained(mixture, following, history, args)))
+        for label, model_run, checkpoint in models[-1:] if args.score_last_round else models:
+            metrics = [json.loads(line) for line in (model_run / "metrics.jsonl").read_text().splitlines()]
+            val = [r["val_loss"] for r in metrics if "val_loss" in r]
+            results[label] = {"val_loss": val[-1] if val else None} | {
+                task: score(task, checkpoint, out / "eval" / model_run.name / f"{task}{suffix}", args) for task in tasks
+            }
+    (out / f"history{table}.json").write_text(json.dumps(results, indent=2))
     mix = "" if args.reach_weight is None else f", {100 * args.reach_weight:g} % of samples from reach"
     dart = f", recorded with command noise {args.noise:g}" if args.noise else ""
+    if args.dagger:
+        dart += f"; DAgger: {args.dagger} {args.follow_task} episodes driven by each round's model"
     lines = [f"From {args.base}: {args.follow} {args.follow_task} + {args.reach} reach demonstrations{dart} "
              f"({args.val} held out{mix}), "
              f"{args.steps} steps, "
@@ -198,10 +270,10 @@ def main() -> None:
     for name, r in results.items():
         val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
         lines.append(f"| {name} | {val} | {' | '.join(cell(r[task]) for task in tasks)} |")
-    (out / f"history{suffix}.md").write_text("\n".join(lines) + "\n")
+    (out / f"history{table}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, tracking) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(2, 1))
     width = 0.8 / len(results)
     for i, (name, r) in enumerate(results.items()):
         for j, task in enumerate(tasks):
@@ -213,8 +285,14 @@ def main() -> None:
     ax.set(xticks=[k + width * (len(results) - 1) / 2 for k in range(len(tasks))], xticklabels=tasks, ylim=(0, 105),
            ylabel="success (%), 95 % interval", title="history, from the sim base")  # fmt: skip
     ax.legend(fontsize=8)
-    save_figure(fig, out / f"history{suffix}.png")
-    print(f"wrote {out}/history{suffix}.json, .md and .png")
+    # how close each model tracks the ball: it can come far closer to the 15 mm follow asks before any episode passes
+    rmse = [r.get(args.follow_task, {}).get("tracking_rmse_mm_median") or 0.0 for r in results.values()]
+    tracking.bar(range(len(results)), rmse, color=[f"C{i}" for i in range(len(results))])
+    tracking.axhline(1000 * TRACK_RMSE, color="k", ls=":", label="success below")
+    tracking.set(xticks=[], ylabel="tracking RMSE (mm), median", title=args.follow_task)
+    tracking.legend(fontsize=8)
+    save_figure(fig, out / f"history{table}.png")
+    print(f"wrote {out}/history{table}.json, .md and .png")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
             "| expert | 1/1 (21-100 %) | ",
         ),
         "experiments/history.py": (
-            [*history, "--follow-task", "follow_axis", "model.preset=tiny"],
-            "1 follow_axis + 1 reach demonstrations, recorded with command noise 0.05",
+            [*history, "--follow-task", "follow_axis", "--dagger", "1", "model.preset=tiny"],
+            "recorded with command noise 0.05; DAgger: 1 follow_axis episodes driven by each round's model",
         ),
         "experiments/motion_probe.py": (["--base", str(base), "--workers", "1", "--out", str(tmp_path)], "| 2 (1) | "),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
@@ -121,3 +121,17 @@ def test_motion_probe_targets_tell_the_way_round() -> None:
     # the motion along the anticlockwise tangent: positive one way round, negative the other
     way = (y[:, 3:] * tangents).sum(1)
     assert list(np.sign(way)) == [1.0, -1.0, 1.0]
+
+
+def test_history_refuses_a_variant_it_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["history.py", "--modes", "--image-steps", "3", "--image-modes", "attend", "--only", "frames K=3", "stack"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(ROOT / "experiments" / "history.py"), run_name="__main__")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only ['frames K=3', 'stack']: not among this run's variants ['no history', 'frames K=3 attend']" in err
+    assert list(tmp_path.iterdir()) == []  # refused before recording anything
