@@ -120,7 +120,7 @@ def dagger_round(
     executor = PolicyExecutor(str(checkpoint), args.replan, args.noise_scale, args.arm)
     generate(args.follow_task, args.dagger, raw, seed=DAGGER_SEED + (round_ - 1) * args.dagger, arm=args.arm,
              executor=executor)  # fmt: skip
-    prepared = directory / "prepared"
+    prepared = directory / f"prepared_{directory.name}"  # named apart: a mixture names its datasets by directory
     if not (prepared / layout.META_FILE).is_file():
         options = ConvertOptions(val_episodes=held_out(args.dagger, args), cameras=CAMERA_SLOTS.get(args.arm))
         convert(raw, prepared, options)
