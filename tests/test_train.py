@@ -19,8 +19,10 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.prepared import PreparedDataset
 from softarm.layout import FORMAT_VERSION
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import preset
 from softarm.train.config import ConfigError, load_config
-from softarm.train.loop import train
+from softarm.train.loop import freeze, train
 from softarm.weights import load_model
 from tests.conftest import raw_dir
 
@@ -312,6 +314,7 @@ def test_two_rank_fsdp_with_lora_and_ema_trains_and_resumes_like_ddp(prepared: P
         (["data.path=/nonexistent"], "data.path: '/nonexistent' is not a prepared dataset (no meta.json there)"),
         (["model.overrides.fusion=tokens"], "model: fusion must be one of"),
         (["train.ema_decay=1.5"], "train.ema_decay: must be in (0, 1), got 1.5"),
+        (["train.freeze=[expert]", "lora.expert_rank=4"], "train.freeze: 'expert' would freeze the adapters of lora."),
         (["train.strategy=zero"], "train.strategy: must be one of ['ddp', 'fsdp'], got 'zero'"),
         (["train.init_from=/nowhere"], "train.init_from: no model.safetensors in /nowhere"),
         (["data.action_padding=zero"], "data.action_padding: must be one of ['hold', 'mask'], got 'zero'"),
@@ -342,6 +345,29 @@ def test_a_dataset_of_another_format_is_refused_by_training_and_by_the_reader(tm
         load_config(CONFIG, [f"data.path={old}"]).validate()
     with pytest.raises(ValueError, match=re.escape(expected)):
         PreparedDataset(old)
+
+
+@pytest.mark.parametrize("pi05", [False, True])
+def test_freezing_the_action_expert_leaves_the_vlm_and_the_graph_training(pi05: bool) -> None:
+    model = PI0GraphPytorch(preset("tiny", pi05=pi05, fusion="prefix" if pi05 else "state"))
+    freeze(model, ())
+    unused = {name for name, p in model.named_parameters() if not p.requires_grad}  # never in the loss
+    freeze(model, ("expert",))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad} - unused
+    assert all(name.startswith(("paligemma_with_expert.gemma_expert.", "action_", "time_mlp_")) for name in frozen)
+    assert not any(name.startswith("paligemma_with_expert.gemma_expert.") for name in trained)
+    assert "action_out_proj.weight" in frozen
+    assert "action_in_proj.weight" in frozen
+    assert ("time_mlp_in.weight" if pi05 else "action_time_mlp_in.weight") in frozen
+    # what reads the images, the prompt and the graph still learns
+    assert any(name.startswith("paligemma_with_expert.paligemma.") for name in trained)
+    assert any(name.startswith("graph_") for name in trained)
+    assert pi05 or "state_proj.weight" in trained
+    freeze(model, ("vision", "vlm", "expert"))
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+        name for name in trained if not name.startswith("paligemma_with_expert.paligemma.")
+    }
 
 
 def test_yaml_floats_and_lists() -> None:

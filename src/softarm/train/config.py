@@ -153,7 +153,7 @@ class TrainSection:
     out_dir: str = "runs/debug"
     init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
-    freeze: tuple[Literal["vision", "vlm"], ...] = ()
+    freeze: tuple[Literal["vision", "vlm", "expert"], ...] = ()  # expert: the action expert and its action layers
     image_augmentation: bool = True  # openpi's random crop, rotation and colour jitter of the training images
     log_every: int = 10
     val_every: int = 50
@@ -203,6 +203,9 @@ class TrainConfig:
             value, least = getattr(getattr(self, section), name), 0 if section == "lora" else 1
             if value < least:
                 raise ConfigError(f"{key}: must be >= {least}{' (0 = no LoRA)' if least == 0 else ''}, got {value}")
+        for part, rank in (("vlm", "rank"), ("expert", "expert_rank")):
+            if part in self.train.freeze and getattr(self.lora, rank):
+                raise ConfigError(f"train.freeze: {part!r} would freeze the adapters of lora.{rank} too; drop one")
         if self.train.ema_decay is not None and not 0 < self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: must be in (0, 1), got {self.train.ema_decay}")
         if self.optim.anchor_decay < 0 or self.optim.anchor_decay * max(self.optim.lr, self.optim.end_lr) > 1:

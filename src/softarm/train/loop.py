@@ -127,6 +127,11 @@ def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> to
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
+# the action expert's own layers: how a chunk is drawn from what the prefix holds (state_proj is the graph's slot)
+EXPERT_PROJECTIONS = ("action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out", "time_mlp_in",
+                      "time_mlp_out")  # fmt: skip
+
+
 def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
     """Freeze backbone parts; the graph encoder and fusion layers always train."""
     for name in model.unused_parameter_names():
@@ -137,6 +142,11 @@ def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
         paligemma.model.multi_modal_projector.requires_grad_(False)
     if "vlm" in parts:
         paligemma.requires_grad_(False)
+    if "expert" in parts:
+        model.paligemma_with_expert.gemma_expert.requires_grad_(False)
+        for name in EXPERT_PROJECTIONS:
+            if hasattr(model, name):  # π0 and π0.5 differ in their time layers
+                getattr(model, name).requires_grad_(False)
 
 
 @torch.no_grad()
