@@ -7,7 +7,8 @@ datasets; with `--base DIR` (one base per model, `graph/` and `no_graph/`, as mo
 base of its model (configs/finetune.yaml with the vision tower trained, the base's tokenizer, every dataset normalised
 by its own statistics), so that a task that needs vision, `reach`, can be measured in CPU minutes. Joint runs draw half
 their samples from each arm (`data.datasets` weights 1 : 1) and name the arm in the prompt (`--embedding` adds joint
-graph runs that name it by a learned arm embedding instead). With `--seeds N` every cell trains N seeds and pools their
+graph runs that name it by a learned arm embedding instead; `--matched` joint runs of twice the steps, which see as
+many of the target's samples as a run alone). With `--seeds N` every cell trains N seeds and pools their
 evaluations (N x the episodes, one Wilson interval over the pooled count). The expert on the same evaluation episodes is
 the reference. Writes arm_transfer.json, arm_transfer.md (the table) and arm_transfer.png into OUT; finished runs and
 evaluations are reused.
@@ -44,12 +45,14 @@ def dataset(out: Path, raw: Path, name: str, count: int, val: int, arm: str) -> 
     return convert_first(raw, out / name, count, ConvertOptions(val_episodes=val, cameras=CAMERA_SLOTS.get(arm)))
 
 
-def trained(run: Path, data: list[str], name: str, seed: int, args: argparse.Namespace, *extra: str) -> Path:
+def trained(
+    run: Path, data: list[str], name: str, seed: int, steps: int, args: argparse.Namespace, *extra: str
+) -> Path:
     """Train one cell's model (`name`: a key of FUSIONS) with one seed; its final checkpoint."""
-    final = run / layout.CHECKPOINTS_DIR / str(args.steps)
+    final = run / layout.CHECKPOINTS_DIR / str(steps)
     if not final.is_dir():
-        overrides = [*data, f"train.out_dir={run}", f"train.steps={args.steps}", f"train.save_every={args.steps}",
-                     f"train.val_every={args.steps}", f"model.overrides.fusion={FUSIONS[name]}",
+        overrides = [*data, f"train.out_dir={run}", f"train.steps={steps}", f"train.save_every={steps}",
+                     f"train.val_every={steps}", f"model.overrides.fusion={FUSIONS[name]}",
                      f"train.seed={seed}", f"data.tokenizer={tokenizer(args)}"]  # fmt: skip
         if args.base is not None:  # the arms are not (all) the base's: each dataset its own statistics, and the
             # vision tower trains too (other cameras), as experiments/base_transfer.py measured it
@@ -80,22 +83,26 @@ def score(policy: str, checkpoint: Path | None, out: Path, args: argparse.Namesp
 
 
 def runs(args: argparse.Namespace, source: Path, target: dict[int, Path]) -> dict[str, dict]:
-    """Every cell: (alone | joint) x (graph | no graph) per count, and the embedding-named joint graph runs."""
+    """Every cell: (alone | joint) x (graph | no graph) per count, the joint runs of twice the steps (half of each
+    joint batch is the target's) and the embedding-named joint graph runs."""
     results = {}
     for count in args.counts:
         both = f"data.datasets=[{{path: {source}, arm: {args.source}}}, {{path: {target[count]}, arm: {args.target}}}]"
-        cells = [(f"{how} {name}", name, [f"data.path={target[count]}"] if how == "alone" else [both], [])
-                 for name in args.fusions for how in ("alone", "joint")]  # fmt: skip
+        cells = []
+        for name in args.fusions:
+            cells += [(f"alone {name}", name, [f"data.path={target[count]}"], args.steps, []),
+                      (f"joint {name}", name, [both], args.steps, [])]  # fmt: skip
+            if args.matched:
+                cells.append((f"joint {name}, 2x steps", name, [both], 2 * args.steps, []))
         if args.embedding:
-            cells.append(
-                ("joint graph, arm embedding", "graph", [both], ["model.overrides.arm_conditioning=embedding"])
-            )
-        for cell, name, data, extra in cells:
+            embedding = ["model.overrides.arm_conditioning=embedding"]
+            cells.append(("joint graph, arm embedding", "graph", [both], args.steps, embedding))
+        for cell, name, data, steps, extra in cells:
             key = f"{cell} {count}"
             summaries = []
             for seed in range(args.seeds):
                 run = args.out / "runs" / (key.replace(" ", "_").replace(",", "") + (f"_seed{seed}" if seed else ""))
-                checkpoint = trained(run, data, name, seed, args, *extra)
+                checkpoint = trained(run, data, name, seed, steps, args, *extra)
                 summaries.append(score("model", checkpoint, args.out / "eval" / run.name, args))
             results[key] = pooled(summaries) | {"cell": cell, "k": count}
     return results
@@ -108,7 +115,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
     start = f"fine-tuned from {args.base}" if args.base is not None else "from scratch"
     lines = [f"`{args.task}` on the {args.target} arm with K of its demonstrations, alone or with "
              f"{args.source_episodes} of the {args.source} arm's; {args.episodes} held-out episodes per cell, "
-             f"{args.steps} steps each, {start}, {args.seeds} seed(s) pooled, noise scale {args.noise_scale:g}; "
+             f"{args.steps} steps each{' (2x: twice as many)' if args.matched else ''}, {start}, "
+             f"{args.seeds} seed(s) pooled, noise scale {args.noise_scale:g}; "
              f"expert {expert['successes']}/{expert['episodes']}", "",
              "| K | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]  # fmt: skip
     for count in args.counts:
@@ -154,6 +162,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="closed-loop evaluation episodes per cell")
     parser.add_argument("--fusions", nargs="+", choices=list(FUSIONS), default=list(FUSIONS))
     parser.add_argument("--embedding", action="store_true", help="also joint graph runs naming the arm by embedding")
+    parser.add_argument("--matched", action="store_true",
+                        help="also joint runs of twice the steps: as many target samples as alone")  # fmt: skip
     parser.add_argument("--base", type=Path, help="bases to fine-tune (DIR/graph, DIR/no_graph); default: scratch")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per cell, their evaluations pooled")
     parser.add_argument("--noise-scale", type=float, help="of the models' sampling; default 0 from a base, else 1")
