@@ -22,7 +22,8 @@ re-plan misses `follow` (docs/history.md).
 episodes while the expert labels every step (`softarm sim generate --executor`), and the next round's model is
 trained from the base on the demonstrations plus every round's recordings (the `follow` share of each batch split
 over them by episodes). A policy that reads the way round off its own arm (a tracking expert trails the ball) meets
-there the states in which that cue is wrong. `--only VARIANT` (named as the table names it) trains and scores only
+there the states in which that cue is wrong. `--dagger-steps S` trains the rounds' models longer (their data grows
+each round). `--only VARIANT` (named as the table names it) trains and scores only
 those variants, e.g. a further round of one of them.
 
     .venv/bin/python experiments/history.py --out HISTORY                 # follow=300 reach=100, K=4, stride 2
@@ -136,11 +137,11 @@ def counts(args: argparse.Namespace) -> dict[str, int]:
     return {args.follow_task: args.follow, "reach": args.reach}
 
 
-def trained(data: str | dict[Path, float], run: Path, history: list[str], args: argparse.Namespace) -> Path:
-    final = run / layout.CHECKPOINTS_DIR / str(args.steps)
+def trained(data: str | dict[Path, float], run: Path, history: list[str], steps: int, args: argparse.Namespace) -> Path:
+    final = run / layout.CHECKPOINTS_DIR / str(steps)
     if not final.is_dir():
-        overrides = [data_override(data), f"train.out_dir={run}", f"train.steps={args.steps}",
-                     f"train.save_every={args.steps}", f"train.val_every={args.steps}", f"train.init_from={args.base}",
+        overrides = [data_override(data), f"train.out_dir={run}", f"train.steps={steps}",
+                     f"train.save_every={steps}", f"train.val_every={steps}", f"train.init_from={args.base}",
                      f"data.norm_stats={args.base}", *history, *args.overrides]  # fmt: skip
         train(load_config(args.config, overrides))
     return final
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--dagger", type=int, default=0,
                         help="follow episodes each model drives, the expert labelling, per DAgger round")  # fmt: skip
     parser.add_argument("--dagger-rounds", type=int, default=1, help="DAgger rounds after the demonstrations' models")
+    parser.add_argument("--dagger-steps", type=int,
+                        help="training steps of the DAgger rounds' models (default --steps)")  # fmt: skip
     parser.add_argument("--score-last-round", action="store_true",
                         help="score only each variant's last round (the earlier ones still record)")  # fmt: skip
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
@@ -219,10 +222,11 @@ def main() -> None:
         parser.error("--dagger needs --reach-weight (its recordings join the mixture) and --dagger-rounds >= 1")
     if args.smoke:
         args.follow, args.val, args.steps, args.eval_episodes, args.modes = 1, 0, 2, 1, ["attend"]
-        args.dagger, args.dagger_rounds = min(args.dagger, 1), 1
+        args.dagger, args.dagger_rounds, args.dagger_steps = min(args.dagger, 1), 1, 3
         args.reach = 0 if args.reach_weight is None else 1  # a mixture needs both tasks
         args.image_steps = 2
         args.overrides = [*args.overrides, "data.batch_size=4", "data.num_workers=0"]
+    args.dagger_steps = args.dagger_steps or args.steps
     chosen = variants(args)
     if args.only is not None:
         unknown = [name for name in args.only if name not in chosen]
@@ -245,11 +249,15 @@ def main() -> None:
         chosen = {name: chosen[name] for name in names}
     for name, history in chosen.items():
         run = out / "runs" / slug(name)
-        models, mixture = [(name, run, trained(data, run, history, args))], data
+        models, mixture = [(name, run, trained(data, run, history, args.steps, args))], data
         for round_ in range(1, (args.dagger_rounds if args.dagger else 0) + 1):
-            mixture = dagger_round(mixture, models[-1][2], out / "dagger" / f"{run.name}_{round_}", round_, args)
-            following = run.with_name(f"{run.name}_dagger{round_}")
-            models.append((f"{name}, DAgger {round_}", following, trained(mixture, following, history, args)))
+            # a round's recordings and model are named by the steps of the models behind them (round 1's: round 0's)
+            longer = "" if args.dagger_steps == args.steps else f"_{args.dagger_steps}steps"
+            recorded = out / "dagger" / (f"{run.name}_{round_}" + (longer if round_ > 1 else ""))
+            mixture = dagger_round(mixture, models[-1][2], recorded, round_, args)
+            following = run.with_name(f"{run.name}_dagger{round_}{longer}")
+            label = f"{name}, DAgger {round_}" + (f", {args.dagger_steps} steps" if longer else "")
+            models.append((label, following, trained(mixture, following, history, args.dagger_steps, args)))
         for label, model_run, checkpoint in models[-1:] if args.score_last_round else models:
             metrics = [json.loads(line) for line in (model_run / "metrics.jsonl").read_text().splitlines()]
             val = [r["val_loss"] for r in metrics if "val_loss" in r]
@@ -261,6 +269,7 @@ def main() -> None:
     dart = f", recorded with command noise {args.noise:g}" if args.noise else ""
     if args.dagger:
         dart += f"; DAgger: {args.dagger} {args.follow_task} episodes driven by each round's model"
+        dart += f" (the rounds' models {args.dagger_steps} steps)" if args.dagger_steps != args.steps else ""
     lines = [f"From {args.base}: {args.follow} {args.follow_task} + {args.reach} reach demonstrations{dart} "
              f"({args.val} held out{mix}), "
              f"{args.steps} steps, "
