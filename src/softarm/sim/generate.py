@@ -78,6 +78,11 @@ def missed_under_noise(out_dir: str | Path) -> list[str]:
     return names
 
 
+def _kept_on_miss(noise: float, executor: ExecutorFactory | None) -> bool:
+    """Under DART noise or an executor a miss is theirs and the labels are still the expert's: the episode is kept."""
+    return bool(noise) or executor is not None
+
+
 _WORKER: dict = {}  # per process: the simulator, its static model and the expert, opened once
 
 
@@ -132,7 +137,7 @@ def _record(
     except BaseException:
         recorder.abort()
         raise
-    if rollout.success or noise or executor is not None:
+    if rollout.success or _kept_on_miss(noise, executor):
         recorder.close()
         partial.rename(path)
     else:
@@ -196,7 +201,7 @@ def generate(
     ]
     progress = tqdm(total=episodes, initial=result.reused, desc=f"generate {task_name}", unit="episode")
     job = functools.partial(_record, arm, task_name, out_dir, noise, plan_from, hold_steps, hard_only, executor)
-    kept_on_miss = bool(noise) or executor is not None  # the labels are still the expert's
+    kept_on_miss = _kept_on_miss(noise, executor)
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(todo) > 1:
             # spawn: each worker opens its own simulator and renderer (EGL contexts do not survive a fork)
@@ -211,7 +216,6 @@ def generate(
                 result.passed_over += 1
                 continue
             if not success:
-                # Under noise (or an executor) a miss is theirs and the labels are the expert's: the episode is kept.
                 (result.missed_under_noise if kept_on_miss else result.failed).append(episode_seed)
             result.written += success or kept_on_miss
             progress.set_postfix(failed=len(result.failed), missed_under_noise=len(result.missed_under_noise))
