@@ -348,7 +348,7 @@ def test_a_dataset_of_another_format_is_refused_by_training_and_by_the_reader(tm
 
 
 @pytest.mark.parametrize("pi05", [False, True])
-def test_freezing_the_action_expert_leaves_the_vlm_and_the_graph_training(pi05: bool) -> None:
+def test_freezing_the_action_expert_or_the_arms_way_in_leaves_the_rest_training(pi05: bool) -> None:
     model = PI0GraphPytorch(preset("tiny", pi05=pi05, fusion="prefix" if pi05 else "state"))
     freeze(model, ())
     unused = {name for name, p in model.named_parameters() if not p.requires_grad}  # never in the loss
@@ -368,6 +368,14 @@ def test_freezing_the_action_expert_leaves_the_vlm_and_the_graph_training(pi05: 
     assert {name for name, p in model.named_parameters() if p.requires_grad} == {
         name for name in trained if not name.startswith("paligemma_with_expert.paligemma.")
     }
+    # the arm's way in alone: the graph encoder, its fusion layers and the state projection
+    model = PI0GraphPytorch(preset("tiny", pi05=pi05, fusion="prefix" if pi05 else "state"))
+    freeze(model, ("state",))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad} - unused
+    assert frozen == {name for name, _ in model.named_parameters() if name.startswith(("graph_", "state_proj."))}
+    assert any(name.startswith("graph_encoder.") for name in frozen)
+    assert pi05 or {"state_proj.weight", "graph_state_gate"} <= frozen
+    assert pi05 == any(name.startswith("graph_prefix_proj.") for name in frozen)
 
 
 def test_yaml_floats_and_lists() -> None:

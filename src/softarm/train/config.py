@@ -153,7 +153,8 @@ class TrainSection:
     out_dir: str = "runs/debug"
     init_from: str | None = None  # an openpi converted checkpoint directory (model.safetensors)
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
-    freeze: tuple[Literal["vision", "vlm", "expert"], ...] = ()  # expert: the action expert and its action layers
+    # expert: the action expert and its action layers; state: the graph encoder, fusion layers and state projection
+    freeze: tuple[Literal["vision", "vlm", "expert", "state"], ...] = ()
     image_augmentation: bool = True  # openpi's random crop, rotation and colour jitter of the training images
     log_every: int = 10
     val_every: int = 50

@@ -132,8 +132,13 @@ EXPERT_PROJECTIONS = ("action_in_proj", "action_out_proj", "action_time_mlp_in",
                       "time_mlp_out")  # fmt: skip
 
 
+# the arm's way into the model: the graph encoder, its fusion layers and π0's state projection
+STATE_PATH = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.", "state_proj.")
+
+
 def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
-    """Freeze backbone parts; the graph encoder and fusion layers always train."""
+    """Freeze parts of the model: the backbone's, the action expert's, or the arm's way in (`state`: a base
+    fine-tuned on the arm it was pretrained on already reads it)."""
     for name in model.unused_parameter_names():
         model.get_parameter(name).requires_grad_(False)
     paligemma = model.paligemma_with_expert.paligemma
@@ -147,6 +152,10 @@ def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
         for name in EXPERT_PROJECTIONS:
             if hasattr(model, name):  # π0 and π0.5 differ in their time layers
                 getattr(model, name).requires_grad_(False)
+    if "state" in parts:
+        for name, parameter in model.named_parameters():
+            if name.startswith(STATE_PATH):
+                parameter.requires_grad_(False)
 
 
 @torch.no_grad()
