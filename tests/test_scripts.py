@@ -36,7 +36,7 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
         "benchmarks/serving.py": ([], "infer latency, median of 1: direct"),
         "benchmarks/train_throughput.py": ([], "state   "),
         "experiments/arm_transfer.py": (
-            ["--base", str(base.parent), "--seeds", "2", "--matched", "model.preset=tiny"],
+            ["--base", str(base.parent), "--matched", "model.preset=tiny"],
             "| K | alone graph | joint graph | joint graph, 2x steps |",
         ),
         "experiments/base_transfer.py": (["--base", str(base), "model.preset=tiny"], "| 2 | 2 | "),
