@@ -127,7 +127,7 @@ def masked_loss(model: torch.nn.Module, batch: Batch, config: TrainConfig) -> to
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
-# the action expert's own layers: how a chunk is drawn from what the prefix holds (state_proj is the graph's slot)
+# the action expert's own layers: how a chunk is drawn from what the prefix holds (state_proj: the arm's way in, below)
 EXPERT_PROJECTIONS = ("action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out", "time_mlp_in",
                       "time_mlp_out")  # fmt: skip
 
