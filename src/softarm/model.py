@@ -33,10 +33,12 @@ from softarm.model_config import SoftArmModelConfig
 from softarm.rtc import ActionPrefix
 from softarm.visual_memory import FrameCache, StackedFrames, VisualMemory
 
+# The graph's parameters: its encoder and the layers that fuse it into π0.
+GRAPH_FUSION_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.",
+                                          "graph_suffix_proj.")  # fmt: skip
 # Every parameter the extension adds (the graph, visual history) lives under one of these names; nothing else may be
 # missing when official base weights are loaded.
-GRAPH_KEY_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.",
-                                       "visual_history.")  # fmt: skip
+GRAPH_KEY_PREFIXES: tuple[str, ...] = (*GRAPH_FUSION_PREFIXES, "visual_history.")
 openpi_compat.check_pi0_hooks()  # the methods PI0GraphPytorch overrides below
 
 

@@ -35,7 +35,7 @@ from softarm.data.spec import DatasetSpec
 from softarm.data.tokenizer import SentencePieceTokenizer
 from softarm.data.transforms import ArmTag, input_transform
 from softarm.layout import CONFIG_FILE, LOSS_PLOT
-from softarm.model import PI0GraphPytorch, count_parameters
+from softarm.model import GRAPH_FUSION_PREFIXES, PI0GraphPytorch, count_parameters
 from softarm.model_config import SoftArmModelConfig
 from softarm.train import checkpoint as ckpt
 from softarm.train import fsdp
@@ -133,7 +133,7 @@ EXPERT_PROJECTIONS = ("action_in_proj", "action_out_proj", "action_time_mlp_in",
 
 
 # the arm's way into the model: the graph encoder, its fusion layers and π0's state projection
-STATE_PATH = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.", "graph_suffix_proj.", "state_proj.")
+STATE_PATH = (*GRAPH_FUSION_PREFIXES, "state_proj.")
 
 
 def freeze(model: PI0GraphPytorch, parts: tuple[str, ...]) -> None:
