@@ -98,10 +98,9 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
     weights = {args.follow_task: 1.0 - args.reach_weight, "reach": args.reach_weight}
     mixture = {}
     for task in tasks:
-        count = counts(args)[task]
-        options = ConvertOptions(val_episodes=held_out(count, args), cameras=cameras)
-        prepared = convert_first(raw, out / f"prepared_{task}", count - held_out(count, args), options,
-                                 prefix=f"{task}_")  # fmt: skip
+        count, val = counts(args)[task], held_out(counts(args)[task], args)
+        options = ConvertOptions(val_episodes=val, cameras=cameras)
+        prepared = convert_first(raw, out / f"prepared_{task}", count - val, options, prefix=f"{task}_")
         mixture[prepared] = weights[task]
     return mixture
 
@@ -247,12 +246,12 @@ def main() -> None:
     if args.smoke:  # no history and the variant with every override (with DAgger, that one): each code path once
         names = [list(chosen)[-1]] if args.dagger else [next(iter(chosen)), list(chosen)[-1]]
         chosen = {name: chosen[name] for name in names}
+    # a round's recordings and model are named by the steps of the models behind them (round 1's: round 0's)
+    longer = "" if args.dagger_steps == args.steps else f"_{args.dagger_steps}steps"
     for name, history in chosen.items():
         run = out / "runs" / slug(name)
         models, mixture = [(name, run, trained(data, run, history, args.steps, args))], data
         for round_ in range(1, (args.dagger_rounds if args.dagger else 0) + 1):
-            # a round's recordings and model are named by the steps of the models behind them (round 1's: round 0's)
-            longer = "" if args.dagger_steps == args.steps else f"_{args.dagger_steps}steps"
             recorded = out / "dagger" / (f"{run.name}_{round_}" + (longer if round_ > 1 else ""))
             mixture = dagger_round(mixture, models[-1][2], recorded, round_, args)
             following = run.with_name(f"{run.name}_dagger{round_}{longer}")
