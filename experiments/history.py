@@ -86,6 +86,11 @@ def held_out(count: int, args: argparse.Namespace) -> int:
     return round(args.val * count / (args.follow + args.reach))
 
 
+def task_dataset(out: Path, task: str) -> Path:
+    """Where one task's dataset of a mixture is prepared."""
+    return out / f"prepared_{task}"
+
+
 def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) -> str | dict[Path, float]:
     """Convert the recordings; returns one dataset of every task (its data override), or with --reach-weight one
     dataset per task and its weight in the mixture, --val held out in proportion to each task's episodes."""
@@ -100,7 +105,7 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
     for task in tasks:
         count, val = counts(args)[task], held_out(counts(args)[task], args)
         options = ConvertOptions(val_episodes=val, cameras=cameras)
-        prepared = convert_first(raw, out / f"prepared_{task}", count - val, options, prefix=f"{task}_")
+        prepared = convert_first(raw, task_dataset(out, task), count - val, options, prefix=f"{task}_")
         mixture[prepared] = weights[task]
     return mixture
 
@@ -124,7 +129,7 @@ def dagger_round(
     if not (prepared / layout.META_FILE).is_file():
         options = ConvertOptions(val_episodes=held_out(args.dagger, args), cameras=CAMERA_SLOTS.get(args.arm))
         convert(raw, prepared, options)
-    follow = [path for path in data if path.name != "prepared_reach"] + [prepared]
+    follow = [path for path in data if path != task_dataset(args.out, "reach")] + [prepared]
     episodes = {path: sum(e["split"] == "train" for e in read_meta(path)[1]["episodes"]) for path in follow}
     share = 1.0 - args.reach_weight
     return {**{path: weight for path, weight in data.items() if path not in follow},
