@@ -103,7 +103,8 @@ def prepare(tasks: list[str], raw: Path, out: Path, args: argparse.Namespace) ->
     weights = {args.follow_task: 1.0 - args.reach_weight, "reach": args.reach_weight}
     mixture = {}
     for task in tasks:
-        count, val = counts(args)[task], held_out(counts(args)[task], args)
+        count = counts(args)[task]
+        val = held_out(count, args)
         options = ConvertOptions(val_episodes=val, cameras=cameras)
         prepared = convert_first(raw, task_dataset(out, task), count - val, options, prefix=f"{task}_")
         mixture[prepared] = weights[task]
