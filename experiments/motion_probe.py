@@ -9,7 +9,10 @@ closed-loop evaluation: what a readout cannot find in the tokens, a policy readi
 what it finds, a policy could. Writes motion_probe.json, motion_probe.md (the table) and motion_probe.png into OUT.
 
 In the expert's demonstrations the arm trails the ball, so its pose can give the way round away in one frame; with
-`--still` the arm holds its rest pose while the same balls circle (the same seeds), so only the ball moves.
+`--still` the arm holds its rest pose while the same balls circle (the same seeds), so only the ball moves. Over the
+same window the table also says how often the arm's own motion (its tip's, from the recorded graph) points the ball's
+way round: what the graph's history could read, and on DAgger's recordings (`--raw` of a policy's rollouts) a cue that
+holds in the policy's own states, not only in the expert's.
 
     .venv/bin/python experiments/motion_probe.py --base models/sim_base/graph --episodes 120 --frames 1 2 3 \\
         --stride 5 --out MOTION
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from softarm.data.raw import read_episode
+from softarm import arm as arm_schema
+from softarm.data.raw import RawEpisode, read_episode
 from softarm.plotting import pyplot, save_figure
 from softarm.policy import SoftArmPolicy
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
@@ -133,7 +137,25 @@ def targets(paths: list[np.ndarray], pairs: list[tuple[int, int]], ahead: int) -
     return np.asarray(out, np.float32), np.asarray(tangents, np.float32)
 
 
-def probe(tokens: list[torch.Tensor], pairs, y, tangents, train, val, late, frames: int, args) -> dict:
+def tip_path(episode: RawEpisode) -> np.ndarray:
+    """The recorded tip (the last node) position [T, 3]."""
+    names = arm_schema.column_names(episode.graph_nodes.shape[2], episode.node_features)
+    return episode.graph_nodes[:, -1, [names.index(axis) for axis in ("pos_x", "pos_y", "pos_z")]]
+
+
+def arm_points_the_way(tips: list[np.ndarray], pairs, y, tangents, frames: int, stride: int) -> np.ndarray | None:
+    """Per sample: whether the tip's motion over the window of `frames` frames `stride` steps apart turns around the
+    circle the way the ball does; None for one frame (no motion) or an arm held still (no tips)."""
+    if frames < 2 or not tips:
+        return None
+    span = stride * (frames - 1)
+    moved = np.stack([tips[e][t] - tips[e][t - span] for e, t in pairs])
+    return np.sign((moved * tangents).sum(1)) == np.sign((y[:, 3:] * tangents).sum(1))
+
+
+def probe(
+    tokens: list[torch.Tensor], tips: list[np.ndarray], pairs, y, tangents, train, val, late, frames: int, args
+) -> dict:
     """Train one readout of `frames` frames on the train samples; its errors on the val samples. The way round is
     also scored apart in the task's first `acquire` seconds, when the expert catches the ball, and after (`late`,
     per sample), when it tracks it: a tracking arm trails the ball, so one frame of a demonstration shows the way
@@ -164,8 +186,10 @@ def probe(tokens: list[torch.Tensor], pairs, y, tangents, train, val, late, fram
     moved, guessed = truth[:, 3:], predicted[:, 3:]
     way = np.sign((moved * tangents[val]).sum(1)) == np.sign((guessed * tangents[val]).sum(1))
 
-    def share(among: np.ndarray) -> float | None:
-        return float(way[among].mean()) if among.any() else None
+    arm = arm_points_the_way(tips, [pairs[i] for i in val], truth, tangents[val], frames, args.stride)
+
+    def share(among: np.ndarray, right: np.ndarray | None = way) -> float | None:
+        return float(right[among].mean()) if right is not None and among.any() else None
 
     position_errors = np.linalg.norm(predicted[:, :3] - truth[:, :3], axis=1)
     return {"frames": frames, "stride": args.stride, "val_samples": len(val),
@@ -174,7 +198,8 @@ def probe(tokens: list[torch.Tensor], pairs, y, tangents, train, val, late, fram
             "motion_rmse_mm_mean_guess": float(1000 * np.sqrt(((moved - mean[3:]) ** 2).sum(1).mean())),
             "way_round_accuracy": share(np.ones_like(way)),
             "way_round_accuracy_early": share(~late[val]),
-            "way_round_accuracy_late": share(late[val])}  # fmt: skip
+            "way_round_accuracy_late": share(late[val]),
+            "arm_motion_way_round_late": share(late[val], arm)}  # fmt: skip
 
 
 def percent(fraction: float | None) -> str:
@@ -187,11 +212,13 @@ def report(results: list[dict], args: argparse.Namespace, episodes: tuple[int, i
     lines = [f"`{args.task}`: readouts of {args.base}'s frozen image tokens, {episodes[0]} train / {episodes[1]} "
              f"held-out episodes, {args.steps} steps each; the ball's motion over the next {args.ahead} steps", "",
              "| frames (stride) | ball now: error (median) | its motion: RMSE (the mean's) | way round right: all "
-             f"| first {acquire:g} s | after |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| first {acquire:g} s | after | the arm's own motion points it, after |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['frames']} ({r['stride'] if r['frames'] > 1 else '-'}) | "
               f"{r['position_error_mm_median']:.1f} mm | {r['motion_rmse_mm']:.1f} mm "
               f"({r['motion_rmse_mm_mean_guess']:.1f} mm) | {percent(r['way_round_accuracy'])} | "
-              f"{percent(r['way_round_accuracy_early'])} | {percent(r['way_round_accuracy_late'])} |"
+              f"{percent(r['way_round_accuracy_early'])} | {percent(r['way_round_accuracy_late'])} | "
+              f"{percent(r['arm_motion_way_round_late'])} |"
               for r in results]  # fmt: skip
     (args.out / "motion_probe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -238,21 +265,24 @@ def main() -> None:
         raise SystemExit(f"--episodes must be >= 2 (train and held out), got {args.episodes}")
     args.out.mkdir(parents=True, exist_ok=True)
     policy = SoftArmPolicy.from_checkpoint(args.base, device="cpu", compile="none")
+    tips: list[np.ndarray] = []  # the arm held still has no motion to read
     if args.still:
         tokens, paths, hz = still(policy, args)
     else:
         files, arm = recordings(args)
         paths, hz = ball_paths(files, args.task, arm)
-        episodes = (read_episode(f) for f in files)
-        tokens = [image_tokens(policy, (episode.observation(t) for t in range(episode.length)))
-                  for episode in tqdm(episodes, total=len(files), desc="image tokens", unit="episode")]  # fmt: skip
+        tokens = []
+        for file in tqdm(files, desc="image tokens", unit="episode"):
+            episode = read_episode(file)
+            tokens.append(image_tokens(policy, (episode.observation(t) for t in range(episode.length))))
+            tips.append(tip_path(episode))
     pairs = samples(paths, [len(t) for t in tokens], args)
     y, tangents = targets(paths, pairs, args.ahead)
     held_out = max(1, math.ceil(args.val * len(tokens)))
     train = np.array([i for i, (e, _) in enumerate(pairs) if e < len(tokens) - held_out])
     val = np.array([i for i, (e, _) in enumerate(pairs) if e >= len(tokens) - held_out])
     late = np.array([t >= round(TASKS[args.task].acquire * hz) for _, t in pairs])
-    results = [probe(tokens, pairs, y, tangents, train, val, late, k, args) for k in args.frames]
+    results = [probe(tokens, tips, pairs, y, tangents, train, val, late, k, args) for k in args.frames]
     report(results, args, (len(tokens) - held_out, held_out), hz)
 
 

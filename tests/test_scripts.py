@@ -123,6 +123,26 @@ def test_motion_probe_targets_tell_the_way_round() -> None:
     assert list(np.sign(way)) == [1.0, -1.0, 1.0]
 
 
+def test_motion_probe_reads_the_way_round_from_the_arm_s_own_motion() -> None:
+    script = runpy.run_path(str(ROOT / "experiments" / "motion_probe.py"))
+    targets, arm_points_the_way = script["targets"], script["arm_points_the_way"]
+    angle = np.linspace(0.0, 2.6 * np.pi, 80)
+    ball = np.stack([0.1 + 0.04 * np.cos(angle), 0.04 * np.sin(angle), np.full_like(angle, 0.3)], axis=1)
+
+    def tip(angles: np.ndarray) -> np.ndarray:
+        return np.stack([0.1 + 0.03 * np.cos(angles), 0.03 * np.sin(angles), np.full_like(angles, 0.3)], axis=1)
+
+    behind, against = tip(angle - 0.4), tip(2 * angle[20] - angle - 0.4)  # the second turns clockwise
+    pairs = [(0, 20), (0, 50), (1, 20)]
+    y, tangents = targets([ball, ball], pairs, ahead=5)
+    # a tip that trails the ball round the circle points its way; one that goes round the other way does not
+    ways = arm_points_the_way([behind, against], pairs, y, tangents, frames=3, stride=2)
+    assert list(ways) == [True, True, False]
+    # one frame shows no motion, and an arm held still (no recorded tips) none either
+    assert arm_points_the_way([behind, behind], pairs, y, tangents, frames=1, stride=2) is None
+    assert arm_points_the_way([], pairs, y, tangents, frames=3, stride=2) is None
+
+
 def test_history_refuses_a_variant_it_does_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
