@@ -104,8 +104,9 @@ def main() -> None:
         metavar="NAME=CHECKPOINT | expert",
         help="a policy to trace (repeat); `expert` is the scripted expert",
     )
-    parser.add_argument("--task", choices=["follow", "follow_axis"], default="follow",
-                        help="a random centre either way round, or the arm's axis anticlockwise")  # fmt: skip
+    parser.add_argument("--task", choices=[t for t in TASKS if t.startswith("follow")], default="follow",
+                        help="a random centre either way round, the arm's axis anticlockwise, or `follow` with a "
+                             "green ball 1 s ahead")  # fmt: skip
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per policy")
     parser.add_argument("--replan", type=int, default=EvalOptions.replan, help="re-plan period of the models (steps)")
     parser.add_argument("--shown", type=int, default=3, help="episodes drawn per policy")

@@ -8,7 +8,9 @@ instead and draws W of every batch's samples from `reach` (a `data.datasets` mix
 `--noise S` records DART demonstrations (commands executed with noise, labelled with the expert's corrections), as
 the demo does: a policy trained on clean demonstrations never sees how to get back to a ball it has lost.
 `--follow-task follow_axis` has the ball circle the arm's axis, always anticlockwise: its position alone then says
-where it goes next, which tells what history must supply apart from what tracking itself asks.
+where it goes next, which tells what history must supply apart from what tracking itself asks;
+`--follow-task follow_lead` keeps `follow`'s circles and shows a green ball 1 s ahead of the red one, so one frame
+shows where the ball goes on any circle.
 
 Every variant starts from the same base (a base without history starts a history model: its new tensors start
 fresh), with the same data, config (configs/finetune.yaml), seed and steps; only `model.overrides.history_*` and
@@ -48,7 +50,7 @@ from softarm.model_config import IMAGE_HISTORY_MODES
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
-from softarm.sim.tasks import TRACK_RMSE
+from softarm.sim.tasks import TASKS, TRACK_RMSE
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
@@ -176,9 +178,10 @@ def main() -> None:
     parser.add_argument("--arm", default="pneumatic", help="the base's arm")
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
-    parser.add_argument("--follow-task", choices=["follow", "follow_axis"], default="follow",
+    parser.add_argument("--follow-task", choices=[t for t in TASKS if t.startswith("follow")], default="follow",
                         help="the ball circles a random centre either way round, or the arm's axis anticlockwise "
-                             "(its position then says where it goes next)")  # fmt: skip
+                             "(its position then says where it goes next), or as `follow` with a green ball 1 s "
+                             "ahead (follow_lead: one frame shows where it goes)")  # fmt: skip
     parser.add_argument(
         "--noise",
         type=float,

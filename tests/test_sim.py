@@ -202,6 +202,22 @@ def test_follow_circles_either_way_round_and_follow_axis_anticlockwise_around_th
     assert min(np.hypot(*c[:2]) for c in centres) > 0.01  # the random task's circles are not around the axis
 
 
+def test_follow_lead_shows_a_green_ball_one_second_ahead_on_follow_s_circle(env) -> None:
+    static = StaticArm(env)
+    hz = env.control_hz
+    ahead = round(TASKS["follow_lead"].lead * hz)
+    for seed in range(3):
+        plain, lead = (TASKS[name].sample(seed, static, hz) for name in ("follow", "follow_lead"))
+        np.testing.assert_allclose(lead.targets, plain.targets)  # the same episode, the red ball's path unchanged
+        assert plain.guide is None
+        assert set(plain.balls(5)) == {"red"}
+        # the green ball is where the red one will be 1 s later, past the episode's end too
+        np.testing.assert_allclose(lead.guide[:-ahead], lead.targets[ahead:], atol=1e-12)
+        assert np.linalg.norm(lead.guide[-1] - lead.targets[-1]) > 0.02
+        env.place_balls(lead.balls(5))
+        np.testing.assert_allclose(env.data.mocap_pos[env._balls["green"]] - env.mount_pos, lead.targets[5 + ahead])
+
+
 def test_planning_from_rest_gives_one_goal_per_target_whatever_the_start(env) -> None:
     static, task = StaticArm(env), TASKS["reach"]
     spec = task.sample(3, static, env.control_hz)

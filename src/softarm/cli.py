@@ -23,7 +23,10 @@ NOISE_SCALE_HELP = (
     "scale of the flow's starting noise: 1 samples as openpi does, 0 deterministically (measured: more precise on "
     "reach, less on choose; docs/cpu_model_search.md)"
 )
-TASK_HELP = "reach | follow | follow_axis (around the arm's axis, anticlockwise) | choose"
+TASK_HELP = (
+    "reach | follow | follow_axis (around the arm's axis, anticlockwise) | follow_lead (a green ball 1 s ahead) "
+    "| choose"
+)
 ARM_HELP = (
     "pneumatic: 10 segments, one chamber each, 3 cameras, every node feature sensed; tendon: 6 segments, 3 sections "
     "of 3 pull-only tendons, 2 cameras at 240x320, shape sensing only; compact: 8 stiffer segments, one chamber each, "

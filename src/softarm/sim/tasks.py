@@ -19,6 +19,7 @@ from softarm.sim.statics import StaticArm
 SUCCESS_RADIUS = 0.010  # m: reach succeeds when the tip stays within 10 mm of the target for `dwell` steps
 TRACK_RMSE = 0.015  # m: follow succeeds when the tracking RMSE after acquisition is below 15 mm
 MAX_PAYLOAD = 0.05  # kg
+GUIDE_COLOR = "green"  # the ball that shows where a followed one goes (FollowTask.lead)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +33,11 @@ class EpisodeSpec:
     payload: float = 0.0  # kg on the tip collar
     target_color: str = "red"
     other_balls: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # colour -> fixed position
+    guide: np.ndarray | None = None  # [steps + 1, 3] where a green ball shows the target ahead (follow_lead)
 
     def balls(self, step: int) -> dict[str, np.ndarray]:
-        return {**self.other_balls, self.target_color: self.targets[step]}
+        guide = {} if self.guide is None else {GUIDE_COLOR: self.guide[step]}
+        return {**self.other_balls, **guide, self.target_color: self.targets[step]}
 
 
 def _start(seed: int, stream: int, static: StaticArm, scale: float) -> tuple[np.random.Generator, float, np.ndarray]:
@@ -108,7 +111,8 @@ class FollowTask:
     at random: one frame then does not say where the ball goes next. `around_axis` centres every circle on the arm's
     axis and `direction` +1 (anticlockwise seen from above) or -1 fixes the way round, so that the ball's position
     alone says where it goes next: what one frame cannot tell is told apart from what tracking itself asks
-    (docs/history.md)."""
+    (docs/history.md). `lead` > 0 shows a green ball `lead` s ahead of the red one on the same circle: one frame then
+    shows where the ball goes, on circles anywhere (an oracle of what the ball's history could tell)."""
 
     name: str = "follow"
     prompt: str = "follow the red ball"
@@ -118,6 +122,7 @@ class FollowTask:
     period: float = 6.0  # s
     direction: float = 0.0  # 0: either way round at random; +1 / -1: always anticlockwise / clockwise
     around_axis: bool = False  # centre on the arm's axis (at a random height) instead of anywhere
+    lead: float = 0.0  # s: a green ball this far ahead of the red one (0: none)
 
     def sample(self, seed: int, static: StaticArm, control_hz: float) -> EpisodeSpec:
         rng, payload, initial = _start(seed, 1, static, 0.3)
@@ -131,11 +136,16 @@ class FollowTask:
                 centre = np.array([0.0, 0.0, centre[2]])
             phase, direction = rng.uniform(0, 2 * math.pi), rng.choice([-1.0, 1.0])
             direction = self.direction or direction
-            angle = phase + direction * 2 * math.pi * t / self.period
-            path = centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
+            path = self._circle(centre, phase, direction, t)
             # keep circles whose every quarter is reachable at rest
             if all(static.solve(p, rest, iterations=25)[1] < 2e-3 for p in path[:: max(steps // 4, 1)]):
-                return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit, payload)
+                guide = self._circle(centre, phase, direction, t + self.lead) if self.lead else None
+                return EpisodeSpec(self.name, seed, self.prompt, initial, path, self.time_limit, payload, guide=guide)
+
+    def _circle(self, centre: np.ndarray, phase: float, direction: float, t: np.ndarray) -> np.ndarray:
+        """The ball's positions [len(t), 3] at times `t` (s)."""
+        angle = phase + direction * 2 * math.pi * t / self.period
+        return centre + self.radius * np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], axis=1)
 
     def tracking_rmse(self, errors: np.ndarray, control_hz: float) -> float:
         scored = errors[round(self.acquire * control_hz) :]
@@ -174,6 +184,7 @@ TASKS = {
     "reach": ReachTask(),
     "follow": FollowTask(),
     "follow_axis": FollowTask(name="follow_axis", direction=1.0, around_axis=True),
+    "follow_lead": FollowTask(name="follow_lead", lead=1.0),
     "choose": ChooseTask(),
 }
 
