@@ -27,7 +27,7 @@ from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import EVAL_SEED
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import TASKS
+from softarm.sim.tasks import FOLLOW_TASKS, TASKS
 
 
 def decompose(tips: np.ndarray, targets: np.ndarray, first: int) -> dict[str, float]:
@@ -104,7 +104,7 @@ def main() -> None:
         metavar="NAME=CHECKPOINT | expert",
         help="a policy to trace (repeat); `expert` is the scripted expert",
     )
-    parser.add_argument("--task", choices=[t for t in TASKS if t.startswith("follow")], default="follow",
+    parser.add_argument("--task", choices=FOLLOW_TASKS, default="follow",
                         help="a random centre either way round, the arm's axis anticlockwise, or `follow` with a "
                              "green ball 1 s ahead")  # fmt: skip
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per policy")

@@ -50,7 +50,7 @@ from softarm.model_config import IMAGE_HISTORY_MODES
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.arm_model import CAMERA_SLOTS
 from softarm.sim.generate import generate
-from softarm.sim.tasks import TASKS, TRACK_RMSE
+from softarm.sim.tasks import FOLLOW_TASKS, TRACK_RMSE
 from softarm.train.config import load_config
 from softarm.train.loop import train
 
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--arm", default="pneumatic", help="the base's arm")
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
-    parser.add_argument("--follow-task", choices=[t for t in TASKS if t.startswith("follow")], default="follow",
+    parser.add_argument("--follow-task", choices=FOLLOW_TASKS, default="follow",
                         help="the ball circles a random centre either way round, or the arm's axis anticlockwise "
                              "(its position then says where it goes next), or as `follow` with a green ball 1 s "
                              "ahead (follow_lead: one frame shows where it goes)")  # fmt: skip

@@ -42,7 +42,7 @@ from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import MANIFEST, generate
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import TASKS, EpisodeSpec
+from softarm.sim.tasks import FOLLOW_TASKS, TASKS, EpisodeSpec
 from softarm.train.vision_warmup import FlatReadout
 
 
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--base", type=Path, required=True, help="checkpoint whose vision tower is probed")
     parser.add_argument("--raw", type=Path, help="recorded follow episodes to use; default: record into OUT/raw")
     parser.add_argument("--still", action="store_true", help="the arm held at rest instead of the expert tracking")
-    parser.add_argument("--task", default="follow", choices=[t for t in TASKS if t.startswith("follow")])
+    parser.add_argument("--task", default="follow", choices=FOLLOW_TASKS)
     parser.add_argument("--arm", default=DEFAULT_ARM, choices=sorted(ARMS), help="of a new recording")
     parser.add_argument("--episodes", type=int, default=120)
     parser.add_argument("--val", type=float, default=0.2, help="fraction of the episodes held out")

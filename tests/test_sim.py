@@ -215,7 +215,8 @@ def test_follow_lead_shows_a_green_ball_one_second_ahead_on_follow_s_circle(env)
         np.testing.assert_allclose(lead.guide[:-ahead], lead.targets[ahead:], atol=1e-12)
         assert np.linalg.norm(lead.guide[-1] - lead.targets[-1]) > 0.02
         env.place_balls(lead.balls(5))
-        np.testing.assert_allclose(env.data.mocap_pos[env._balls["green"]] - env.mount_pos, lead.targets[5 + ahead])
+        green = env.model.body_mocapid[env.model.body("ball_green").id]
+        np.testing.assert_allclose(env.data.mocap_pos[green] - env.mount_pos, lead.targets[5 + ahead])
 
 
 def test_planning_from_rest_gives_one_goal_per_target_whatever_the_start(env) -> None:

@@ -187,6 +187,7 @@ TASKS = {
     "follow_lead": FollowTask(name="follow_lead", lead=1.0),
     "choose": ChooseTask(),
 }
+FOLLOW_TASKS = tuple(name for name, task in TASKS.items() if isinstance(task, FollowTask))  # a ball that circles
 
 # Where a policy that sees misses `reach` most (docs/cpu_model_search.md: C6 by distance and payload): balls far from
 # the arm's axis, which the arm reaches only bent far, and light payloads, under which the tip drifts off the ball.
