@@ -37,12 +37,13 @@ from softarm import arm as arm_schema
 from softarm.data.raw import RawEpisode, read_episode
 from softarm.plotting import pyplot, save_figure
 from softarm.policy import SoftArmPolicy
+from softarm.sim.agents import HoldAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import MANIFEST, generate
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import FOLLOW_TASKS, TASKS, EpisodeSpec
+from softarm.sim.tasks import FOLLOW_TASKS, TASKS, ball_motion
 from softarm.train.vision_warmup import FlatReadout
 
 
@@ -71,23 +72,11 @@ def ball_paths(files: list[Path], task: str, arm: str) -> tuple[list[np.ndarray]
         env.close()
 
 
-class StillAgent:
-    """Holds the episode's rest commands: the arm stays where it starts while the ball circles."""
-
-    needs_images = False
-
-    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
-        self.command = spec.initial_command
-
-    def act(self, observation: dict) -> np.ndarray:
-        return self.command
-
-
 def still(policy: SoftArmPolicy, args: argparse.Namespace) -> tuple[list[torch.Tensor], list[np.ndarray], float]:
     """Episodes of seeds 0... with the arm held at rest, encoded as they run: their tokens, ball paths and rate."""
     env = SoftArmEnv(ARMS[args.arm])
     try:
-        static, task, agent = StaticArm(env), TASKS[args.task], StillAgent()
+        static, task, agent = StaticArm(env), TASKS[args.task], HoldAgent()
         tokens, paths = [], []
         for seed in tqdm(range(args.episodes), desc="still arm: record and encode", unit="episode"):
             spec = task.sample(seed, static, env.control_hz)
@@ -127,13 +116,7 @@ def samples(paths: list[np.ndarray], lengths: list[int], args: argparse.Namespac
 def targets(paths: list[np.ndarray], pairs: list[tuple[int, int]], ahead: int) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: the ball's position now and its displacement over `ahead` steps (m); and the circle's tangent
     there pointing anticlockwise, to tell the way round."""
-    out, tangents = [], []
-    for e, t in pairs:
-        path = paths[e]
-        centre = (path.max(0) + path.min(0)) / 2  # an episode covers more than a lap
-        radial = path[t] - centre
-        tangents.append(np.array([-radial[1], radial[0], 0.0]))
-        out.append(np.concatenate([path[t], path[t + ahead] - path[t]]))
+    out, tangents = zip(*(ball_motion(paths[e], t, ahead) for e, t in pairs), strict=True)
     return np.asarray(out, np.float32), np.asarray(tangents, np.float32)
 
 

@@ -16,7 +16,7 @@ from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
 from softarm.sim import generate as generate_module
-from softarm.sim.agents import ExpertAgent, RandomAgent
+from softarm.sim.agents import ExpertAgent, Hold, RandomAgent
 from softarm.sim.arm_model import ARMS, ArmSpec
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate
@@ -578,6 +578,22 @@ def test_an_executor_drives_the_arm_while_the_expert_labels(env) -> None:
     assert clean.success
     assert not driven.success
     assert np.median(driven.errors) > 5 * np.median(clean.errors)
+
+
+def test_hold_keeps_the_arm_at_rest_while_the_ball_circles(env) -> None:
+    """Scenes in which only the ball moves (the motion warm-up's): the arm gets its rest command at every step, its
+    tip stays put while the ball goes round, and the labels are still the expert's."""
+    static, task = StaticArm(env), TASKS["follow"]
+    spec = task.sample(3, static, env.control_hz)
+    clean = run_episode(env, static, task, spec, ExpertAgent(static))
+    held = run_episode(env, static, task, spec, ExpertAgent(static), executor=Hold()(static))
+    received = held.graph_nodes[1:, :, 16]  # node feature 16 = the command the arm last received
+    np.testing.assert_allclose(received, np.broadcast_to(spec.initial_command, received.shape), atol=1e-6)
+    np.testing.assert_allclose(held.actions, clean.actions, atol=1e-6)
+    tip = held.graph_nodes[:, -1, 0:3]
+    ball = spec.targets[: held.steps]
+    assert np.linalg.norm(tip - tip[0], axis=1).max() < 0.1 * np.linalg.norm(ball - ball[0], axis=1).max()
+    assert Hold.name == "hold (the arm kept at its initial command)"
 
 
 @dataclasses.dataclass(frozen=True)

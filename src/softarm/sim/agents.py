@@ -1,4 +1,5 @@
-"""Scripted agents on the simulated arm: the expert (upper bound and demonstrator) and a random floor.
+"""Scripted agents on the simulated arm: the expert (upper bound and demonstrator), a random floor, and an arm held
+at rest (a scene in which only the target moves).
 
 The expert plans the pressures that put the tip on the target (`StaticArm.solve`), then ramps the command there
 along a minimum-jerk profile, the way a careful operator drives a pneumatic arm; to follow a moving ball it re-plans
@@ -123,3 +124,26 @@ class RandomAgent:
 
     def act(self, observation: dict) -> np.ndarray:
         return self.rng.uniform(*self.arm.command_range, self.arm.num_actuators).astype(np.float32)
+
+
+class HoldAgent:
+    """Holds the episode's initial command: the arm stays where it starts while the target moves, so its images show
+    the target's motion and nothing of the arm's (a tracking arm trails the ball and gives its way round away)."""
+
+    needs_images = False
+
+    def reset(self, spec: EpisodeSpec, control_hz: float) -> None:
+        self.command = np.asarray(spec.initial_command, np.float32)
+
+    def act(self, observation: dict) -> np.ndarray:
+        return self.command
+
+
+class Hold:
+    """`HoldAgent` as a recording's executor (`softarm.sim.generate.ExecutorFactory`): episodes of the arm at rest,
+    the expert's labels beside them."""
+
+    name = "hold (the arm kept at its initial command)"
+
+    def __call__(self, static: StaticArm) -> HoldAgent:
+        return HoldAgent()

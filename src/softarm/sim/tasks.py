@@ -189,6 +189,16 @@ TASKS = {
 }
 FOLLOW_TASKS = tuple(name for name, task in TASKS.items() if isinstance(task, FollowTask))  # a ball that circles
 
+
+def ball_motion(path: np.ndarray, step: int, ahead: int) -> tuple[np.ndarray, np.ndarray]:
+    """A circling ball at `step` of its path [steps + 1, 3]: where it is and how far it moves over the next `ahead`
+    steps ([6], m), and the circle's tangent there pointing anticlockwise ([3]): the sign of the motion along it is
+    the ball's way round, which one frame cannot tell."""
+    centre = (path.max(0) + path.min(0)) / 2  # an episode covers more than a lap
+    radial = path[step] - centre
+    return np.concatenate([path[step], path[step + ahead] - path[step]]), np.array([-radial[1], radial[0], 0.0])
+
+
 # Where a policy that sees misses `reach` most (docs/cpu_model_search.md: C6 by distance and payload): balls far from
 # the arm's axis, which the arm reaches only bent far, and light payloads, under which the tip drifts off the ball.
 FAR_FROM_AXIS = 0.34  # of the arm's length: 170 mm for the 0.5 m pneumatic arm
