@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import runpy
@@ -10,10 +11,18 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
+
+from softarm.layout import CONFIG_FILE, WEIGHTS_FILE
+from softarm.model import PI0GraphPytorch
+from softarm.model_config import SoftArmModelConfig
+from softarm.train.vision_warmup import VISION_PREFIXES
+from softarm.weights import load_weights
 
 ROOT = Path(__file__).parents[1]
 OWN_PROCESS = {"benchmarks/serving.py", "benchmarks/full_size_cpu.py"}  # their robot side must not import torch
+CHECKED_APART = {"experiments/motion_warmup.py"}  # its smoke run is checked further by a test of its own
 
 
 def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
@@ -52,6 +61,10 @@ def smoke_runs(pretrained: Path, tmp_path: Path) -> dict[str, tuple[list[str], s
             "recorded with command noise 0.05; DAgger: 1 follow_axis episodes driven by each round's model",
         ),
         "experiments/motion_probe.py": (["--base", str(base), "--workers", "1", "--out", str(tmp_path)], "| 2 (1) | "),
+        "experiments/motion_warmup.py": (
+            ["--base", str(base), "--out", str(tmp_path)],
+            "the tower trained; frames K = 3, stride 2, `attend` on base_0_rgb, right_wrist_0_rgb",
+        ),
         "experiments/noise_scale.py": (["--run", f"reach={base}"], "| reach, "),
         "experiments/payload_probe.py": ([str(prepared)], "graph + pressures  R^2"),
         "experiments/reach_misses.py": ([str(base), str(evaluation)], "median error range over the last 20 steps"),
@@ -66,10 +79,17 @@ def test_every_script_has_a_smoke_run(tmp_path: Path) -> None:
     assert scripts == sorted(smoke_runs(tmp_path, tmp_path))
 
 
-@pytest.mark.parametrize("script", sorted(smoke_runs(Path("."), Path("."))))
+@pytest.mark.parametrize("script", sorted(set(smoke_runs(Path("."), Path("."))) - CHECKED_APART))
 def test_script_runs_in_smoke_mode(
     script: str, pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    smoke_run(script, pretrained, tmp_path, monkeypatch, capsys)
+
+
+def smoke_run(
+    script: str, pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run `script` in smoke mode with its arguments; its output must hold its expected line."""
     args, expected = smoke_runs(pretrained, tmp_path)[script]
     if script in OWN_PROCESS:
         result = subprocess.run([sys.executable, script, "--smoke", *args], cwd=ROOT, capture_output=True, text=True,
@@ -141,6 +161,51 @@ def test_motion_probe_reads_the_way_round_from_the_arm_s_own_motion() -> None:
     # one frame shows no motion, and an arm held still (no recorded tips) none either
     assert arm_points_the_way([behind, behind], pairs, y, tangents, frames=1, stride=2) is None
     assert arm_points_the_way([], pairs, y, tangents, frames=3, stride=2) is None
+
+
+def test_motion_warmup_trains_the_tower_and_memory_into_a_base_a_frames_model_loads(
+    pretrained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The smoke run's base: the memory learnt (its zero-initialised output projection moved) and so did the tower;
+    every other tensor is the base's, and a model of the same window loads it whole."""
+    smoke_run("experiments/motion_warmup.py", pretrained, tmp_path, monkeypatch, capsys)
+    base, warmed = pretrained / "base" / "graph", tmp_path / "base"
+    before, after = (safetensors.torch.load_file(str(d / WEIGHTS_FILE)) for d in (base, warmed))
+    memory = {k for k in after if k.startswith("visual_history.")}
+    assert after["visual_history.out.weight"].abs().max() > 0
+    tower = {k for k in before if k.startswith(VISION_PREFIXES)}
+    assert tower
+    assert any(not torch.equal(before[k], after[k]) for k in tower)
+    assert set(after) - memory == set(before)
+    assert all(torch.equal(before[k], after[k]) for k in set(before) - tower)
+    config = SoftArmModelConfig.from_dict(json.loads((warmed / CONFIG_FILE).read_text()))
+    assert (config.image_history_steps, config.image_history_stride, config.image_history_mode) == (3, 2, "attend")
+    assert load_weights(PI0GraphPytorch(config), warmed, allow_fresh_graph=False).fresh == []
+    assert {p.name for p in base.iterdir()} <= {p.name for p in warmed.iterdir()}  # tokenizer, norm stats, spec
+    recorded = json.loads((warmed / "base.json").read_text())
+    assert recorded["from"] == str(base)
+    assert recorded["motion_warmup"]["recipe"]["image_stride"] == 2
+    final = json.loads((tmp_path / "motion_warmup.json").read_text())["final"]
+    assert 0 <= final["way_round_accuracy"] <= 1
+    assert final["motion_rmse_mm_mean_guess"] > 0
+    assert (tmp_path / "motion_warmup.png").stat().st_size > 0
+
+
+def test_motion_warmup_scores_the_ball_s_place_motion_and_way_round() -> None:
+    errors = runpy.run_path(str(ROOT / "experiments" / "motion_warmup.py"))["errors"]
+    truth = np.array([[0.1, 0.0, 0.3, 0.0, 0.02, 0.0], [0.1, 0.0, 0.3, 0.0, -0.04, 0.0]], np.float32)
+    tangents = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    mean = truth.mean(0)
+    exact = errors(truth, truth, tangents, mean)
+    assert (exact["position_error_mm_median"], exact["motion_rmse_mm"], exact["way_round_accuracy"]) == (0, 0, 1)
+    assert exact["motion_rmse_mm_mean_guess"] == pytest.approx(30.0, rel=1e-5)  # 30 mm either side of the mean
+    wrong = truth.copy()
+    wrong[:, 0] += 0.01  # 10 mm off in x, and the first ball's way round guessed wrong
+    wrong[0, 4] = -0.02
+    scored = errors(wrong, truth, tangents, mean)
+    assert scored["position_error_mm_median"] == pytest.approx(10.0, rel=1e-4)
+    assert scored["way_round_accuracy"] == 0.5
+    assert scored["motion_rmse_mm"] == pytest.approx(np.sqrt(40.0**2 / 2), rel=1e-4)
 
 
 def test_history_refuses_a_variant_it_does_not_run(
