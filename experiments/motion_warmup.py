@@ -47,7 +47,7 @@ from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import FOLLOW_TASKS, TASKS, ball_motion
-from softarm.train.vision_warmup import VISION_PREFIXES, FlatReadout
+from softarm.train.vision_warmup import VISION_PREFIXES, FlatReadout, warmup_cosine
 from softarm.weights import load_weights, save_model
 
 
@@ -175,10 +175,8 @@ def warm_up(model: PI0GraphPytorch, prepared: Path, args: argparse.Namespace) ->
     curve, start = [], time.perf_counter()
     progress = tqdm(range(1, args.steps + 1), desc="motion warm-up", unit="step")
     for step in progress:
-        ramp = min(1.0, step / max(1, args.warmup_steps))
-        cosine = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * ramp * (0.02 + 0.98 * cosine)
+            group["lr"] = warmup_cosine(args.lr, step, args.steps, args.warmup_steps)
         batch = rng.choice(train, args.batch)
         target = torch.from_numpy((labels[batch] - mean) / std)
         loss = ((predict(batch) - target) ** 2).mean()
@@ -218,7 +216,8 @@ def report(result: dict, args: argparse.Namespace) -> None:
     final, seconds = result["final"], result["ahead_s"]
     tower = "frozen" if args.freeze_tower else "trained"
     lines = [f"`{args.task}` with the arm held at rest: {result['episodes']} episodes "
-             f"({result['val_samples']} held-out samples), {args.steps} steps ({result['s_per_step']:.2f} s/step), "
+             f"({result['val_samples']} held-out samples), {args.steps} steps "
+             f"({result['s_per_step']:.2f} s/step, the scoring included), "
              f"the tower {tower}; frames K = {args.image_steps}, stride {args.image_stride}, `{args.image_mode}` on "
              f"{', '.join(args.image_slots)}; the ball's motion over the next {args.ahead} steps ({seconds:g} s)", "",
              "| step | ball now: error (median) | its motion: RMSE (the mean's) | way round right |",

@@ -136,6 +136,12 @@ class GoalReadout(nn.Module):
         return self.head(torch.cat(read, dim=1))
 
 
+def warmup_cosine(lr: float, step: int, steps: int, warmup_steps: int) -> float:
+    """A warm-up's learning rate at `step` of `steps`: a linear ramp over `warmup_steps`, then a cosine down to 2 %."""
+    ramp = min(1.0, step / max(1, warmup_steps))
+    return lr * ramp * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
 def vision_state(model: PI0GraphPytorch) -> dict[str, torch.Tensor]:
     """The tower's and projector's tensors, under the model's names: what the warm-up trains."""
     return {name: t.detach().clone() for name, t in model.state_dict().items() if name.startswith(VISION_PREFIXES)}
@@ -193,10 +199,8 @@ def warm_up_vision(model: PI0GraphPytorch, prepared: str, options: WarmupOptions
     start = time.perf_counter()
     progress = tqdm(range(1, options.steps + 1), desc="vision warm-up", unit="step")
     for step in progress:
-        ramp = min(1.0, step / max(1, options.warmup_steps))
-        cosine = 0.5 * (1 + math.cos(math.pi * step / options.steps))
         for group in optimizer.param_groups:
-            group["lr"] = options.lr * ramp * (0.02 + 0.98 * cosine)
+            group["lr"] = warmup_cosine(options.lr, step, options.steps, options.warmup_steps)
         pixels, target = batch(rng.choice(goals.train, options.batch_size))
         loss = ((predict(pixels) - target) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
