@@ -27,7 +27,6 @@ from collections.abc import Iterable
 import json
 import math
 from pathlib import Path
-import re
 
 import numpy as np
 import torch
@@ -40,10 +39,10 @@ from softarm.policy import SoftArmPolicy
 from softarm.sim.agents import HoldAgent
 from softarm.sim.arm_model import ARMS, DEFAULT_ARM
 from softarm.sim.env import SoftArmEnv
-from softarm.sim.generate import MANIFEST, generate
+from softarm.sim.generate import MANIFEST, generate, recorded_targets
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import FOLLOW_TASKS, TASKS, ball_motion
+from softarm.sim.tasks import FOLLOW_TASKS, TASKS, ball_motion, motion_errors
 from softarm.train.vision_warmup import FlatReadout
 
 
@@ -58,18 +57,6 @@ def recordings(args: argparse.Namespace) -> tuple[list[Path], str]:
     if len(files) < 2:
         raise SystemExit(f"{raw} holds {len(files)} {args.task} episodes; the probe needs 2 or more (train and val)")
     return files, arm
-
-
-def ball_paths(files: list[Path], task: str, arm: str) -> tuple[list[np.ndarray], float]:
-    """Each episode's ball path [steps + 1, 3], from its seed (in its file name) as the simulator drew it; the
-    control rate."""
-    env = SoftArmEnv(ARMS[arm])
-    try:
-        static = StaticArm(env)
-        seeds = [int(re.search(r"_(\d+)\.hdf5$", f.name).group(1)) for f in files]
-        return [TASKS[task].sample(seed, static, env.control_hz).targets for seed in seeds], env.control_hz
-    finally:
-        env.close()
 
 
 def still(policy: SoftArmPolicy, args: argparse.Namespace) -> tuple[list[torch.Tensor], list[np.ndarray], float]:
@@ -166,20 +153,14 @@ def probe(
         predicted = torch.cat([readout(inputs(val[k : k + 256])) for k in range(0, len(val), 256)]).numpy()
     predicted = predicted * std + mean
     truth = y[val]
-    moved, guessed = truth[:, 3:], predicted[:, 3:]
-    way = np.sign((moved * tangents[val]).sum(1)) == np.sign((guessed * tangents[val]).sum(1))
+    scores, way = motion_errors(predicted, truth, tangents[val], mean)
 
     arm = arm_points_the_way(tips, [pairs[i] for i in val], truth, tangents[val], frames, args.stride)
 
     def share(among: np.ndarray, right: np.ndarray | None = way) -> float | None:
         return float(right[among].mean()) if right is not None and among.any() else None
 
-    position_errors = np.linalg.norm(predicted[:, :3] - truth[:, :3], axis=1)
-    return {"frames": frames, "stride": args.stride, "val_samples": len(val),
-            "position_error_mm_median": float(1000 * np.median(position_errors)),
-            "motion_rmse_mm": float(1000 * np.sqrt(((guessed - moved) ** 2).sum(1).mean())),
-            "motion_rmse_mm_mean_guess": float(1000 * np.sqrt(((moved - mean[3:]) ** 2).sum(1).mean())),
-            "way_round_accuracy": share(np.ones_like(way)),
+    return {"frames": frames, "stride": args.stride, "val_samples": len(val), **scores,
             "way_round_accuracy_early": share(~late[val]),
             "way_round_accuracy_late": share(late[val]),
             "arm_motion_way_round_late": share(late[val], arm)}  # fmt: skip
@@ -253,7 +234,7 @@ def main() -> None:
         tokens, paths, hz = still(policy, args)
     else:
         files, arm = recordings(args)
-        paths, hz = ball_paths(files, args.task, arm)
+        paths, hz = recorded_targets(files, args.task, arm)
         tokens = []
         for file in tqdm(files, desc="image tokens", unit="episode"):
             episode = read_episode(file)

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 from pathlib import Path
-import re
 import shutil
 import time
 
@@ -43,10 +42,8 @@ from softarm.model_config import IMAGE_HISTORY_MODES, SoftArmModelConfig
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.agents import Hold
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
-from softarm.sim.env import SoftArmEnv
-from softarm.sim.generate import generate
-from softarm.sim.statics import StaticArm
-from softarm.sim.tasks import FOLLOW_TASKS, TASKS, ball_motion
+from softarm.sim.generate import generate, recorded_targets
+from softarm.sim.tasks import FOLLOW_TASKS, ball_motion, motion_errors
 from softarm.train.vision_warmup import VISION_PREFIXES, FlatReadout, warmup_cosine
 from softarm.weights import load_weights, save_model
 
@@ -65,27 +62,19 @@ def ball_labels(dataset: PreparedDataset, task: str, arm: str, ahead: int) -> tu
     """Per sample of `dataset` (split "all"), where the ball is and how far it moves over `ahead` steps [S, 6], the
     circle's tangent there [S, 3], and whether the sample has a label (its look-ahead within the ball's path) and is
     held out; from each episode's seed (its file name), as the simulator drew it. Also the control rate."""
-    env = SoftArmEnv(ARMS[arm])
-    try:
-        static, labels, tangents, usable, val = StaticArm(env), [], [], [], []
-        for episode in dataset.episodes:
-            found = re.search(rf"{task}_(\d+)\.hdf5$", episode.get("file", ""))
-            if found is None:
-                name = episode_name(episode)
-                raise ValueError(f"{dataset.directory}: episode {name!r} is not a {task} recording named by its seed "
-                                 f"({task}_<seed>.hdf5): its ball's path cannot be drawn")  # fmt: skip
-            path = TASKS[task].sample(int(found.group(1)), static, env.control_hz).targets
-            for step in range(episode["length"]):
-                fits = step + ahead < len(path)
-                label, tangent = ball_motion(path, step if fits else 0, ahead)
-                labels.append(label)
-                tangents.append(tangent)
-                usable.append(fits)
-                val.append(episode["split"] == "val")
-    finally:
-        env.close()
+    files = [episode.get("file", episode_name(episode)) for episode in dataset.episodes]
+    paths, hz = recorded_targets(files, task, arm)
+    labels, tangents, usable, val = [], [], [], []
+    for episode, path in zip(dataset.episodes, paths, strict=True):
+        for step in range(episode["length"]):
+            fits = step + ahead < len(path)
+            label, tangent = ball_motion(path, step if fits else 0, ahead)
+            labels.append(label)
+            tangents.append(tangent)
+            usable.append(fits)
+            val.append(episode["split"] == "val")
     labels, tangents = np.asarray(labels, np.float32), np.asarray(tangents, np.float32)
-    return labels, tangents, np.asarray(usable), np.asarray(val), env.control_hz
+    return labels, tangents, np.asarray(usable), np.asarray(val), hz
 
 
 def build_model(args: argparse.Namespace) -> PI0GraphPytorch:
@@ -130,17 +119,6 @@ class MotionReader:
         return out
 
 
-def errors(predicted: np.ndarray, truth: np.ndarray, tangents: np.ndarray, mean: np.ndarray) -> dict:
-    """Held-out position and motion errors (mm), the mean motion's, and how often the way round is right."""
-    moved, guessed = truth[:, 3:], predicted[:, 3:]
-    way = np.sign((moved * tangents).sum(1)) == np.sign((guessed * tangents).sum(1))
-    placed = np.linalg.norm(predicted[:, :3] - truth[:, :3], axis=1)
-    return {"position_error_mm_median": float(1000 * np.median(placed)),
-            "motion_rmse_mm": float(1000 * np.sqrt(((guessed - moved) ** 2).sum(1).mean())),
-            "motion_rmse_mm_mean_guess": float(1000 * np.sqrt(((moved - mean[3:]) ** 2).sum(1).mean())),
-            "way_round_accuracy": float(way.mean())}  # fmt: skip
-
-
 def warm_up(model: PI0GraphPytorch, prepared: Path, args: argparse.Namespace) -> dict:
     """Train the tower (unless frozen), its projector, the memory and a readout on the ball's place and motion."""
     dataset = PreparedDataset(prepared, "all")
@@ -169,7 +147,7 @@ def warm_up(model: PI0GraphPytorch, prepared: Path, args: argparse.Namespace) ->
         model.eval()
         predicted = np.concatenate([predict(val[k : k + 64]).numpy() for k in range(0, len(val), 64)]) * std + mean
         model.train()
-        return errors(predicted, labels[val], tangents[val], mean)
+        return motion_errors(predicted, labels[val], tangents[val], mean)[0]
 
     model.train()
     curve, start = [], time.perf_counter()

@@ -19,7 +19,7 @@ from softarm.sim import generate as generate_module
 from softarm.sim.agents import ExpertAgent, Hold, RandomAgent
 from softarm.sim.arm_model import ARMS, ArmSpec
 from softarm.sim.env import SoftArmEnv
-from softarm.sim.generate import generate
+from softarm.sim.generate import generate, recorded_targets
 from softarm.sim.rollout import run_episode
 from softarm.sim.statics import StaticArm
 from softarm.sim.tasks import MAX_PAYLOAD, TASKS
@@ -594,6 +594,17 @@ def test_hold_keeps_the_arm_at_rest_while_the_ball_circles(env) -> None:
     ball = spec.targets[: held.steps]
     assert np.linalg.norm(tip - tip[0], axis=1).max() < 0.1 * np.linalg.norm(ball - ball[0], axis=1).max()
     assert Hold.name == "hold (the arm kept at its initial command)"
+
+
+def test_recorded_targets_draw_the_ball_paths_again_from_the_file_names(env, tmp_path: Path) -> None:
+    static = StaticArm(env)
+    expected = [TASKS["follow"].sample(seed, static, env.control_hz).targets for seed in (3, 12)]
+    paths, hz = recorded_targets([tmp_path / "follow_000003.hdf5", "follow_000012.hdf5"], "follow")
+    assert hz == env.control_hz
+    for got, want in zip(paths, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"reach_000003\.hdf5: not a follow recording named by its seed"):
+        recorded_targets(["reach_000003.hdf5"], "follow")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,14 @@ demonstrations share (a tracking arm trails the ball it follows) meets the state
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import contextlib
 import dataclasses
 import functools
 import json
 import multiprocessing
 from pathlib import Path
+import re
 from typing import Protocol
 
 import numpy as np
@@ -65,6 +67,27 @@ class GenerateResult:
 
 def _episode_path(out_dir: Path, task_name: str, episode_seed: int) -> Path:
     return out_dir / f"{task_name}_{episode_seed:06d}.hdf5"
+
+
+def recorded_targets(
+    files: Sequence[str | Path], task_name: str, arm: str = DEFAULT_ARM
+) -> tuple[list[np.ndarray], float]:
+    """The target paths [steps + 1, 3] of recorded episodes of `task_name`, drawn again from the seeds their file
+    names carry (as `generate` names them): what the simulator knew and a recording does not hold; and the control
+    rate."""
+    seeds = []
+    for file in map(Path, files):
+        found = re.fullmatch(rf"{re.escape(task_name)}_(\d+)\.hdf5", file.name)
+        if found is None:
+            raise ValueError(f"{file}: not a {task_name} recording named by its seed ({task_name}_<seed>.hdf5): its "
+                             "targets cannot be drawn again")  # fmt: skip
+        seeds.append(int(found.group(1)))
+    env = SoftArmEnv(ARMS[arm])
+    try:
+        static = StaticArm(env)
+        return [TASKS[task_name].sample(seed, static, env.control_hz).targets for seed in seeds], env.control_hz
+    finally:
+        env.close()
 
 
 def missed_under_noise(out_dir: str | Path) -> list[str]:

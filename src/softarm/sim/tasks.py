@@ -199,6 +199,21 @@ def ball_motion(path: np.ndarray, step: int, ahead: int) -> tuple[np.ndarray, np
     return np.concatenate([path[step], path[step + ahead] - path[step]]), np.array([-radial[1], radial[0], 0.0])
 
 
+def motion_errors(
+    predicted: np.ndarray, truth: np.ndarray, tangents: np.ndarray, mean: np.ndarray
+) -> tuple[dict[str, float], np.ndarray]:
+    """Predictions of `ball_motion`'s place and motion [S, 6] against the truth (m), with its tangents [S, 3]: the
+    place's median error, the motion's RMSE and that of always guessing `mean`'s motion (mm), how often the way round
+    is right; and, per sample, whether it is."""
+    moved, guessed = truth[:, 3:], predicted[:, 3:]
+    way = np.sign((moved * tangents).sum(1)) == np.sign((guessed * tangents).sum(1))
+    placed = np.linalg.norm(predicted[:, :3] - truth[:, :3], axis=1)
+    return {"position_error_mm_median": float(1000 * np.median(placed)),
+            "motion_rmse_mm": float(1000 * np.sqrt(((guessed - moved) ** 2).sum(1).mean())),
+            "motion_rmse_mm_mean_guess": float(1000 * np.sqrt(((moved - mean[3:]) ** 2).sum(1).mean())),
+            "way_round_accuracy": float(way.mean())}, way  # fmt: skip
+
+
 # Where a policy that sees misses `reach` most (docs/cpu_model_search.md: C6 by distance and payload): balls far from
 # the arm's axis, which the arm reaches only bent far, and light payloads, under which the tip drifts off the ball.
 FAR_FROM_AXIS = 0.34  # of the arm's length: 170 mm for the 0.5 m pneumatic arm
