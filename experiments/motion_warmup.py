@@ -6,11 +6,11 @@ Fine-tuned on `follow` demonstrations, no model with the cameras' past frames ha
 matching on 140 episodes does not pick the faint motion signal out of tokens that place a ball to ~15 mm. Here the
 arm is held at its rest command (`softarm.sim.agents.Hold`) while `follow`'s balls circle, so only the ball moves,
 and a loss is aimed at the motion itself: from the current frame's tokens after the visual memory has read the past
-frames (`attend` or `memory`, K frames `stride` steps apart, the fixed cameras), a thrown-away readout predicts where
-the ball is and how far it moves over the next `ahead` steps (the simulator's path, from each episode's seed). The
-tower (unless `--freeze-tower`), its projector and the memory learn; the rest of the base is untouched. OUT/base is
-then a base like the one given (its tokenizer, norm stats and data spec), with the memory's weights: fine-tune a
-frames model of the same K, slots and mode from it (`experiments/history.py --base OUT/base --only ...`).
+frames (`attend`, `memory` or `concat`, K frames `stride` steps apart, the fixed cameras), a thrown-away readout
+predicts where the ball is and how far it moves over the next `ahead` steps (the simulator's path, from each episode's
+seed). The tower (unless `--freeze-tower`), its projector and the memory learn; the rest of the base is untouched.
+OUT/base is then a base like the one given (its tokenizer, norm stats and data spec), with the memory's weights:
+fine-tune a frames model of the same K, slots and mode from it (`experiments/history.py --base OUT/base --only ...`).
 
 Writes motion_warmup.json, motion_warmup.md (held-out errors against the mean motion's, the way round) and
 motion_warmup.png (the held-out errors over the steps) into OUT.
@@ -104,15 +104,13 @@ class MotionReader:
         self.window = HistorySpec(model.config.image_history_steps, model.config.image_history_stride)
 
     def tokens(self, indices: np.ndarray) -> list[torch.Tensor]:
-        embed = self.model.paligemma_with_expert.embed_image
         out = []
         for slot in self.slots:
             windows = [self.dataset.window(int(i), f"image_{slot}", self.window) for i in indices]
             frames = torch.from_numpy(np.stack([w for w, _ in windows])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-            current = embed(frames[:, -1])
+            current = self.model.paligemma_with_expert.embed_image(frames[:, -1])
             if slot in self.history_slots:
-                with torch.no_grad():
-                    past = embed(frames[:, :-1].flatten(0, 1)).view(len(indices), -1, *current.shape[1:])
+                past = self.model.past_frame_tokens(slot, frames[:, :-1])
                 mask = torch.from_numpy(np.stack([m[:-1] for _, m in windows]))
                 current = self.model.visual_history(self.history_slots.index(slot), current, past, mask)
             out.append(current)

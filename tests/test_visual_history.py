@@ -20,11 +20,11 @@ from softarm.model import PI0GraphPytorch
 from softarm.model_config import preset
 from softarm.policy import SoftArmPolicy
 from softarm.sim.tasks import EpisodeSpec
-from softarm.visual_memory import FrameCache, VisualMemory
+from softarm.visual_memory import FrameCache, PatchWindow, VisualMemory
 from tests.conftest import DEBUG_CONFIG, POLICY_CAMERAS, make_actions, make_graph, make_observation, raw_dir
 
 
-def _open(memory: VisualMemory) -> None:
+def _open(memory: VisualMemory | PatchWindow) -> None:
     """Give a fresh memory's silent output projection weights, as training does."""
     with torch.no_grad():
         memory.out.weight.normal_(0.0, 0.2)
@@ -72,6 +72,32 @@ def test_the_spatial_memory_reads_every_patch_of_the_real_past_frames() -> None:
     torch.testing.assert_close(moved[1], out[1])
 
 
+def test_the_patch_window_keeps_each_patch_s_frames_apart_and_in_order() -> None:
+    torch.manual_seed(0)
+    window = PatchWindow(width=32, steps=3, slots=2)
+    current, past = torch.randn(2, 5, 32), torch.randn(2, 2, 5, 32)
+    mask = torch.tensor([[True, True], [False, True]])
+    assert torch.equal(window(0, current, past, mask), current)  # silent when fresh
+    window(0, current, past, mask).square().sum().backward()
+    assert window.out.weight.grad.abs().sum() > 0  # ... and learns from the first step
+    _open(window)
+    out = window(0, current, past, mask)
+    with torch.no_grad():
+        window.slot[1].normal_()  # each camera its own bias, learnt
+    assert not torch.allclose(window(1, current, past, mask), out)
+    swapped = window(0, current, past.flip(1), torch.ones_like(mask))
+    assert not torch.allclose(swapped[0], window(0, current, past, torch.ones_like(mask))[0])  # order is read
+    changed = past.clone()
+    changed[:, 0] += 3.0 * torch.randn(5, 32)  # the oldest frame: real in sample 0, before the episode in sample 1
+    moved = window(0, current, changed, mask)
+    assert not torch.allclose(moved[0], out[0])
+    torch.testing.assert_close(moved[1], out[1])  # a padded frame reads as zeros whatever it holds
+    changed[:, 1, 2] += 3.0 * torch.randn(32)  # patch 2 of the newest past frame: only patch 2 reads it
+    again = window(0, current, changed, mask)
+    torch.testing.assert_close(again[:, [0, 1, 3, 4]], moved[:, [0, 1, 3, 4]])
+    assert not torch.allclose(again[:, 2], moved[:, 2])
+
+
 def test_the_frame_cache_encodes_each_frame_once_and_only_an_equal_frame_hits() -> None:
     encoded = []
 
@@ -100,7 +126,7 @@ def _frames(batch: int = 2, past: int = 2, seed: int = 5) -> tuple[dict[str, tor
     return frames, torch.ones(batch, past, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("mode", ["memory", "attend", "stack"])
+@pytest.mark.parametrize("mode", ["memory", "attend", "concat", "stack"])
 def test_a_model_with_visual_history_reads_the_past_frames(mode: str) -> None:
     plain = preset("tiny")
     config = preset("tiny", image_history_steps=3, image_history_mode=mode, image_history_slots=("base_0_rgb",))

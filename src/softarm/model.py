@@ -31,7 +31,7 @@ from softarm.graph_encoder import GraphEncoder, GraphEncoding
 from softarm.layout import IMAGE_SLOTS
 from softarm.model_config import SoftArmModelConfig
 from softarm.rtc import ActionPrefix
-from softarm.visual_memory import FrameCache, StackedFrames, VisualMemory
+from softarm.visual_memory import FrameCache, PatchWindow, StackedFrames, VisualMemory
 
 # The graph's parameters: its encoder and the layers that fuse it into π0.
 GRAPH_FUSION_PREFIXES: tuple[str, ...] = ("graph_encoder.", "graph_state_gate", "graph_prefix_proj.",
@@ -82,6 +82,8 @@ class PI0GraphPytorch(PI0Pytorch):
             self.visual_history = (
                 StackedFrames(width, steps, slots)
                 if mode == "stack"
+                else PatchWindow(width, steps, slots)
+                if mode == "concat"
                 else VisualMemory(width, steps, slots, spatial=mode == "attend")
             )
         if config.fusion == "none":
@@ -156,24 +158,27 @@ class PI0GraphPytorch(PI0Pytorch):
         )  # full attention with the image+prompt block
         return concat_tokens((embs, pad_masks, att_masks), graph)
 
+    def past_frame_tokens(self, slot: str, past: torch.Tensor) -> torch.Tensor:
+        """past [B, K-1, 3, H, W] frames of one camera -> their image tokens [B, K-1, T, D]. For the memories a past
+        frame's tokens are what they were when it was current (no gradients; a policy's frame cache keeps them)."""
+        embed = self.paligemma_with_expert.embed_image
+        if self.frame_cache is not None and not torch.is_grad_enabled():  # serving: each frame encoded once
+            tokens = self.frame_cache.tokens(slot, past.flatten(0, 1), embed)
+        else:
+            with torch.no_grad() if self.config.image_history_mode != "stack" else contextlib.nullcontext():
+                tokens = embed(past.flatten(0, 1))
+        return tokens.view(*past.shape[:2], *tokens.shape[1:])
+
     def _with_past_frames(self, embs, pad_masks, att_masks, img_masks, per_image: int) -> tuple:
-        """The prefix with the past frames read into it: `memory` and `attend` update each history slot's current image
-        tokens, `stack` adds the past frames' tokens after the images (padding where a frame or its camera is
-        missing)."""
+        """The prefix with the past frames read into it: `memory`, `attend` and `concat` update each history slot's
+        current image tokens, `stack` adds the past frames' tokens after the images (padding where a frame or its
+        camera is missing)."""
         frames, mask = self._image_history
-        memory = self.config.image_history_mode != "stack"
         added = []
         for k, slot in enumerate(self.config.history_slots):
             s = IMAGE_SLOTS.index(slot)
-            past = frames[slot]
-            embed = self.paligemma_with_expert.embed_image
-            if self.frame_cache is not None and not torch.is_grad_enabled():  # serving: each frame encoded once
-                tokens = self.frame_cache.tokens(slot, past.flatten(0, 1), embed)
-            else:
-                with torch.no_grad() if memory else contextlib.nullcontext():  # memory: past tokens as they were
-                    tokens = embed(past.flatten(0, 1))
-            tokens = tokens.view(*past.shape[:2], *tokens.shape[1:])  # [B, K-1, T, D]
-            if memory:
+            tokens = self.past_frame_tokens(slot, frames[slot])  # [B, K-1, T, D]
+            if self.config.image_history_mode != "stack":
                 at = slice(s * per_image, (s + 1) * per_image)
                 current = self.visual_history(k, embs[:, at], tokens, mask)
                 embs = torch.cat([embs[:, : at.start], current.to(embs.dtype), embs[:, at.stop :]], dim=1)

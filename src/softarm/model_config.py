@@ -16,8 +16,8 @@ from softarm.vision import VisionSpec
 
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
-ImageHistoryMode = Literal["memory", "attend", "stack"]
-IMAGE_HISTORY_MODES: tuple[str, ...] = ("memory", "attend", "stack")
+ImageHistoryMode = Literal["memory", "attend", "concat", "stack"]
+IMAGE_HISTORY_MODES: tuple[str, ...] = ("memory", "attend", "concat", "stack")
 ArmConditioning = Literal["prompt", "embedding"]
 ARM_CONDITIONINGS: tuple[str, ...] = ("prompt", "embedding")
 
@@ -82,8 +82,9 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
     # Visual history (softarm.visual_memory): the past `image_history_steps - 1` frames of the cameras in
     # `image_history_slots` (openpi slots; () = all three), `image_history_stride` control steps apart. "memory":
     # each current image token attends to its patch in the past frames (MEM-style), the past tokens are dropped
-    # before the VLM; "attend": the same over every patch of the past frames; "stack": the past frames' tokens join
-    # the prefix (the naive way, for comparison). 1 = none.
+    # before the VLM; "attend": the same over every patch of the past frames; "concat": each patch's tokens in the K
+    # frames side by side, read by a small MLP into the current token; "stack": the past frames' tokens join the
+    # prefix (the naive way, for comparison). 1 = none.
     image_history_steps: int = 1
     image_history_stride: int = 1
     image_history_mode: ImageHistoryMode = "memory"

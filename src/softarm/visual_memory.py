@@ -10,6 +10,11 @@ tokens as without history, and a fresh memory leaves the model exactly as it was
 `attend`: the same, but each current token attends to every patch of the K frames (K x T keys), so it can find
 where the ball was, not only what its own patch held: a moving target crosses patches between frames.
 
+`concat`: each patch position's tokens in the K frames, each reduced to a few channels, side by side (oldest first)
+and mapped by a small MLP into what is added to the current token there (zero-initialised output again). Nothing is
+averaged away: where the ball was in each frame stays apart, so a difference between frames is one linear map away —
+what a readout of the same frames side by side found and the attention memories lost (docs/history.md).
+
 `stack`: the past frames' tokens (with a learned age embedding) join the prefix after the current images: the
 naive way, whose VLM cost grows with K (HAMLET measured it slower and worse); kept to measure against.
 """
@@ -65,6 +70,32 @@ class VisualMemory(nn.Module):
         read = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # [B, H, T, d] or [B * T, H, 1, d]
         read = read.transpose(1, 2).reshape(batch, tokens, width)
         return current + self.gate * self.out(read)
+
+
+class PatchWindow(nn.Module):
+    """Each patch position's tokens in the K frames side by side, read by a small MLP per patch (`concat`)."""
+
+    def __init__(self, width: int, steps: int, slots: int, *, per_frame: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.reduce = nn.Linear(width, per_frame)
+        # the reduced frames, oldest first, and which past frames are real (a padded one reads as zeros)
+        self.mix = nn.Linear(steps * per_frame + steps - 1, hidden)
+        self.slot = nn.Parameter(torch.zeros(slots, hidden))  # the cameras share the weights, each its own bias
+        self.out = nn.Linear(hidden, width)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, slot: int, current: torch.Tensor, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """current [B, T, D], past [B, K-1, T, D] (oldest first), mask [B, K-1] True for real frames -> [B, T, D]."""
+        batch, tokens, _ = current.shape
+        frames = torch.cat([past.to(current.dtype), current[:, None]], dim=1)  # [B, K, T, D]
+        real = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1).to(current.dtype)  # [B, K]
+        reduced = self.reduce(self.norm(frames)) * real[:, :, None, None]  # [B, K, T, r]
+        side_by_side = reduced.permute(0, 2, 1, 3).flatten(2)  # [B, T, K * r]
+        flags = mask.to(current.dtype)[:, None, :].expand(batch, tokens, -1)
+        hidden = F.gelu(self.mix(torch.cat([side_by_side, flags], dim=-1)) + self.slot[slot])
+        return current + self.out(hidden)
 
 
 class StackedFrames(nn.Module):
