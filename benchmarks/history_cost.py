@@ -6,8 +6,9 @@ Same config, same weights (the history models add a step embedding and lag biase
 visual memory), same batch and seeds; the variants are timed in rotating order so that drift in machine load hits
 all alike, and the ratio of medians to no history is printed. Graph history grows only the graph encoder: its K * N
 tokens never reach the VLM or the action expert. Visual `memory` runs the tower on the past frames without gradients
-and keeps the VLM's prefix as it is (`attend` the same, reading every patch of the past frames); `stack` puts every
-past frame's tokens into the prefix (the naive way).
+and keeps the VLM's prefix as it is (`attend` the same, reading every patch of the past frames; `concat` reads each
+patch's frames side by side with a small MLP); `stack` puts every past frame's tokens into the prefix (the naive
+way).
 "cached": a served model keeps past frames' tokens (`FrameCache`), here all of them, which a robot's window of
 frames it sent before reaches in its steady state but for the newest past frame.
 
@@ -40,8 +41,8 @@ VARIANTS = {
     **{f"graph K={k} {mode}": {"history_steps": k, "history_mode": mode}
        for k, mode in ((2, "attend"), (4, "attend"), (8, "attend"), (4, "stack"), (8, "stack"))},
     **{f"frames K={k} {mode}": {"image_history_steps": k, "image_history_mode": mode}
-       for k, mode in ((2, "memory"), (4, "memory"), (6, "memory"), (4, "attend"), (6, "attend"), (4, "stack"),
-                       (6, "stack"))},
+       for k, mode in ((2, "memory"), (4, "memory"), (6, "memory"), (4, "attend"), (6, "attend"), (4, "concat"),
+                       (6, "concat"), (4, "stack"), (6, "stack"))},
     "frames K=6 memory, cached": {"image_history_steps": 6},
 }  # fmt: skip
 

@@ -206,7 +206,8 @@ def report(result: dict, args: argparse.Namespace) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
     steps = [r["step"] for r in result["curve"]]
-    left.plot(steps, [r["motion_rmse_mm"] for r in result["curve"]], marker="o", label=f"the memory, the tower {tower}")
+    label = f"{args.image_mode}, the tower {tower}"
+    left.plot(steps, [r["motion_rmse_mm"] for r in result["curve"]], marker="o", label=label)
     left.axhline(final["motion_rmse_mm_mean_guess"], color="k", ls=":", label="the mean motion")
     left.set(xlabel="step", ylabel="RMSE (mm)", title=f"where the ball is {seconds:g} s later")
     left.legend(fontsize=8)
