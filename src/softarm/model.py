@@ -79,13 +79,12 @@ class PI0GraphPytorch(PI0Pytorch):
         if config.image_history_steps > 1:
             width = self.paligemma_with_expert.paligemma.config.text_config.hidden_size
             steps, slots, mode = config.image_history_steps, len(config.history_slots), config.image_history_mode
-            self.visual_history = (
-                StackedFrames(width, steps, slots)
-                if mode == "stack"
-                else PatchWindow(width, steps, slots)
-                if mode == "concat"
-                else VisualMemory(width, steps, slots, spatial=mode == "attend")
-            )
+            if mode == "stack":
+                self.visual_history = StackedFrames(width, steps, slots)
+            elif mode == "concat":
+                self.visual_history = PatchWindow(width, steps, slots)
+            else:
+                self.visual_history = VisualMemory(width, steps, slots, spatial=mode == "attend")
         if config.fusion == "none":
             return
         self.graph_encoder = GraphEncoder(
