@@ -48,7 +48,7 @@ from softarm.data.convert import ConvertOptions, convert, convert_first
 from softarm.data.spec import read_meta
 from softarm.model_config import IMAGE_HISTORY_MODES
 from softarm.plotting import pyplot, save_figure
-from softarm.sim.arm_model import CAMERA_SLOTS
+from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM, fixed_camera_slots
 from softarm.sim.generate import generate
 from softarm.sim.tasks import FOLLOW_TASKS, TRACK_RMSE
 from softarm.train.config import load_config
@@ -175,7 +175,7 @@ def cell(summary: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=str(SHIPPED / "graph"), help="the base to start from (a base that sees)")
-    parser.add_argument("--arm", default="pneumatic", help="the base's arm")
+    parser.add_argument("--arm", default=DEFAULT_ARM, choices=sorted(ARMS), help="the base's arm")
     parser.add_argument("--follow", type=int, default=300, help="follow demonstrations to record")
     parser.add_argument("--reach", type=int, default=100, help="reach demonstrations to record")
     parser.add_argument("--follow-task", choices=FOLLOW_TASKS, default="follow",
@@ -203,8 +203,7 @@ def main() -> None:
     parser.add_argument(
         "--image-slots",
         nargs="+",
-        default=["base_0_rgb", "right_wrist_0_rgb"],
-        help="the cameras whose past frames are read (openpi slots; the fixed ones by default)",
+        help="the cameras whose past frames are read (openpi slots; default: the arm's fixed cameras)",
     )
     parser.add_argument("--eval-episodes", type=int, default=100, help="closed-loop episodes per task and model")
     parser.add_argument("--noise-scale", type=float, default=0.0, help="of the models' sampling (softarm eval)")
@@ -224,6 +223,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
+    args.image_slots = args.image_slots or fixed_camera_slots(args.arm)
     if args.reach_weight is not None and not 0 < args.reach_weight < 1:
         parser.error(f"--reach-weight must be between 0 and 1, got {args.reach_weight}")
     if args.dagger and (args.reach_weight is None or args.dagger_rounds < 1):

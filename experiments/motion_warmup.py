@@ -41,7 +41,7 @@ from softarm.model import PI0GraphPytorch
 from softarm.model_config import IMAGE_HISTORY_MODES, SoftArmModelConfig
 from softarm.plotting import pyplot, save_figure
 from softarm.sim.agents import Hold
-from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
+from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM, fixed_camera_slots
 from softarm.sim.generate import generate, recorded_targets
 from softarm.sim.tasks import FOLLOW_TASKS, ball_motion, motion_errors
 from softarm.train.vision_warmup import VISION_PREFIXES, FlatReadout, warmup_cosine
@@ -233,8 +233,7 @@ def main() -> None:
     parser.add_argument(
         "--image-slots",
         nargs="+",
-        default=["base_0_rgb", "right_wrist_0_rgb"],
-        help="the cameras whose past frames are read (openpi slots; the fixed ones by default)",
+        help="the cameras whose past frames are read (openpi slots; default: the arm's fixed cameras)",
     )
     parser.add_argument("--ahead", type=int, default=10, help="control steps of motion to predict")
     parser.add_argument("--freeze-tower", action="store_true", help="train only the memory (and the readout)")
@@ -248,6 +247,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("motion_warmup_out"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    args.image_slots = args.image_slots or fixed_camera_slots(args.arm)
     if args.smoke:
         args.episodes, args.steps, args.batch, args.val_every, args.val_samples = 2, 2, 2, 1, 8
         args.image_stride, args.ahead, args.workers = 2, 2, 1

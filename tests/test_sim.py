@@ -15,9 +15,10 @@ from softarm.apps.evaluate import EvalOptions, eval_pool, evaluate, model_label,
 from softarm.cli import main
 from softarm.data.convert import ConvertOptions, convert
 from softarm.data.raw import read_episode
+from softarm.layout import default_camera_slots
 from softarm.sim import generate as generate_module
 from softarm.sim.agents import ExpertAgent, Hold, RandomAgent
-from softarm.sim.arm_model import ARMS, ArmSpec
+from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, ArmSpec, fixed_camera_slots
 from softarm.sim.env import SoftArmEnv
 from softarm.sim.generate import generate, recorded_targets
 from softarm.sim.rollout import run_episode
@@ -261,6 +262,22 @@ def test_the_tendon_arm_differs_in_size_actuators_cameras_and_sensing(tendon_env
     assert "contact_force" not in spec.measured
     assert "vel_x" not in spec.measured
     assert "kappa_x" in spec.measured
+
+
+@pytest.mark.parametrize(
+    ("arm_name", "slots"),
+    [
+        ("pneumatic", {"base_0_rgb": "base", "right_wrist_0_rgb": "side"}),  # mapped by hand, the tip camera left out
+        ("compact", {"base_0_rgb": "left", "right_wrist_0_rgb": "right"}),
+        ("tendon", {"base_0_rgb": "front", "left_wrist_0_rgb": "overhead"}),  # by name, as `softarm convert` does
+    ],
+)
+def test_fixed_camera_slots_are_where_conversion_puts_an_arm_s_fixed_cameras(arm_name: str, slots: dict) -> None:
+    fixed = fixed_camera_slots(arm_name)
+    assert fixed == list(slots)
+    mapped = CAMERA_SLOTS.get(arm_name) or default_camera_slots([c.name for c in ARMS[arm_name].cameras])
+    assert {slot: mapped[slot] for slot in fixed} == slots
+    assert not any(c.wrist for c in ARMS[arm_name].cameras if c.name in slots.values())
 
 
 @pytest.mark.parametrize("arm_name", ["pneumatic", "tendon", "compact"])

@@ -48,3 +48,8 @@ ARMS_DIR = "arm_assets"
 
 # evaluation (`softarm eval`)
 EVAL_FILE = "eval.json"
+
+
+def default_camera_slots(cameras: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """openpi slot -> camera where none are mapped by hand: the cameras sorted by name, in the slots' order."""
+    return dict(zip(IMAGE_SLOTS, sorted(cameras)[: len(IMAGE_SLOTS)], strict=False))

@@ -33,7 +33,15 @@ from softarm.data.prepared import episode_name
 from softarm.data.raw import HDF5_KEYS, MAX_STATE_DIM, EpisodeError, EpisodeKeys, RawEpisode, read_episode
 from softarm.data.rosbag import TopicMap, find_bags, is_bag, read_bag
 from softarm.data.spec import DatasetSpec
-from softarm.layout import GRAPH_NODES, IMAGE_SIZE, IMAGE_SLOTS, META_FILE, REPORT_FILE, TOKENIZER_FILE
+from softarm.layout import (
+    GRAPH_NODES,
+    IMAGE_SIZE,
+    IMAGE_SLOTS,
+    META_FILE,
+    REPORT_FILE,
+    TOKENIZER_FILE,
+    default_camera_slots,
+)
 
 RAW_SUFFIXES = (".h5", ".hdf5")
 
@@ -116,8 +124,7 @@ def convert_first(
 
 def _camera_map(episode: RawEpisode, cameras: dict[str, str] | None) -> dict[str, str | None]:
     if cameras is None:
-        names = sorted(episode.images)[: len(IMAGE_SLOTS)]
-        cameras = dict(zip(IMAGE_SLOTS, names, strict=False))
+        cameras = default_camera_slots(list(episode.images))
     cameras = {slot: camera_name(name) for slot, name in cameras.items()}  # a LeRobot feature key names its camera
     unknown = sorted(set(cameras) - set(IMAGE_SLOTS))
     if unknown:

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from softarm import arm
+from softarm.layout import IMAGE_SLOTS, default_camera_slots
 
 BASE_CAMERA_POS = (0.42, -0.52, 0.58)  # a fixed camera in front of the arm, looking at its workspace
 SIDE_CAMERA_POS = (0.52, 0.42, 0.58)  # a second one a quarter turn around the arm: together they give depth
@@ -268,3 +269,12 @@ CAMERA_SLOTS = {
     DEFAULT_ARM: {"base_0_rgb": "base", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "side"},
     "compact": {"base_0_rgb": "left", "left_wrist_0_rgb": "tip", "right_wrist_0_rgb": "right"},
 }
+
+
+def fixed_camera_slots(arm: str) -> list[str]:
+    """The openpi slots that a built-in arm's fixed cameras fill once its recordings are converted (as above, else
+    by name): where past frames show the scene's motion, not the wrist camera's own."""
+    cameras = ARMS[arm].cameras
+    slots = CAMERA_SLOTS.get(arm) or default_camera_slots([c.name for c in cameras])
+    fixed = {c.name for c in cameras if not c.wrist}
+    return [slot for slot in IMAGE_SLOTS if slots.get(slot) in fixed]
