@@ -5,7 +5,8 @@ VENV ?= .venv
 # The CPU wheel of torch 2.13.0 by default. On a GPU machine any CUDA build >= 2.7 works, e.g. TORCH=torch==2.7.1
 # (PyPI's Linux wheels of torch are CUDA builds).
 TORCH ?= torch==2.13.0
-PIP := $(VENV)/bin/python -m pip
+# No wheel cache: a fresh machine installs once, and a cache would only add to the ~2.5 GB the environment takes.
+PIP := $(VENV)/bin/python -m pip --no-cache-dir
 STAMP := $(VENV)/.softarm-installed
 
 .PHONY: setup test lint demo clean
