@@ -41,11 +41,35 @@ def torchrun(prepared: Path, run: Path, max_restarts: int = 0) -> list[str]:
             "-m", "softarm.cli", "train", "--config", str(DEBUG_CONFIG), *overrides]  # fmt: skip
 
 
-def wait_for(condition, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+class Job:
+    """A torchrun job writing to files, not pipes: a job that prints much never blocks while the test polls it."""
+
+    def __init__(self, command: list[str], logs: Path) -> None:
+        self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True)
+
+    def wait_for(self, condition, what: str, timeout: float = 180) -> None:
+        """Poll until `condition` holds; a job that ended first fails at once with what it printed."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            ended = self.proc.poll() is not None and not condition()
+            if ended or time.monotonic() > deadline:
+                out, err = self.finish(None, kill=True)
+                why = f"the job ended (exit {self.proc.returncode})" if ended else f"{timeout:.0f} s passed"
+                pytest.fail(f"{why} before {what}:\n{out[-2000:]}\n{err[-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float | None, kill: bool = False) -> tuple[str, str]:
+        """Wait for the job (killed at once with `kill`, or if it outlives `timeout`); its stdout and stderr."""
+        try:
+            if not kill:
+                self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.out.read_text(), self.err.read_text()
 
 
 def workers(agent: int) -> list[int]:
@@ -59,16 +83,11 @@ def test_a_preempted_job_and_a_killed_rank_both_resume_to_where_an_uninterrupted
 ) -> None:
     run = tmp_path / "run"
     # 1. a preemption notice to the whole job (agent and ranks): every rank stops after the same step, one checkpoint
-    job = subprocess.Popen(torchrun(prepared, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)  # fmt: skip
+    job = Job(torchrun(prepared, run), tmp_path / "preempted")
     metrics = run / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1, "the first step")
-    os.killpg(job.pid, signal.SIGTERM)
-    try:
-        out, err = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    job.wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1, "the first step")
+    os.killpg(job.proc.pid, signal.SIGTERM)
+    out, err = job.finish(120)
     assert err.count("SIGTERM: stopping after this step") >= 2, err[-3000:]  # both ranks were told
     stopped = [int(p.name) for p in ckpt.list_checkpoints(run)]
     assert len(stopped) == 1, (stopped, out[-2000:])
@@ -77,18 +96,13 @@ def test_a_preempted_job_and_a_killed_rank_both_resume_to_where_an_uninterrupted
 
     # 2. the same command resumes; a rank killed after the next checkpoint is restarted by torchrun, and the group
     # resumes from that checkpoint
-    job = subprocess.Popen(torchrun(prepared, run, max_restarts=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)  # fmt: skip
-    try:
-        after = stopped[0] + 2 - stopped[0] % 2
-        wait_for(lambda: (run / "checkpoints" / str(after)).is_dir(), f"checkpoint {after}")
-        wait_for(lambda: len(workers(job.pid)) == 2, "the ranks")
-        os.kill(workers(job.pid)[-1], signal.SIGKILL)
-        out, err = job.communicate(timeout=300)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 0, err[-3000:]
+    job = Job(torchrun(prepared, run, max_restarts=1), tmp_path / "resumed")
+    after = stopped[0] + 2 - stopped[0] % 2
+    job.wait_for(lambda: (run / "checkpoints" / str(after)).is_dir(), f"checkpoint {after}")
+    job.wait_for(lambda: len(workers(job.proc.pid)) == 2, "the ranks")
+    os.kill(workers(job.proc.pid)[-1], signal.SIGKILL)
+    out, err = job.finish(300)
+    assert job.proc.returncode == 0, err[-3000:]
     assert f"resumed from {run / 'checkpoints' / str(stopped[0])} at step {stopped[0]}" in out
     assert "exitcode: -9" in err  # the kill happened, and torchrun restarted the group
     resumes = [line for line in out.splitlines() if line.startswith("resumed from")]
