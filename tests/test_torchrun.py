@@ -97,11 +97,14 @@ def test_a_preempted_job_and_a_killed_rank_both_resume_to_where_an_uninterrupted
     # 2. the same command resumes; a rank killed after the next checkpoint is restarted by torchrun, and the group
     # resumes from that checkpoint
     job = Job(torchrun(prepared, run, max_restarts=1), tmp_path / "resumed")
-    after = stopped[0] + 2 - stopped[0] % 2
-    job.wait_for(lambda: (run / "checkpoints" / str(after)).is_dir(), f"checkpoint {after}")
-    job.wait_for(lambda: len(workers(job.proc.pid)) == 2, "the ranks")
-    os.kill(workers(job.proc.pid)[-1], signal.SIGKILL)
-    out, err = job.finish(300)
+    try:
+        after = stopped[0] + 2 - stopped[0] % 2
+        job.wait_for(lambda: (run / "checkpoints" / str(after)).is_dir(), f"checkpoint {after}")
+        job.wait_for(lambda: len(workers(job.proc.pid)) == 2, "the ranks")
+        os.kill(workers(job.proc.pid)[-1], signal.SIGKILL)
+        out, err = job.finish(300)
+    finally:
+        job.finish(None, kill=True)  # whatever failed above, no rank outlives the test
     assert job.proc.returncode == 0, err[-3000:]
     assert f"resumed from {run / 'checkpoints' / str(stopped[0])} at step {stopped[0]}" in out
     assert "exitcode: -9" in err  # the kill happened, and torchrun restarted the group
