@@ -3,6 +3,7 @@ the whole job, and a rank killed mid-run that torchrun restarts; both end where 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 from pathlib import Path
 import signal
@@ -49,26 +50,32 @@ class Job:
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True)
 
-    def wait_for(self, condition, what: str, timeout: float = 180) -> None:
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
         """Poll until `condition` holds; a job that ended first fails at once with what it printed."""
         deadline = time.monotonic() + timeout
         while not condition():
             ended = self.proc.poll() is not None and not condition()
             if ended or time.monotonic() > deadline:
-                out, err = self.finish(None, kill=True)
+                self.kill()
+                out, err = self.output()
                 why = f"the job ended (exit {self.proc.returncode})" if ended else f"{timeout:.0f} s passed"
                 pytest.fail(f"{why} before {what}:\n{out[-2000:]}\n{err[-3000:]}")
             time.sleep(0.05)
 
-    def finish(self, timeout: float | None, kill: bool = False) -> tuple[str, str]:
-        """Wait for the job (killed at once with `kill`, or if it outlives `timeout`); its stdout and stderr."""
+    def finish(self, timeout: float) -> tuple[str, str]:
+        """Wait for the job (killed if it outlives `timeout`); its stdout and stderr."""
         try:
-            if not kill:
-                self.proc.wait(timeout)
+            self.proc.wait(timeout)
         finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.kill()
+        return self.output()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def output(self) -> tuple[str, str]:
         return self.out.read_text(), self.err.read_text()
 
 
@@ -104,7 +111,7 @@ def test_a_preempted_job_and_a_killed_rank_both_resume_to_where_an_uninterrupted
         os.kill(workers(job.proc.pid)[-1], signal.SIGKILL)
         out, err = job.finish(300)
     finally:
-        job.finish(None, kill=True)  # whatever failed above, no rank outlives the test
+        job.kill()  # whatever failed above, no rank outlives the test
     assert job.proc.returncode == 0, err[-3000:]
     assert f"resumed from {run / 'checkpoints' / str(stopped[0])} at step {stopped[0]}" in out
     assert "exitcode: -9" in err  # the kill happened, and torchrun restarted the group
