@@ -1,13 +1,17 @@
 """The demo report states what its numbers say: per-task tables, payload bands, and graph-vs-no-graph verdicts decided
-by the intervals of evaluations pooled over seeds and tasks."""
+by the intervals of evaluations pooled over seeds and tasks; and the demo fine-tunes a base at the base's size."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from softarm.apps import demo
 from softarm.apps.demo_report import write_report
 from softarm.apps.evaluate import EvalOptions, _summary
+from softarm.layout import CONFIG_FILE
+from softarm.model_config import preset
+from softarm.train.config import load_config
 
 PAYLOADS = [5.0] * 20 + [25.0] * 20 + [45.0] * 20  # light, middle, heavy
 BLIND = [False] * 20 + [True] * 20 + [False] * 20  # a plan for 25 g: right only in the middle band
@@ -81,3 +85,13 @@ def test_report_pools_seeds_and_tasks_before_calling_a_difference(tmp_path: Path
         "do not overlap." in report
     )
     assert report.count("\n## ") == 4  # three tasks and the pooled verdicts
+
+
+def test_the_demo_fine_tunes_a_base_with_the_base_s_gemma_towers(tmp_path: Path) -> None:
+    base = tmp_path / "graph"
+    base.mkdir()
+    (base / CONFIG_FILE).write_text(json.dumps(preset("tiny_vision", paligemma_variant="dummy_128").to_dict()))
+    overrides = demo._base_towers(base)
+    assert overrides == ["model.overrides.paligemma_variant=dummy_128", "model.overrides.action_expert_variant=dummy"]
+    model = load_config(demo.DEFAULT_CONFIG, overrides).model.build()
+    assert (model.paligemma_variant, model.action_expert_variant, model.fusion) == ("dummy_128", "dummy", "state")

@@ -179,6 +179,11 @@ def test_presets() -> None:
         ({"graph_depth": 0}, "graph_depth must be positive, got 0"),
         ({"edges": [(0, 12)]}, r"edge 0 = \(0, 12\) refers to a node outside 0..9"),
         ({"vision": {"stem": "cnn"}}, "vision.stem must be 'patch' or 'conv', got 'cnn'"),
+        (
+            {"action_expert_variant": "dummy_96"},
+            r"action_expert_variant must be one of \('dummy', .*'dummy_128', "
+            r"'dummy_256'\), got 'dummy_96'",
+        ),
     ],
 )
 def test_config_errors(overrides: dict, message: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from openpi.models import gemma
 from openpi.models.model import Observation
 from openpi.models_pytorch import gemma_pytorch
 from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
@@ -50,6 +51,23 @@ def test_backbone_factories_reach_the_official_construction_and_are_restored() -
     with pytest.raises(RuntimeError), openpi_compat.backbone_factories(print, print):
         raise RuntimeError
     assert (gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM) == originals
+
+
+def test_small_gemma_variants_build_wider_towers_and_leave_openpi_as_it_was() -> None:
+    model = build_base_model(preset("tiny", paligemma_variant="dummy_128", action_expert_variant="dummy")).eval()
+    text = model.paligemma_with_expert.paligemma.config.text_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (128, 256, 4)
+    assert model.paligemma_with_expert.gemma_expert.config.hidden_size == 64  # the expert stays "dummy"
+    assert model.action_in_proj.out_features == 64
+    actions = model.sample_actions("cpu", make_observation(model.config), num_steps=2)
+    assert actions.shape == (2, model.config.action_horizon, model.config.action_dim)
+    assert torch.isfinite(actions).all()
+    assert gemma.get_config is openpi_compat._OPENPI_GEMMA_CONFIG  # restored after construction
+    with pytest.raises(ValueError, match="Unknown variant: dummy_129"):
+        openpi_compat.gemma_config("dummy_129")
+    wide = openpi_compat.gemma_config("dummy_256")
+    wide.width = 1  # a copy: the next model of that variant is unchanged
+    assert openpi_compat.gemma_config("dummy_256").width == 256
 
 
 def test_pi0_compiles_sampling_per_instance_and_eager_sampling_undoes_it() -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
-from openpi.models import pi0_config
+from openpi.models import gemma, pi0_config
 
 from softarm import arm, rtc
 from softarm.graph_encoder import HISTORY_MODES, HistoryMode
 from softarm.history import NO_HISTORY, HistorySpec
 from softarm.layout import IMAGE_SLOTS
-from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE
+from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE, SMALL_GEMMA_VARIANTS
 from softarm.vision import VisionSpec
 
+GEMMA_VARIANTS: tuple[str, ...] = (*typing.get_args(gemma.Variant), *SMALL_GEMMA_VARIANTS)
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
 ImageHistoryMode = Literal["memory", "attend", "concat", "stack"]
@@ -109,6 +111,9 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         for name in self.ignored_features:
             if name not in names:
                 raise ValueError(f"ignored_features: unknown node feature {name!r}; the nodes have {list(names)}")
+        for name in ("paligemma_variant", "action_expert_variant"):
+            if getattr(self, name) not in GEMMA_VARIANTS:
+                raise ValueError(f"{name} must be one of {GEMMA_VARIANTS}, got {getattr(self, name)!r}")
         if self.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.fusion == "state" and self.pi05:

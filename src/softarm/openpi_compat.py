@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import contextlib
+import dataclasses
 import functools
 import inspect
 
+from openpi.models import gemma as _gemma
 from openpi.models import pi0_config
 from openpi.models.model import Observation
 from openpi.models.tokenizer import PaligemmaTokenizer
@@ -24,6 +26,13 @@ from torch import nn
 from softarm.vision import ConvStem, init_grid_positions
 
 PALIGEMMA_VOCAB_SIZE = 257_152  # the official PaliGemma tokenizer's; the presets for CPUs use a smaller one
+
+# Gemma sizes between openpi's "dummy" (64 wide) and "gemma_300m" (1024 wide, 311 M parameters): towers that still
+# train on a CPU with more room than "dummy". Same depth and heads as "dummy", so either tower can pair with it.
+SMALL_GEMMA_VARIANTS: dict[str, _gemma.Config] = {
+    "dummy_128": _gemma.Config(width=128, depth=4, mlp_dim=256, num_heads=8, num_kv_heads=1, head_dim=16),
+    "dummy_256": _gemma.Config(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=32),
+}
 
 # The PI0Pytorch methods PI0GraphPytorch overrides, with the parameters it relies on. `_preprocess_observation` is
 # private: it is the only place that decides whether training images are augmented.
@@ -63,12 +72,39 @@ def backbone_factories(paligemma: Callable[..., object], gemma: Callable[..., ob
         gemma_pytorch.PaliGemmaForConditionalGeneration, gemma_pytorch.GemmaForCausalLM = originals
 
 
+_OPENPI_GEMMA_CONFIG = _gemma.get_config
+
+
+def gemma_config(variant: str) -> _gemma.Config:
+    """openpi's Gemma config of `variant`, or one of `SMALL_GEMMA_VARIANTS` (a copy: openpi's configs are mutable)."""
+    if variant in SMALL_GEMMA_VARIANTS:
+        return dataclasses.replace(SMALL_GEMMA_VARIANTS[variant])
+    return _OPENPI_GEMMA_CONFIG(variant)
+
+
+@contextlib.contextmanager
+def small_gemma_variants() -> Iterator[None]:
+    """While in the block, openpi's `gemma.get_config`, which PI0Pytorch.__init__ looks up in its module, also knows
+    `SMALL_GEMMA_VARIANTS`."""
+    _gemma.get_config = gemma_config
+    try:
+        yield
+    finally:
+        _gemma.get_config = _OPENPI_GEMMA_CONFIG
+
+
 @contextlib.contextmanager
 def backbone_overrides(config: pi0_config.Pi0Config) -> Iterator[None]:
     """While constructing PI0Pytorch, build the HF PaliGemma/Gemma towers with the config's smaller vision
-    tower and vocabulary. Construction only: the classes, forward passes and weights are the official ones. It writes
-    HF config fields (and PaliGemma's private `_vocab_size`, which sizes its embedding) and swaps the patch embedding
-    for a conv stem: both below openpi's API, hence here."""
+    tower and vocabulary, and Gemma towers of `SMALL_GEMMA_VARIANTS`. Construction only: the classes, forward passes
+    and weights are the official ones. It writes HF config fields (and PaliGemma's private `_vocab_size`, which sizes
+    its embedding) and swaps the patch embedding for a conv stem: all below openpi's API, hence here."""
+    with small_gemma_variants(), _small_towers(config):
+        yield
+
+
+@contextlib.contextmanager
+def _small_towers(config: pi0_config.Pi0Config) -> Iterator[None]:
     vision = getattr(config, "vision", None)  # a softarm.vision.VisionSpec, or None for the official tower
     vocab_size: int = getattr(config, "vocab_size", PALIGEMMA_VOCAB_SIZE)
     if vision is None and vocab_size == PALIGEMMA_VOCAB_SIZE:

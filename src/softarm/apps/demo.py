@@ -32,7 +32,7 @@ from softarm.apps.demo_report import write_report
 from softarm.apps.evaluate import EvalOptions, eval_pool, eval_workers, evaluate, reusable_report
 from softarm.apps.pretrain import BASE_FILE, SHIPPED
 from softarm.data.convert import ConvertOptions, convert
-from softarm.layout import CHECKPOINTS_DIR, EVAL_FILE, META_FILE
+from softarm.layout import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, META_FILE
 from softarm.sim.agents import DEFAULT_PLAN_FROM
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
 from softarm.sim.generate import generate
@@ -96,7 +96,8 @@ def _train(run_dir: Path, name: str, seed: int, prepared: Path, options: DemoOpt
     overrides = [f"data.path={prepared}", f"train.out_dir={run_dir}", f"model.overrides.fusion={MODELS[name]}",
                  f"train.seed={seed}"]  # fmt: skip
     if options.base:  # the same arm as the base's: its normalisation too
-        overrides += [f"train.init_from={options.base / name}", f"data.norm_stats={options.base / name}"]
+        base = options.base / name
+        overrides += [f"train.init_from={base}", f"data.norm_stats={base}", *_base_towers(base)]
     config = load_config(options.config, [*overrides, *options.overrides])
     final = run_dir / CHECKPOINTS_DIR / str(config.train.steps)
     if final.is_dir():
@@ -104,6 +105,13 @@ def _train(run_dir: Path, name: str, seed: int, prepared: Path, options: DemoOpt
     else:
         train(config)
     return final
+
+
+def _base_towers(base: Path) -> list[str]:
+    """Overrides giving the model the base's Gemma towers, whatever their size (configs/finetune.yaml names a
+    preset, and a base may have been pretrained wider than it)."""
+    saved = json.loads((base / CONFIG_FILE).read_text())
+    return [f"model.overrides.{key}={saved[key]}" for key in ("paligemma_variant", "action_expert_variant")]
 
 
 def _evaluate(
