@@ -28,10 +28,11 @@ from softarm.vision import ConvStem, init_grid_positions
 PALIGEMMA_VOCAB_SIZE = 257_152  # the official PaliGemma tokenizer's; the presets for CPUs use a smaller one
 
 # Gemma sizes between openpi's "dummy" (64 wide) and "gemma_300m" (1024 wide, 311 M parameters): towers that still
-# train on a CPU with more room than "dummy". Same depth and heads as "dummy", so either tower can pair with it.
+# train on a CPU with more room than "dummy". The depth and heads of "dummy", so any two of them pair (the VLM and
+# the action expert attend jointly, layer by layer and head by head).
 SMALL_GEMMA_VARIANTS: dict[str, _gemma.Config] = {
     "dummy_128": _gemma.Config(width=128, depth=4, mlp_dim=256, num_heads=8, num_kv_heads=1, head_dim=16),
-    "dummy_256": _gemma.Config(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=32),
+    "dummy_256": _gemma.Config(width=256, depth=4, mlp_dim=512, num_heads=8, num_kv_heads=1, head_dim=16),
 }
 
 # The PI0Pytorch methods PI0GraphPytorch overrides, with the parameters it relies on. `_preprocess_observation` is
