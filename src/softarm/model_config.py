@@ -16,6 +16,7 @@ from softarm.openpi_compat import PALIGEMMA_VOCAB_SIZE, SMALL_GEMMA_VARIANTS
 from softarm.vision import VisionSpec
 
 GEMMA_VARIANTS: tuple[str, ...] = (*typing.get_args(gemma.Variant), *SMALL_GEMMA_VARIANTS)
+GEMMA_FIELDS: tuple[str, ...] = ("paligemma_variant", "action_expert_variant")  # the two towers' sizes
 FusionMode = Literal["state", "prefix", "suffix", "none"]
 FUSION_MODES: tuple[str, ...] = ("state", "prefix", "suffix", "none")
 ImageHistoryMode = Literal["memory", "attend", "concat", "stack"]
@@ -111,7 +112,7 @@ class SoftArmModelConfig(pi0_config.Pi0Config):
         for name in self.ignored_features:
             if name not in names:
                 raise ValueError(f"ignored_features: unknown node feature {name!r}; the nodes have {list(names)}")
-        for name in ("paligemma_variant", "action_expert_variant"):
+        for name in GEMMA_FIELDS:
             if getattr(self, name) not in GEMMA_VARIANTS:
                 raise ValueError(f"{name} must be one of {GEMMA_VARIANTS}, got {getattr(self, name)!r}")
         if self.fusion not in FUSION_MODES:

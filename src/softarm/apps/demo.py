@@ -33,6 +33,7 @@ from softarm.apps.evaluate import EvalOptions, eval_pool, eval_workers, evaluate
 from softarm.apps.pretrain import BASE_FILE, SHIPPED
 from softarm.data.convert import ConvertOptions, convert
 from softarm.layout import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, META_FILE
+from softarm.model_config import GEMMA_FIELDS
 from softarm.sim.agents import DEFAULT_PLAN_FROM
 from softarm.sim.arm_model import ARMS, CAMERA_SLOTS, DEFAULT_ARM
 from softarm.sim.generate import generate
@@ -111,7 +112,7 @@ def _base_towers(base: Path) -> list[str]:
     """Overrides giving the model the base's Gemma towers, whatever their size (configs/finetune.yaml names a
     preset, and a base may have been pretrained wider than it)."""
     saved = json.loads((base / CONFIG_FILE).read_text())
-    return [f"model.overrides.{key}={saved[key]}" for key in ("paligemma_variant", "action_expert_variant")]
+    return [f"model.overrides.{key}={saved[key]}" for key in GEMMA_FIELDS]
 
 
 def _evaluate(
